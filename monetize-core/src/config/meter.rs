@@ -1,0 +1,277 @@
+//! Meter configuration: filter, value source, aggregation and scale.
+
+use serde::{Deserialize, Serialize};
+
+use crate::meter::Aggregation;
+
+/// One meter.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct MeterConfig {
+    /// The meter's name (also the default provider event name).
+    pub id: String,
+    /// How values fold within a report window.
+    #[serde(default)]
+    pub aggregation: Aggregation,
+    /// Which requests count.
+    #[serde(default)]
+    pub filter: FilterConfig,
+    /// What a matching request adds.
+    #[serde(default)]
+    pub value: ValueConfig,
+    /// Scaling into base units.
+    #[serde(default)]
+    pub scale: ScaleConfig,
+}
+
+impl MeterConfig {
+    /// A meter counting matching requests.
+    pub fn count(id: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            aggregation: Aggregation::Count,
+            filter: FilterConfig::default(),
+            value: ValueConfig::Count,
+            scale: ScaleConfig::default(),
+        }
+    }
+
+    /// A meter summing `value` over matching requests.
+    pub fn sum(id: impl Into<String>, value: ValueConfig) -> Self {
+        Self {
+            aggregation: Aggregation::Sum,
+            value,
+            ..Self::count(id)
+        }
+    }
+
+    /// Sets the aggregation.
+    pub fn aggregation(mut self, a: Aggregation) -> Self {
+        self.aggregation = a;
+        self
+    }
+
+    /// Sets the value source.
+    pub fn value(mut self, v: ValueConfig) -> Self {
+        self.value = v;
+        self
+    }
+
+    /// Replaces the filter.
+    pub fn filter(mut self, f: FilterConfig) -> Self {
+        self.filter = f;
+        self
+    }
+
+    /// Adds a route template to match (`/v1/users/{id}`, or a prefix `/v1/*`).
+    pub fn route(mut self, r: impl Into<String>) -> Self {
+        self.filter.route.push(r.into());
+        self
+    }
+
+    /// Adds a method to match.
+    pub fn method(mut self, m: impl Into<String>) -> Self {
+        self.filter.method.push(m.into());
+        self
+    }
+
+    /// Adds a status code, class (`2xx`) or range (`200-299`) to match.
+    pub fn status(mut self, s: impl Into<String>) -> Self {
+        self.filter.status.push(StatusSpec::Text(s.into()));
+        self
+    }
+
+    /// Sets the scale.
+    pub fn scale(mut self, multiply: u64, divide: u64, rounding: Rounding) -> Self {
+        self.scale = ScaleConfig {
+            multiply,
+            divide,
+            rounding,
+        };
+        self
+    }
+}
+
+/// A filter: every field that is set must match (AND); `any` needs one of its filters,
+/// `not` inverts. An empty filter matches every request.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct FilterConfig {
+    /// Methods, any of.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub method: Vec<String>,
+    /// Route templates, any of; `*` at the end matches a prefix.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub route: Vec<String>,
+    /// Status codes, classes (`2xx`) or ranges (`400-499`), any of.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub status: Vec<StatusSpec>,
+    /// A request header that must be present (with this value, when given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header: Option<HeaderMatch>,
+    /// A response header that must be present (with this value, when given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_header: Option<HeaderMatch>,
+    /// A query parameter that must be present (with this value, when given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query: Option<QueryMatch>,
+    /// A handler-reported quantity that must be present.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reported: Option<String>,
+    /// Filters that must all match.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub all: Vec<FilterConfig>,
+    /// Filters of which at least one must match.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub any: Vec<FilterConfig>,
+    /// A filter that must not match.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not: Option<Box<FilterConfig>>,
+}
+
+/// A status code (`404`) or a text form (`"2xx"`, `"400-499"`, `"404"`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+#[non_exhaustive]
+pub enum StatusSpec {
+    /// One code.
+    Code(u16),
+    /// A class, range or code as text.
+    Text(String),
+}
+
+impl std::fmt::Display for StatusSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StatusSpec::Code(c) => write!(f, "{c}"),
+            StatusSpec::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+/// A header to look for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HeaderMatch {
+    /// The header name.
+    pub name: String,
+    /// The exact value, when it matters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+/// A query parameter to look for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct QueryMatch {
+    /// The parameter name.
+    pub name: String,
+    /// The exact (undecoded) value, when it matters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+/// Where a meter's value comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ValueConfig {
+    /// 1 per matching request.
+    #[default]
+    Count,
+    /// Request body bytes.
+    RequestBytes,
+    /// Response body bytes actually sent.
+    ResponseBytes,
+    /// A numeric request header.
+    Header(String),
+    /// A numeric response header.
+    ResponseHeader(String),
+    /// A quantity the handler reported (for example `tokens`).
+    Reported(String),
+    /// A JSON field of a body, read under a size cap.
+    Json(JsonFieldConfig),
+}
+
+/// A JSON field to read a value from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct JsonFieldConfig {
+    /// An RFC 6901 pointer, such as `/usage/total_tokens`.
+    pub pointer: String,
+    /// Which body.
+    #[serde(default)]
+    pub from: BodySide,
+    /// Bodies larger than this are not parsed (the meter records nothing for them).
+    #[serde(default = "default_json_cap")]
+    pub max_bytes: usize,
+}
+
+fn default_json_cap() -> usize {
+    64 * 1024
+}
+
+impl JsonFieldConfig {
+    /// A field of the response body, capped at 64 KiB.
+    pub fn response(pointer: impl Into<String>) -> Self {
+        Self {
+            pointer: pointer.into(),
+            from: BodySide::Response,
+            max_bytes: default_json_cap(),
+        }
+    }
+}
+
+/// Request or response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum BodySide {
+    /// The request body.
+    Request,
+    /// The response body.
+    #[default]
+    Response,
+}
+
+/// Scaling into base units: `value * multiply / divide`, rounded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct ScaleConfig {
+    /// Multiplier, at least 1.
+    pub multiply: u64,
+    /// Divisor, at least 1.
+    pub divide: u64,
+    /// How a fraction rounds.
+    pub rounding: Rounding,
+}
+
+impl Default for ScaleConfig {
+    fn default() -> Self {
+        Self {
+            multiply: 1,
+            divide: 1,
+            rounding: Rounding::Ceil,
+        }
+    }
+}
+
+/// How a scaled fraction rounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Rounding {
+    /// Up (1.01 -> 2): never under-bills.
+    #[default]
+    Ceil,
+    /// Down (1.99 -> 1).
+    Floor,
+    /// To the nearest, halves up.
+    Nearest,
+}

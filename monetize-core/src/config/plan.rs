@@ -1,0 +1,156 @@
+//! Plan configuration: prices, quotas, credits and rate limits.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A plan.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PlanConfig {
+    /// The plan's name.
+    pub id: String,
+    /// Prepaid: requests spend credits, and the default rules refuse requests once the
+    /// balance is at or below zero.
+    #[serde(default)]
+    pub prepaid: bool,
+    /// Credits (micro-credits) a new customer on this plan starts with.
+    #[serde(default)]
+    pub initial_credits: i64,
+    /// The balance (micro-credits) at or below which a `credits_low` event fires.
+    #[serde(default)]
+    pub credits_low_at: i64,
+    /// Micro-credits taken off the balance per base unit of each meter.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub prices: BTreeMap<String, u64>,
+    /// Usage limits per period.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quotas: Vec<QuotaConfig>,
+    /// A request rate limit (GCRA), per customer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+impl PlanConfig {
+    /// A postpaid plan with no prices, quotas or limits.
+    pub fn new(id: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            prepaid: false,
+            initial_credits: 0,
+            credits_low_at: 0,
+            prices: BTreeMap::new(),
+            quotas: Vec::new(),
+            rate_limit: None,
+        }
+    }
+
+    /// Makes the plan prepaid, starting with `initial_credits` micro-credits.
+    pub fn prepaid(mut self, initial_credits: i64) -> Self {
+        self.prepaid = true;
+        self.initial_credits = initial_credits;
+        self
+    }
+
+    /// Sets the low-credit mark.
+    pub fn credits_low_at(mut self, micro_credits: i64) -> Self {
+        self.credits_low_at = micro_credits;
+        self
+    }
+
+    /// Prices a meter in micro-credits per base unit.
+    pub fn price(mut self, meter: impl Into<String>, micro_credits: u64) -> Self {
+        self.prices.insert(meter.into(), micro_credits);
+        self
+    }
+
+    /// Adds a quota.
+    pub fn quota(mut self, q: QuotaConfig) -> Self {
+        self.quotas.push(q);
+        self
+    }
+
+    /// Sets the rate limit.
+    pub fn rate_limit(mut self, r: RateLimitConfig) -> Self {
+        self.rate_limit = Some(r);
+        self
+    }
+}
+
+/// A limit on a meter's usage per period.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct QuotaConfig {
+    /// The meter limited.
+    pub meter: String,
+    /// Base units allowed per period.
+    pub limit: u64,
+    /// The period (calendar, UTC).
+    pub period: Period,
+    /// Share of the limit (percent) at which a `quota_warning` event fires.
+    #[serde(default = "default_warn")]
+    pub warn_at_percent: u8,
+}
+
+fn default_warn() -> u8 {
+    80
+}
+
+impl QuotaConfig {
+    /// A quota warning at 80 %.
+    pub fn new(meter: impl Into<String>, limit: u64, period: Period) -> Self {
+        Self {
+            meter: meter.into(),
+            limit,
+            period,
+            warn_at_percent: default_warn(),
+        }
+    }
+}
+
+/// A calendar period in UTC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Period {
+    /// A minute.
+    Minute,
+    /// An hour.
+    Hour,
+    /// A day.
+    Day,
+    /// A calendar month.
+    Month,
+}
+
+/// A request rate limit: `requests` per `per_secs`, with bursts up to `burst`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RateLimitConfig {
+    /// Requests allowed per period.
+    pub requests: u64,
+    /// The period in seconds.
+    #[serde(default = "one")]
+    pub per_secs: u64,
+    /// Largest burst; defaults to `requests`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+}
+
+fn one() -> u64 {
+    1
+}
+
+impl RateLimitConfig {
+    /// `requests` per `per_secs` seconds.
+    pub fn new(requests: u64, per_secs: u64) -> Self {
+        Self {
+            requests,
+            per_secs,
+            burst: None,
+        }
+    }
+}

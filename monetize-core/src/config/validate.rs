@@ -1,0 +1,232 @@
+//! Validation: turns a [`Config`] into the engine's compiled form, or a [`ConfigError`]
+//! naming the field.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::{Config, CustomersConfig, ReportingConfig};
+use crate::customer::Plan;
+use crate::customer::handle_flags::NO_PLAN;
+use crate::error::ConfigError;
+use crate::govern::{Predicate, Rule};
+use crate::id::{CustomerId, MeterIndex, PlanId};
+use crate::meter::{Aggregation, Meter};
+
+/// Predicates registered in code, by name.
+pub(crate) type Predicates = HashMap<String, Arc<dyn Predicate>>;
+
+/// The validated, compiled configuration the engine runs on.
+#[derive(Debug)]
+pub(crate) struct Compiled {
+    pub(crate) instance: Arc<str>,
+    pub(crate) meters: Vec<Meter>,
+    pub(crate) aggs: Vec<Aggregation>,
+    pub(crate) meter_index: HashMap<String, MeterIndex>,
+    pub(crate) plans: Vec<Plan>,
+    pub(crate) plan_index: HashMap<String, u32>,
+    pub(crate) default_plan: u32,
+    pub(crate) rules: Vec<Rule>,
+    pub(crate) customers: CustomersConfig,
+    pub(crate) overflow_id: CustomerId,
+    pub(crate) reporting: ReportingConfig,
+    /// Largest request / response body prefix a JSON-field meter needs.
+    pub(crate) json_capture: (Option<usize>, Option<usize>),
+}
+
+impl Compiled {
+    pub(crate) fn plan(&self, idx: u32) -> Option<&Plan> {
+        self.plans.get(idx as usize)
+    }
+}
+
+pub(crate) fn compile(cfg: &Config, predicates: &Predicates) -> Result<Compiled, ConfigError> {
+    PlanId::new(&cfg.instance).map_err(|e| ConfigError::id("instance", &cfg.instance, e))?;
+
+    if cfg.meters.len() > u16::MAX as usize {
+        return Err(ConfigError::new(
+            "meters",
+            cfg.meters.len(),
+            "at most 65535 meters",
+        ));
+    }
+    let mut meters = Vec::with_capacity(cfg.meters.len());
+    let mut by_name: HashMap<&str, MeterIndex> = HashMap::new();
+    for (i, m) in cfg.meters.iter().enumerate() {
+        let field = format!("meters[{i}]");
+        let index = MeterIndex(i as u16);
+        if by_name.insert(m.id.as_str(), index).is_some() {
+            return Err(ConfigError::new(
+                format!("{field}.id"),
+                &m.id,
+                "another meter already has this id",
+            ));
+        }
+        meters.push(Meter::compile(m, &field, index)?);
+    }
+
+    let mut plans = Vec::with_capacity(cfg.plans.len());
+    let mut plan_names: HashMap<&str, u32> = HashMap::new();
+    for (i, p) in cfg.plans.iter().enumerate() {
+        let field = format!("plans[{i}]");
+        if plan_names.insert(p.id.as_str(), i as u32).is_some() {
+            return Err(ConfigError::new(
+                format!("{field}.id"),
+                &p.id,
+                "another plan already has this id",
+            ));
+        }
+        let plan = Plan::compile(p, &field, &by_name)?;
+        for (name, price) in &p.prices {
+            if let Some(idx) = by_name.get(name.as_str()) {
+                let agg = meters[idx.get()].aggregation;
+                if *price > 0 && !matches!(agg, Aggregation::Count | Aggregation::Sum) {
+                    return Err(ConfigError::new(
+                        format!("{field}.prices.{name}"),
+                        price,
+                        format!(
+                            "only `count` and `sum` meters can be priced per unit; this meter aggregates by `{}`",
+                            agg.as_str()
+                        ),
+                    ));
+                }
+            }
+        }
+        for (j, q) in p.quotas.iter().enumerate() {
+            if let Some(idx) = by_name.get(q.meter.as_str()) {
+                let agg = meters[idx.get()].aggregation;
+                if agg == Aggregation::UniqueCount {
+                    return Err(ConfigError::new(
+                        format!("{field}.quotas[{j}].meter"),
+                        &q.meter,
+                        "a quota cannot limit a `unique_count` meter",
+                    ));
+                }
+            }
+        }
+        plans.push(plan);
+    }
+
+    let default_plan = match &cfg.customers.default_plan {
+        Some(name) => *plan_names.get(name.as_str()).ok_or_else(|| {
+            ConfigError::new("customers.default_plan", name, "no plan has this id")
+        })?,
+        None if plans.is_empty() => NO_PLAN,
+        None => 0,
+    };
+    if cfg.customers.max == 0 {
+        return Err(ConfigError::new("customers.max", 0, "must be at least 1"));
+    }
+    let overflow_id = CustomerId::new(&cfg.customers.overflow_customer).map_err(|e| {
+        ConfigError::id(
+            "customers.overflow_customer",
+            &cfg.customers.overflow_customer,
+            e,
+        )
+    })?;
+    if cfg.customers.evict_idle_secs == Some(0) {
+        return Err(ConfigError::new(
+            "customers.evict_idle_secs",
+            0,
+            "must be at least 1 (or left out to never evict)",
+        ));
+    }
+
+    let rules_cfg = match &cfg.rules {
+        Some(r) => r.clone(),
+        None => super::RuleConfig::defaults(),
+    };
+    let mut rules = Vec::with_capacity(rules_cfg.len());
+    let mut rule_names = std::collections::HashSet::new();
+    for (i, r) in rules_cfg.iter().enumerate() {
+        let field = format!("rules[{i}]");
+        if !rule_names.insert(r.name.as_str()) {
+            return Err(ConfigError::new(
+                format!("{field}.name"),
+                &r.name,
+                "another rule already has this name",
+            ));
+        }
+        rules.push(Rule::compile(r, &field, &by_name, &plan_names, predicates)?);
+    }
+
+    let rep = &cfg.reporting;
+    if !(10..=60_000).contains(&rep.checkpoint_interval_ms) {
+        return Err(ConfigError::new(
+            "reporting.checkpoint_interval_ms",
+            rep.checkpoint_interval_ms,
+            "must be between 10 and 60000 (it bounds what a crash can lose)",
+        ));
+    }
+    if !(1..=86_400).contains(&rep.window_secs) {
+        return Err(ConfigError::new(
+            "reporting.window_secs",
+            rep.window_secs,
+            "must be between 1 and 86400",
+        ));
+    }
+    let mut provider_names = std::collections::HashSet::new();
+    for (i, p) in rep.providers.iter().enumerate() {
+        let field = format!("reporting.providers[{i}]");
+        if p.name.is_empty() {
+            return Err(ConfigError::new(
+                format!("{field}.name"),
+                "",
+                "name the provider (`stripe`, `ledger`, ...)",
+            ));
+        }
+        if !provider_names.insert(p.name.as_str()) {
+            return Err(ConfigError::new(
+                format!("{field}.name"),
+                &p.name,
+                "this provider is already routed",
+            ));
+        }
+        if !(10..=86_400_000).contains(&p.report_interval_ms) {
+            return Err(ConfigError::new(
+                format!("{field}.report_interval_ms"),
+                p.report_interval_ms,
+                "must be between 10 and 86400000",
+            ));
+        }
+        for (j, m) in p.meters.iter().flatten().enumerate() {
+            if !by_name.contains_key(m.as_str()) {
+                return Err(ConfigError::new(
+                    format!("{field}.meters[{j}]"),
+                    m,
+                    "no meter has this id",
+                ));
+            }
+        }
+    }
+
+    let mut json_capture = (None, None);
+    for m in &meters {
+        if let Some((side, cap)) = m.json_capture() {
+            let slot = match side {
+                super::BodySide::Request => &mut json_capture.0,
+                _ => &mut json_capture.1,
+            };
+            *slot = Some(slot.map_or(cap, |c: usize| c.max(cap)));
+        }
+    }
+
+    let meter_index = by_name.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
+    let plan_index = plan_names
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), *v))
+        .collect();
+    Ok(Compiled {
+        instance: Arc::from(cfg.instance.as_str()),
+        aggs: meters.iter().map(|m| m.aggregation).collect(),
+        meters,
+        meter_index,
+        plans,
+        plan_index,
+        default_plan,
+        rules,
+        customers: cfg.customers.clone(),
+        overflow_id,
+        reporting: cfg.reporting.clone(),
+        json_capture,
+    })
+}

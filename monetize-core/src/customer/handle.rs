@@ -1,0 +1,132 @@
+//! A customer's live state, shared by every request of that customer.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+
+use crate::id::CustomerId;
+use crate::meter::{Aggregation, UsageCells};
+
+pub(crate) const DELINQUENT: u32 = 1;
+pub(crate) const CANCELLED: u32 = 2;
+pub(crate) const BLOCKED: u32 = 4;
+
+/// No plan assigned.
+pub(crate) const NO_PLAN: u32 = u32::MAX;
+
+/// Everything a request needs about one customer; reached through a [`CustomerHandle`].
+pub(crate) struct CustomerState {
+    pub(crate) id: CustomerId,
+    pub(crate) flags: AtomicU32,
+    pub(crate) plan: AtomicU32,
+    /// Prepaid balance in micro-credits.
+    pub(crate) balance: AtomicI64,
+    /// GCRA theoretical arrival time, nanoseconds on the engine's clock.
+    pub(crate) rate_tat: AtomicU64,
+    /// Engine-clock seconds of the last request (coarse), for idle eviction.
+    pub(crate) last_seen: AtomicU32,
+    /// Usage since the last checkpoint.
+    pub(crate) cells: UsageCells,
+    /// Usage in the current quota period, per meter.
+    pub(crate) period: Box<[AtomicU64]>,
+    /// Accounts for customers admitted past the cap.
+    pub(crate) is_overflow: bool,
+}
+
+impl CustomerState {
+    pub(crate) fn new(id: CustomerId, aggs: &[Aggregation], plan: u32, balance: i64) -> Self {
+        Self {
+            id,
+            flags: AtomicU32::new(0),
+            plan: AtomicU32::new(plan),
+            balance: AtomicI64::new(balance),
+            rate_tat: AtomicU64::new(0),
+            last_seen: AtomicU32::new(0),
+            cells: UsageCells::new(aggs),
+            period: aggs.iter().map(|_| AtomicU64::new(0)).collect(),
+            is_overflow: false,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn has(&self, flag: u32) -> bool {
+        self.flags.load(Ordering::Relaxed) & flag != 0
+    }
+
+    pub(crate) fn set_flag(&self, flag: u32, on: bool) {
+        if on {
+            self.flags.fetch_or(flag, Ordering::Relaxed);
+        } else {
+            self.flags.fetch_and(!flag, Ordering::Relaxed);
+        }
+    }
+
+    #[inline]
+    pub(crate) fn touch(&self, now: u32) {
+        if self.last_seen.load(Ordering::Relaxed) != now {
+            self.last_seen.store(now, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A resolved customer: an `Arc` to its live state. Resolve once per request, then every
+/// check and record goes through the handle without another lookup.
+#[derive(Clone)]
+pub struct CustomerHandle(pub(crate) Arc<CustomerState>);
+
+impl CustomerHandle {
+    /// The customer's id.
+    pub fn id(&self) -> &CustomerId {
+        &self.0.id
+    }
+
+    /// The prepaid balance in micro-credits.
+    pub fn balance(&self) -> i64 {
+        self.0.balance.load(Ordering::Relaxed)
+    }
+
+    /// The status flags.
+    pub fn status(&self) -> CustomerStatus {
+        let f = self.0.flags.load(Ordering::Relaxed);
+        CustomerStatus {
+            delinquent: f & DELINQUENT != 0,
+            cancelled: f & CANCELLED != 0,
+            blocked: f & BLOCKED != 0,
+        }
+    }
+
+    /// Whether this is the shared overflow customer (admitted past the customer cap).
+    pub fn is_overflow(&self) -> bool {
+        self.0.is_overflow
+    }
+
+    /// Usage of meter `index` in the current quota period (0 for unknown meters).
+    pub fn period_usage(&self, index: crate::id::MeterIndex) -> u64 {
+        self.0
+            .period
+            .get(index.get())
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+}
+
+impl fmt::Debug for CustomerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CustomerHandle")
+            .field("id", &self.0.id)
+            .field("status", &self.status())
+            .field("balance", &self.balance())
+            .finish()
+    }
+}
+
+/// A customer's status flags, set by webhooks or operators.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct CustomerStatus {
+    /// An invoice is overdue or a payment failed.
+    pub delinquent: bool,
+    /// The subscription is cancelled.
+    pub cancelled: bool,
+    /// An operator blocked the customer.
+    pub blocked: bool,
+}

@@ -1,0 +1,18 @@
+//! Customers: the live state of each customer and the registry that resolves it.
+
+mod change;
+mod handle;
+mod plan;
+mod registry;
+
+pub use change::StateChange;
+pub(crate) use handle::CustomerState;
+pub use handle::{CustomerHandle, CustomerStatus};
+pub(crate) mod handle_flags {
+    pub(crate) use super::handle::{BLOCKED, CANCELLED, DELINQUENT, NO_PLAN};
+}
+pub(crate) use plan::Plan;
+pub(crate) use registry::Registry;
+pub(crate) mod registry_admission {
+    pub(crate) use super::registry::Admission;
+}

@@ -1,0 +1,117 @@
+//! A compiled plan: per-meter prices and quotas as arrays indexed by meter.
+
+use std::collections::HashMap;
+
+use crate::config::{Period, PlanConfig};
+use crate::error::ConfigError;
+use crate::id::{MeterIndex, PlanId};
+use crate::quota::Quota;
+use crate::rate_limit::RateLimit;
+
+/// A plan, compiled against the meter table.
+#[derive(Clone, Debug)]
+pub(crate) struct Plan {
+    pub(crate) id: PlanId,
+    pub(crate) prepaid: bool,
+    pub(crate) initial_credits: i64,
+    pub(crate) credits_low_at: i64,
+    /// Micro-credits per base unit, per meter (0: free).
+    pub(crate) prices: Box<[u64]>,
+    /// Quota per meter.
+    pub(crate) quotas: Box<[Option<Quota>]>,
+    pub(crate) rate_limit: Option<RateLimit>,
+}
+
+impl Plan {
+    pub(crate) fn compile(
+        cfg: &PlanConfig,
+        field: &str,
+        meters: &HashMap<&str, MeterIndex>,
+    ) -> Result<Plan, ConfigError> {
+        let id =
+            PlanId::new(&cfg.id).map_err(|e| ConfigError::id(format!("{field}.id"), &cfg.id, e))?;
+        let n = meters.len();
+        let mut prices = vec![0u64; n].into_boxed_slice();
+        for (name, price) in &cfg.prices {
+            let idx = meters.get(name.as_str()).ok_or_else(|| {
+                ConfigError::new(
+                    format!("{field}.prices.{name}"),
+                    name,
+                    "no meter has this id",
+                )
+            })?;
+            prices[idx.get()] = *price;
+        }
+        if cfg.prices.values().any(|p| *p > 0) && !cfg.prepaid {
+            return Err(ConfigError::new(
+                format!("{field}.prepaid"),
+                "false",
+                "prices spend prepaid credits; set `prepaid = true` or remove the prices (postpaid usage is priced by the billing provider)",
+            ));
+        }
+        let mut quotas = vec![None; n].into_boxed_slice();
+        for (i, q) in cfg.quotas.iter().enumerate() {
+            let qf = format!("{field}.quotas[{i}]");
+            let idx = meters.get(q.meter.as_str()).ok_or_else(|| {
+                ConfigError::new(format!("{qf}.meter"), &q.meter, "no meter has this id")
+            })?;
+            if q.limit == 0 {
+                return Err(ConfigError::new(
+                    format!("{qf}.limit"),
+                    0,
+                    "must be at least 1 (to refuse all use, add a rule instead)",
+                ));
+            }
+            if q.warn_at_percent == 0 || q.warn_at_percent > 100 {
+                return Err(ConfigError::new(
+                    format!("{qf}.warn_at_percent"),
+                    q.warn_at_percent,
+                    "must be between 1 and 100",
+                ));
+            }
+            if quotas[idx.get()].is_some() {
+                return Err(ConfigError::new(
+                    format!("{qf}.meter"),
+                    &q.meter,
+                    "this plan already has a quota on this meter",
+                ));
+            }
+            let warn_at = ((q.limit as u128 * q.warn_at_percent as u128).div_ceil(100)) as u64;
+            quotas[idx.get()] = Some(Quota {
+                limit: q.limit,
+                period: q.period,
+                warn_at,
+            });
+        }
+        if cfg.initial_credits < 0 {
+            return Err(ConfigError::new(
+                format!("{field}.initial_credits"),
+                cfg.initial_credits,
+                "must not be negative",
+            ));
+        }
+        let rate_limit = cfg
+            .rate_limit
+            .as_ref()
+            .map(|r| RateLimit::compile(r, &format!("{field}.rate_limit")))
+            .transpose()?;
+        Ok(Plan {
+            id,
+            prepaid: cfg.prepaid,
+            initial_credits: cfg.initial_credits,
+            credits_low_at: cfg.credits_low_at,
+            prices,
+            quotas,
+            rate_limit,
+        })
+    }
+
+    /// The period over which a meter's usage is counted for this plan: its quota's, or
+    /// the calendar month.
+    pub(crate) fn period_of(&self, meter: usize) -> Period {
+        self.quotas
+            .get(meter)
+            .and_then(|q| q.map(|q| q.period))
+            .unwrap_or(Period::Month)
+    }
+}

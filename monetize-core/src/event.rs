@@ -1,0 +1,89 @@
+//! Events: things worth telling a customer or a team, pushed by the engine and reporter.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::id::{CustomerId, MeterId};
+
+/// What happened.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum EventKind {
+    /// The credit balance fell to or below the plan's low-credit mark.
+    CreditsLow {
+        /// Balance after the spend, micro-credits.
+        balance: i64,
+    },
+    /// The credit balance reached zero or below: prepaid requests are now refused.
+    CreditsExhausted {
+        /// Balance after the spend, micro-credits.
+        balance: i64,
+    },
+    /// Usage of a quota'd meter crossed the plan's warning share of the limit.
+    QuotaWarning {
+        /// The meter.
+        meter: MeterId,
+        /// Used in this period.
+        used: u64,
+        /// The period's limit.
+        limit: u64,
+    },
+    /// Usage of a quota'd meter reached the limit.
+    QuotaReached {
+        /// The meter.
+        meter: MeterId,
+        /// Used in this period.
+        used: u64,
+        /// The period's limit.
+        limit: u64,
+    },
+    /// A rule in shadow mode would have blocked a request.
+    ShadowBlock {
+        /// The rule's name.
+        rule: Arc<str>,
+    },
+    /// A rule blocked a request of a customer (for "delinquent customer keeps calling").
+    Blocked {
+        /// The rule's name.
+        rule: Arc<str>,
+    },
+    /// A usage record was refused for good and moved to the dead letter list.
+    DeadLetter {
+        /// The provider that refused it.
+        provider: String,
+        /// The record's idempotency key.
+        idempotency_key: String,
+        /// What the provider said.
+        reason: String,
+    },
+    /// A new customer could not get its own usage cells because the customer cap was hit.
+    CustomerOverflow,
+}
+
+/// An event with its customer (when it concerns one) and time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Event {
+    /// The customer concerned, if any.
+    pub customer: Option<CustomerId>,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: EventKind,
+    /// When the engine saw it.
+    #[serde(skip)]
+    pub at: SystemTime,
+}
+
+impl Event {
+    /// An event about a customer, now.
+    pub fn new(customer: Option<CustomerId>, kind: EventKind) -> Self {
+        Self {
+            customer,
+            kind,
+            at: SystemTime::now(),
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! # monetize-core
+//!
+//! The domain and the lock-free usage engine of `monetize`: meters, customers, plans,
+//! governance rules, credits and quotas, the spool and the reporter that deliver usage to
+//! billing providers exactly once. No web framework, no vendor, no network client.
+//!
+//! ```
+//! use monetize_core::config::{Config, MeterConfig, PlanConfig};
+//! use monetize_core::{Decision, Engine, Exchange};
+//!
+//! let config = Config::builder()
+//!     .meter(MeterConfig::count("api_calls").route("/v1/*"))
+//!     .plan(PlanConfig::new("prepaid").prepaid(2_000).price("api_calls", 1_000))
+//!     .build();
+//! let engine = Engine::new(config).unwrap();
+//!
+//! let customer = engine.resolve("acme").unwrap();
+//! let (method, headers) = (http::Method::GET, http::HeaderMap::new());
+//! for _ in 0..2 {
+//!     let request = Exchange::new(&method, "/v1/things", &headers);
+//!     assert!(engine.decide(&customer, &request).is_allow());
+//!     let done = request.response(http::StatusCode::OK, &headers, 2);
+//!     engine.meter(&customer, &done);
+//! }
+//! // Two calls at 1,000 micro-credits spent the balance: the third is refused with 402.
+//! let request = Exchange::new(&method, "/v1/things", &headers);
+//! match engine.decide(&customer, &request) {
+//!     Decision::Block(b) => assert_eq!(b.status.as_u16(), 402),
+//!     _ => panic!("expected a block"),
+//! }
+//! // A checkpoint takes what was recorded since the last one.
+//! let deltas = engine.checkpoint();
+//! assert_eq!(deltas[0].measure.quantity(), 2);
+//! ```
+
+pub mod config;
+mod customer;
+mod engine;
+pub mod error;
+pub mod event;
+mod govern;
+pub mod id;
+pub mod meter;
+pub mod provider;
+mod quota;
+mod rate_limit;
+pub mod report;
+
+pub use customer::{CustomerHandle, CustomerStatus, StateChange};
+pub use engine::{CustomerUsage, Engine, EngineBuilder, EngineStats, MeterUsage};
+pub use error::{ConfigError, CoreError};
+pub use event::{Event, EventKind};
+pub use govern::{Allow, Block, Decision, Predicate, QuotaInfo};
+pub use id::{CustomerId, MeterId, MeterIndex, PlanId};
+pub use meter::{Exchange, ReportedUsage};
+pub use provider::{BillingProvider, ProviderError, RecordOutcome, UsageRecord};
+pub use rate_limit::RateLimitInfo;

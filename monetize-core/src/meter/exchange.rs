@@ -1,0 +1,116 @@
+//! A read-only view of one request (and, after the inner service, its response) that
+//! filters and value sources look at.
+
+use http::{HeaderMap, Method, StatusCode};
+
+use super::ReportedUsage;
+
+/// What a filter or value source may look at. Built by the HTTP layer once per request.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct Exchange<'a> {
+    /// The request method.
+    pub method: &'a Method,
+    /// The route template (`/users/{id}`) when the framework knows it, else `None`.
+    pub route: Option<&'a str>,
+    /// The request path (`/users/42`).
+    pub path: &'a str,
+    /// The raw query string, without `?`.
+    pub query: Option<&'a str>,
+    /// The request headers.
+    pub request_headers: &'a HeaderMap,
+    /// Request body bytes (from `Content-Length` or counted).
+    pub request_bytes: u64,
+    /// The response, once there is one.
+    pub response: Option<ResponseView<'a>>,
+    /// Quantities the handler reported (tokens, rows, ...).
+    pub reported: Option<&'a ReportedUsage>,
+    /// The start of the request body, captured only when a meter asks for a JSON field.
+    pub request_body: Option<&'a [u8]>,
+    /// The start of the response body, captured only when a meter asks for a JSON field.
+    pub response_body: Option<&'a [u8]>,
+}
+
+/// The response side of an [`Exchange`].
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct ResponseView<'a> {
+    /// The status code.
+    pub status: StatusCode,
+    /// The response headers.
+    pub headers: &'a HeaderMap,
+    /// Response body bytes sent to the client.
+    pub bytes: u64,
+}
+
+impl<'a> Exchange<'a> {
+    /// A request-side view; add the rest with the builder methods.
+    pub fn new(method: &'a Method, path: &'a str, request_headers: &'a HeaderMap) -> Self {
+        Self {
+            method,
+            route: None,
+            path,
+            query: None,
+            request_headers,
+            request_bytes: 0,
+            response: None,
+            reported: None,
+            request_body: None,
+            response_body: None,
+        }
+    }
+
+    /// Sets the route template.
+    pub fn route(mut self, route: Option<&'a str>) -> Self {
+        self.route = route;
+        self
+    }
+
+    /// Sets the raw query string.
+    pub fn query(mut self, query: Option<&'a str>) -> Self {
+        self.query = query;
+        self
+    }
+
+    /// Sets the request body size.
+    pub fn request_bytes(mut self, bytes: u64) -> Self {
+        self.request_bytes = bytes;
+        self
+    }
+
+    /// Adds the response.
+    pub fn response(mut self, status: StatusCode, headers: &'a HeaderMap, bytes: u64) -> Self {
+        self.response = Some(ResponseView {
+            status,
+            headers,
+            bytes,
+        });
+        self
+    }
+
+    /// Adds handler-reported quantities.
+    pub fn reported(mut self, reported: Option<&'a ReportedUsage>) -> Self {
+        self.reported = reported;
+        self
+    }
+
+    /// Adds captured body prefixes (for JSON-field meters).
+    pub fn bodies(mut self, request: Option<&'a [u8]>, response: Option<&'a [u8]>) -> Self {
+        self.request_body = request;
+        self.response_body = response;
+        self
+    }
+
+    /// The path to match route filters against: the template when known, else the path.
+    pub(crate) fn route_or_path(&self) -> &'a str {
+        self.route.unwrap_or(self.path)
+    }
+
+    /// The first value of query parameter `name`, undecoded.
+    pub(crate) fn query_param(&self, name: &str) -> Option<&'a str> {
+        self.query?.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k == name).then_some(v)
+        })
+    }
+}

@@ -1,0 +1,308 @@
+//! Filters: which requests a meter (or a rule) applies to.
+
+use http::{HeaderName, HeaderValue, Method};
+
+use super::Exchange;
+use crate::config::{FilterConfig, HeaderMatch, StatusSpec};
+use crate::error::ConfigError;
+
+/// A compiled filter.
+#[derive(Clone, Debug)]
+pub(crate) enum Filter {
+    True,
+    Method(Vec<Method>),
+    Route(Vec<RoutePattern>),
+    Status(Vec<(u16, u16)>),
+    RequestHeader(HeaderName, Option<HeaderValue>),
+    ResponseHeader(HeaderName, Option<HeaderValue>),
+    Query(String, Option<String>),
+    Reported(String),
+    All(Vec<Filter>),
+    Any(Vec<Filter>),
+    Not(Box<Filter>),
+}
+
+/// A route template to match: exact, or a prefix when it ends in `*`.
+#[derive(Clone, Debug)]
+pub(crate) enum RoutePattern {
+    Exact(String),
+    Prefix(String),
+}
+
+impl RoutePattern {
+    fn matches(&self, route: &str) -> bool {
+        match self {
+            RoutePattern::Exact(p) => p == route,
+            RoutePattern::Prefix(p) => route.starts_with(p.as_str()),
+        }
+    }
+}
+
+impl Filter {
+    /// Whether the exchange matches. Response-side tests fail while there is no response.
+    pub(crate) fn matches(&self, ex: &Exchange<'_>) -> bool {
+        match self {
+            Filter::True => true,
+            Filter::Method(ms) => ms.iter().any(|m| m == ex.method),
+            Filter::Route(ps) => {
+                let r = ex.route_or_path();
+                ps.iter().any(|p| p.matches(r))
+            }
+            Filter::Status(ranges) => ex.response.is_some_and(|resp| {
+                let s = resp.status.as_u16();
+                ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&s))
+            }),
+            Filter::RequestHeader(name, value) => header_matches(ex.request_headers, name, value),
+            Filter::ResponseHeader(name, value) => ex
+                .response
+                .is_some_and(|r| header_matches(r.headers, name, value)),
+            Filter::Query(name, value) => match (ex.query_param(name), value) {
+                (Some(_), None) => true,
+                (Some(v), Some(want)) => v == want,
+                (None, _) => false,
+            },
+            Filter::Reported(name) => ex.reported.is_some_and(|r| r.get(name).is_some()),
+            Filter::All(fs) => fs.iter().all(|f| f.matches(ex)),
+            Filter::Any(fs) => fs.iter().any(|f| f.matches(ex)),
+            Filter::Not(f) => !f.matches(ex),
+        }
+    }
+
+    /// Whether the filter looks at the response (status, response headers, reported usage).
+    pub(crate) fn needs_response(&self) -> bool {
+        match self {
+            Filter::Status(_) | Filter::ResponseHeader(..) | Filter::Reported(_) => true,
+            Filter::All(fs) | Filter::Any(fs) => fs.iter().any(Filter::needs_response),
+            Filter::Not(f) => f.needs_response(),
+            _ => false,
+        }
+    }
+
+    /// Compiles a filter from config; `field` is the config path used in errors.
+    pub(crate) fn compile(cfg: &FilterConfig, field: &str) -> Result<Filter, ConfigError> {
+        let mut parts = Vec::new();
+        if !cfg.method.is_empty() {
+            let mut ms = Vec::new();
+            for (i, m) in cfg.method.iter().enumerate() {
+                let upper = m.to_ascii_uppercase();
+                let method = Method::from_bytes(upper.as_bytes()).map_err(|_| {
+                    ConfigError::new(
+                        format!("{field}.method[{i}]"),
+                        m,
+                        "not an HTTP method (expected GET, POST, PUT, PATCH, DELETE, ...)",
+                    )
+                })?;
+                ms.push(method);
+            }
+            parts.push(Filter::Method(ms));
+        }
+        if !cfg.route.is_empty() {
+            let mut ps = Vec::new();
+            for (i, r) in cfg.route.iter().enumerate() {
+                let f = format!("{field}.route[{i}]");
+                if !r.starts_with('/') {
+                    return Err(ConfigError::new(
+                        f,
+                        r,
+                        "a route template starts with `/` (for example `/v1/users/{id}` or `/v1/*`)",
+                    ));
+                }
+                match r.find('*') {
+                    None => ps.push(RoutePattern::Exact(r.clone())),
+                    Some(pos) if pos == r.len() - 1 => {
+                        ps.push(RoutePattern::Prefix(r[..pos].to_owned()))
+                    }
+                    Some(_) => {
+                        return Err(ConfigError::new(
+                            f,
+                            r,
+                            "`*` is only allowed at the end of a route (a prefix match)",
+                        ));
+                    }
+                }
+            }
+            parts.push(Filter::Route(ps));
+        }
+        if !cfg.status.is_empty() {
+            let mut rs = Vec::new();
+            for (i, s) in cfg.status.iter().enumerate() {
+                rs.push(parse_status(s).ok_or_else(|| {
+                    ConfigError::new(
+                        format!("{field}.status[{i}]"),
+                        s,
+                        "not a status code, class or range (expected 100-599, `2xx`, or `400-499`)",
+                    )
+                })?);
+            }
+            parts.push(Filter::Status(rs));
+        }
+        if let Some(h) = &cfg.header {
+            let (n, v) = compile_header(h, &format!("{field}.header"))?;
+            parts.push(Filter::RequestHeader(n, v));
+        }
+        if let Some(h) = &cfg.response_header {
+            let (n, v) = compile_header(h, &format!("{field}.response_header"))?;
+            parts.push(Filter::ResponseHeader(n, v));
+        }
+        if let Some(q) = &cfg.query {
+            if q.name.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{field}.query.name"),
+                    "",
+                    "a query filter needs a parameter name",
+                ));
+            }
+            parts.push(Filter::Query(q.name.clone(), q.value.clone()));
+        }
+        if let Some(r) = &cfg.reported {
+            if r.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{field}.reported"),
+                    "",
+                    "name the handler-reported quantity (for example `tokens`)",
+                ));
+            }
+            parts.push(Filter::Reported(r.clone()));
+        }
+        for (i, f) in cfg.all.iter().enumerate() {
+            parts.push(Filter::compile(f, &format!("{field}.all[{i}]"))?);
+        }
+        if !cfg.any.is_empty() {
+            let mut any = Vec::new();
+            for (i, f) in cfg.any.iter().enumerate() {
+                any.push(Filter::compile(f, &format!("{field}.any[{i}]"))?);
+            }
+            parts.push(Filter::Any(any));
+        }
+        if let Some(f) = &cfg.not {
+            parts.push(Filter::Not(Box::new(Filter::compile(
+                f,
+                &format!("{field}.not"),
+            )?)));
+        }
+        Ok(match parts.len() {
+            0 => Filter::True,
+            1 => parts.pop().unwrap_or(Filter::True),
+            _ => Filter::All(parts),
+        })
+    }
+}
+
+fn header_matches(
+    headers: &http::HeaderMap,
+    name: &HeaderName,
+    want: &Option<HeaderValue>,
+) -> bool {
+    match (headers.get(name), want) {
+        (Some(_), None) => true,
+        (Some(v), Some(w)) => v == w,
+        (None, _) => false,
+    }
+}
+
+fn compile_header(
+    h: &HeaderMatch,
+    field: &str,
+) -> Result<(HeaderName, Option<HeaderValue>), ConfigError> {
+    let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| {
+        ConfigError::new(
+            format!("{field}.name"),
+            &h.name,
+            "not a valid HTTP header name",
+        )
+    })?;
+    let value = match &h.value {
+        None => None,
+        Some(v) => Some(HeaderValue::from_str(v).map_err(|_| {
+            ConfigError::new(
+                format!("{field}.value"),
+                v,
+                "not a valid HTTP header value (visible ASCII only)",
+            )
+        })?),
+    };
+    Ok((name, value))
+}
+
+fn parse_status(s: &StatusSpec) -> Option<(u16, u16)> {
+    let valid = |c: u16| (100..=599).contains(&c);
+    match s {
+        StatusSpec::Code(c) => valid(*c).then_some((*c, *c)),
+        StatusSpec::Text(t) => {
+            let t = t.trim();
+            if t.len() == 3 && t.ends_with("xx") {
+                let d = t[..1].parse::<u16>().ok()?;
+                return (1..=5).contains(&d).then_some((d * 100, d * 100 + 99));
+            }
+            if let Some((a, b)) = t.split_once('-') {
+                let (a, b) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+                return (valid(a) && valid(b) && a <= b).then_some((a, b));
+            }
+            let c = t.parse().ok()?;
+            valid(c).then_some((c, c))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderMap, StatusCode};
+
+    #[test]
+    fn status_forms() {
+        assert_eq!(
+            parse_status(&StatusSpec::Text("2xx".into())),
+            Some((200, 299))
+        );
+        assert_eq!(
+            parse_status(&StatusSpec::Text("400-499".into())),
+            Some((400, 499))
+        );
+        assert_eq!(parse_status(&StatusSpec::Code(404)), Some((404, 404)));
+        assert_eq!(parse_status(&StatusSpec::Text("7xx".into())), None);
+        assert_eq!(parse_status(&StatusSpec::Code(99)), None);
+        assert_eq!(parse_status(&StatusSpec::Text("500-400".into())), None);
+    }
+
+    #[test]
+    fn combined_filter() {
+        let cfg = FilterConfig {
+            method: vec!["get".into()],
+            route: vec!["/v1/*".into()],
+            status: vec![StatusSpec::Text("2xx".into())],
+            ..Default::default()
+        };
+        let f = Filter::compile(&cfg, "f").unwrap();
+        assert!(f.needs_response());
+        let h = HeaderMap::new();
+        let get = Method::GET;
+        let ex = Exchange::new(&get, "/v1/users/7", &h).route(Some("/v1/users/{id}"));
+        assert!(!f.matches(&ex), "no response yet");
+        assert!(f.matches(&ex.response(StatusCode::OK, &h, 0)));
+        assert!(!f.matches(&ex.response(StatusCode::NOT_FOUND, &h, 0)));
+        let post = Method::POST;
+        let ex = Exchange::new(&post, "/v1/x", &h).response(StatusCode::OK, &h, 0);
+        assert!(!f.matches(&ex));
+    }
+
+    #[test]
+    fn query_and_not() {
+        let cfg = FilterConfig {
+            not: Some(Box::new(FilterConfig {
+                query: Some(crate::config::QueryMatch {
+                    name: "dry_run".into(),
+                    value: Some("1".into()),
+                }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let f = Filter::compile(&cfg, "f").unwrap();
+        let h = HeaderMap::new();
+        let m = Method::GET;
+        assert!(!f.matches(&Exchange::new(&m, "/", &h).query(Some("a=2&dry_run=1"))));
+        assert!(f.matches(&Exchange::new(&m, "/", &h).query(Some("dry_run=0"))));
+        assert!(f.matches(&Exchange::new(&m, "/", &h)));
+    }
+}
