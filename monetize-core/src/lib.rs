@@ -55,3 +55,8 @@ pub use id::{CustomerId, MeterId, MeterIndex, PlanId};
 pub use meter::{Exchange, ReportedUsage};
 pub use provider::{BillingProvider, ProviderError, RecordOutcome, UsageRecord};
 pub use rate_limit::RateLimitInfo;
+
+/// The README's code example, compiled and run as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -131,6 +131,76 @@ pub struct FilterConfig {
     pub not: Option<Box<FilterConfig>>,
 }
 
+impl FilterConfig {
+    /// An empty filter (matches every request); add conditions with the methods below.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a method to match (any of).
+    pub fn method(mut self, m: impl Into<String>) -> Self {
+        self.method.push(m.into());
+        self
+    }
+
+    /// Adds a route template to match (any of); `*` at the end matches a prefix.
+    pub fn route(mut self, r: impl Into<String>) -> Self {
+        self.route.push(r.into());
+        self
+    }
+
+    /// Adds a status code, class (`2xx`) or range (`400-499`) to match (any of).
+    pub fn status(mut self, s: impl Into<String>) -> Self {
+        self.status.push(StatusSpec::Text(s.into()));
+        self
+    }
+
+    /// Requires a request header (with this value, when given).
+    pub fn header(mut self, name: impl Into<String>, value: Option<&str>) -> Self {
+        self.header = Some(HeaderMatch {
+            name: name.into(),
+            value: value.map(str::to_owned),
+        });
+        self
+    }
+
+    /// Requires a response header (with this value, when given).
+    pub fn response_header(mut self, name: impl Into<String>, value: Option<&str>) -> Self {
+        self.response_header = Some(HeaderMatch {
+            name: name.into(),
+            value: value.map(str::to_owned),
+        });
+        self
+    }
+
+    /// Requires a query parameter (with this value, when given).
+    pub fn query(mut self, name: impl Into<String>, value: Option<&str>) -> Self {
+        self.query = Some(QueryMatch {
+            name: name.into(),
+            value: value.map(str::to_owned),
+        });
+        self
+    }
+
+    /// Requires a handler-reported quantity.
+    pub fn reported(mut self, name: impl Into<String>) -> Self {
+        self.reported = Some(name.into());
+        self
+    }
+
+    /// Requires at least one of these filters to match.
+    pub fn any(mut self, filters: Vec<FilterConfig>) -> Self {
+        self.any = filters;
+        self
+    }
+
+    /// Requires this filter not to match.
+    pub fn not(mut self, filter: FilterConfig) -> Self {
+        self.not = Some(Box::new(filter));
+        self
+    }
+}
+
 /// A status code (`404`) or a text form (`"2xx"`, `"400-499"`, `"404"`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]

@@ -124,6 +124,22 @@ impl RuleConfig {
         }
     }
 
+    /// An allowing rule: requests for which `when` holds skip the later rules and get
+    /// these response headers.
+    pub fn allow(
+        name: impl Into<String>,
+        when: ConditionConfig,
+        headers: BTreeMap<String, String>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            when,
+            request: None,
+            action: ActionConfig::Allow { headers },
+            mode: Mode::Enforce,
+        }
+    }
+
     /// Puts the rule in shadow mode.
     pub fn shadow(mut self) -> Self {
         self.mode = Mode::Shadow;

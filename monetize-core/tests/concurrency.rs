@@ -1,0 +1,135 @@
+//! Several threads record while another checkpoints continuously: the deltas add up to
+//! exactly what was recorded.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+
+use monetize_core::Engine;
+
+#[test]
+fn checkpoint_deltas_sum_to_recorded_exactly() {
+    let engine = Engine::for_tests(&["calls", "bytes"]);
+    let calls = engine.meter_index("calls").unwrap();
+    let bytes = engine.meter_index("bytes").unwrap();
+    let customers: Vec<String> = (0..8).map(|i| format!("c{i}")).collect();
+    let handles: Vec<_> = customers
+        .iter()
+        .map(|c| engine.resolve(c).unwrap())
+        .collect();
+    let handles = Arc::new(handles);
+
+    const THREADS: usize = 3;
+    const PER_THREAD: u64 = 1_000_000;
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let checkpointer = {
+        let engine = engine.clone();
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let mut totals: HashMap<(String, String), u64> = HashMap::new();
+            let mut rounds = 0u64;
+            while !stop.load(Ordering::Acquire) {
+                for d in engine.checkpoint() {
+                    *totals
+                        .entry((d.customer.to_string(), d.meter.to_string()))
+                        .or_default() += d.measure.quantity();
+                }
+                rounds += 1;
+            }
+            (totals, rounds)
+        })
+    };
+
+    let workers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let engine = engine.clone();
+            let handles = handles.clone();
+            thread::spawn(move || {
+                for i in 0..PER_THREAD {
+                    let h = &handles[(i as usize + t) % handles.len()];
+                    engine.record(h, calls, 1);
+                    engine.record(h, bytes, i % 7);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    stop.store(true, Ordering::Release);
+    let (mut totals, rounds) = checkpointer.join().unwrap();
+    for d in engine.checkpoint() {
+        *totals
+            .entry((d.customer.to_string(), d.meter.to_string()))
+            .or_default() += d.measure.quantity();
+    }
+    assert!(
+        rounds > 1,
+        "the checkpointer ran concurrently ({rounds} rounds)"
+    );
+
+    let mut expected: HashMap<(String, String), u64> = HashMap::new();
+    for t in 0..THREADS {
+        for i in 0..PER_THREAD {
+            let c = &customers[(i as usize + t) % customers.len()];
+            *expected.entry((c.clone(), "calls".into())).or_default() += 1;
+            *expected.entry((c.clone(), "bytes".into())).or_default() += i % 7;
+        }
+    }
+    expected.retain(|_, v| *v > 0);
+    assert_eq!(totals, expected);
+    let sum: u64 = totals
+        .iter()
+        .filter(|((_, m), _)| m == "calls")
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(sum, THREADS as u64 * PER_THREAD);
+}
+
+#[test]
+fn eviction_under_load_loses_nothing() {
+    let engine = Engine::for_tests(&["calls"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let evictor = {
+        let engine = engine.clone();
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let mut total = 0u64;
+            let mut evicted = 0usize;
+            while !stop.load(Ordering::Acquire) {
+                evicted += engine.evict_idle(0);
+                total += engine
+                    .checkpoint()
+                    .iter()
+                    .map(|d| d.measure.quantity())
+                    .sum::<u64>();
+            }
+            (total, evicted)
+        })
+    };
+    let workers: Vec<_> = (0..2)
+        .map(|t| {
+            let engine = engine.clone();
+            thread::spawn(move || {
+                for i in 0..200_000u64 {
+                    let id = format!("c{}", (i + t) % 50);
+                    engine.record_by_id(&id, "calls", 1).unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    stop.store(true, Ordering::Release);
+    let (mut total, evicted) = evictor.join().unwrap();
+    total += engine
+        .checkpoint()
+        .iter()
+        .map(|d| d.measure.quantity())
+        .sum::<u64>();
+    assert_eq!(total, 400_000);
+    assert!(evicted > 0, "eviction actually happened");
+}
