@@ -27,6 +27,7 @@ use crate::id::{CustomerId, MeterId, MeterIndex, PlanId};
 use crate::meter::{Aggregation, Exchange, Meter, Sample};
 use crate::quota::{period_end, period_number};
 use crate::report::Delta;
+use crate::store::AccountState;
 
 /// Events held for notifiers before the oldest are dropped (and counted).
 const DEFAULT_EVENT_CAPACITY: usize = 65_536;
@@ -623,6 +624,48 @@ impl Engine {
             status: h.status(),
             meters,
         })
+    }
+
+    /// A customer's durable state (status, plan, balance), for a [`crate::StateStore`].
+    pub fn account(&self, customer: &str) -> Option<AccountState> {
+        let cfg = self.inner.config.load();
+        self.inner.registry.with(customer, |s| {
+            let f = s.flags.load(Ordering::Relaxed);
+            AccountState {
+                delinquent: f & DELINQUENT != 0,
+                cancelled: f & CANCELLED != 0,
+                blocked: f & BLOCKED != 0,
+                plan: cfg
+                    .plan(s.plan.load(Ordering::Relaxed))
+                    .map(|p| p.id.clone()),
+                balance: s.balance.load(Ordering::Relaxed),
+            }
+        })
+    }
+
+    /// Sets a customer's state from a [`crate::StateStore`] (admitting it if new). A plan
+    /// the config does not know is an error and changes nothing.
+    pub fn restore_account(&self, customer: &str, state: &AccountState) -> Result<(), CoreError> {
+        let plan = match &state.plan {
+            Some(p) => Some(
+                *self
+                    .inner
+                    .config
+                    .load()
+                    .plan_index
+                    .get(p.as_str())
+                    .ok_or_else(|| CoreError::UnknownPlan(p.to_string()))?,
+            ),
+            None => None,
+        };
+        let h = self.resolve(customer)?;
+        let s = &h.0;
+        s.set_flag(DELINQUENT, state.delinquent);
+        s.set_flag(CANCELLED, state.cancelled);
+        s.set_flag(BLOCKED, state.blocked);
+        s.plan.store(plan.unwrap_or(NO_PLAN), Ordering::Relaxed);
+        s.balance.store(state.balance, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Counters for operators.

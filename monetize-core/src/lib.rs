@@ -40,11 +40,14 @@ pub mod error;
 pub mod event;
 mod govern;
 pub mod id;
+pub mod ledger;
 pub mod meter;
+pub mod notify;
 pub mod provider;
 mod quota;
 mod rate_limit;
 pub mod report;
+pub mod store;
 
 pub use customer::{CustomerHandle, CustomerStatus, StateChange};
 pub use engine::{CustomerUsage, Engine, EngineBuilder, EngineStats, MeterUsage};
@@ -53,8 +56,10 @@ pub use event::{Event, EventKind};
 pub use govern::{Allow, Block, Decision, Predicate, QuotaInfo};
 pub use id::{CustomerId, MeterId, MeterIndex, PlanId};
 pub use meter::{Exchange, ReportedUsage};
+pub use notify::{MemoryNotifier, Notifier, NotifyError};
 pub use provider::{BillingProvider, ProviderError, RecordOutcome, UsageRecord};
 pub use rate_limit::RateLimitInfo;
+pub use store::{AccountState, MemoryStore, StateStore, StoreError};
 
 /// The README's code example, compiled and run as a doc test.
 #[cfg(doctest)]

@@ -371,3 +371,35 @@ fn invalid_customer_ids_are_errors() {
             .contains("unknown meter `nope`")
     );
 }
+
+#[test]
+fn account_state_round_trips_for_stores() {
+    let engine = Engine::new(config()).unwrap();
+    engine.resolve("acct").unwrap();
+    engine.apply("acct", StateChange::Delinquent(true)).unwrap();
+    engine
+        .apply("acct", StateChange::Plan(PlanId::new("prepaid").unwrap()))
+        .unwrap();
+    engine.apply("acct", StateChange::SetBalance(77)).unwrap();
+    let a = engine.account("acct").unwrap();
+    assert!(a.delinquent && !a.cancelled);
+    assert_eq!(a.plan.as_ref().map(|p| p.as_str()), Some("prepaid"));
+    assert_eq!(a.balance, 77);
+    let other = Engine::new(config()).unwrap();
+    other.restore_account("acct", &a).unwrap();
+    assert_eq!(other.account("acct"), Some(a.clone()));
+    let mut bad = a;
+    bad.plan = Some(PlanId::new("gold").unwrap());
+    assert!(
+        other
+            .restore_account("acct", &bad)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown plan `gold`")
+    );
+    assert_eq!(
+        other.account("acct").unwrap().plan.unwrap().as_str(),
+        "prepaid",
+        "unchanged on error"
+    );
+}
