@@ -147,10 +147,7 @@ impl LedgerProvider {
                 return Err(LedgerError::Malformed {
                     path: path.clone(),
                     line: number,
-                    reason: format!(
-                        "idempotency key {} appears twice",
-                        record.idempotency_key
-                    ),
+                    reason: format!("idempotency key {} appears twice", record.idempotency_key),
                 });
             }
             state
@@ -329,7 +326,10 @@ mod tests {
         let out = l.report(&[a.clone(), b.clone()]).await.unwrap();
         assert_eq!(out, vec![RecordOutcome::Accepted, RecordOutcome::Accepted]);
         // a retry with the same quantity is accepted, not stored twice
-        assert_eq!(l.report(&[a.clone()]).await.unwrap(), vec![RecordOutcome::Accepted]);
+        assert_eq!(
+            l.report(std::slice::from_ref(&a)).await.unwrap(),
+            vec![RecordOutcome::Accepted]
+        );
         assert_eq!(l.len(), 2);
         assert_eq!(l.deliveries_of(&a.idempotency_key), 2);
         // the same key with another quantity is refused and counted
@@ -354,7 +354,9 @@ mod tests {
         let path = dir.path().join("ledger.jsonl");
         {
             let l = LedgerProvider::open(&path).unwrap();
-            l.report(&[rec("c1", 0, 5), rec("c1", 60, 6)]).await.unwrap();
+            l.report(&[rec("c1", 0, 5), rec("c1", 60, 6)])
+                .await
+                .unwrap();
         }
         // a write cut short by a crash
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
@@ -364,7 +366,9 @@ mod tests {
         assert_eq!(l.len(), 2);
         assert_eq!(l.total("calls", "c1"), 11);
         // the reopened ledger still deduplicates, and appends after the repaired end
-        l.report(&[rec("c1", 0, 5), rec("c1", 120, 1)]).await.unwrap();
+        l.report(&[rec("c1", 0, 5), rec("c1", 120, 1)])
+            .await
+            .unwrap();
         assert_eq!(l.len(), 3);
         drop(l);
         let text = std::fs::read_to_string(&path).unwrap();

@@ -2,11 +2,16 @@
 //! report windows from the spool to billing providers, exactly once.
 
 pub mod dead_letter;
+pub mod reporter;
 pub mod spool;
 pub mod spool_redb;
 pub mod window;
 
 pub use dead_letter::DeadLetter;
+pub use reporter::{
+    ProviderRoute, ReportSummary, Reporter, ReporterError, ReporterHandle, ReporterOptions,
+    ReporterStats,
+};
 pub use spool::{
     Acknowledged, MemorySpool, PendingEntry, Sealed, Spool, SpoolError, SpoolKey, SpoolRoute,
 };

@@ -896,10 +896,20 @@ pub(crate) mod suite {
 
     /// Windows of 60 s; t=100 is in [60, 120).
     pub(crate) fn closes_windows_only(s: &dyn Spool) {
-        s.merge(&routes(), &[sum("c1", "calls", 2), sum("c1", "bytes", 10)], 100, 60)
+        s.merge(
+            &routes(),
+            &[sum("c1", "calls", 2), sum("c1", "bytes", 10)],
+            100,
+            60,
+        )
+        .unwrap();
+        s.merge(&routes(), &[sum("c1", "calls", 3)], 110, 60)
             .unwrap();
-        s.merge(&routes(), &[sum("c1", "calls", 3)], 110, 60).unwrap();
-        assert!(s.take_due("ledger", "i", 119, 10, false).unwrap().is_empty());
+        assert!(
+            s.take_due("ledger", "i", 119, 10, false)
+                .unwrap()
+                .is_empty()
+        );
         let got = s.take_due("ledger", "i", 120, 10, false).unwrap();
         assert_eq!(got.len(), 2);
         let calls = got.iter().find(|r| r.meter.as_str() == "calls").unwrap();
@@ -913,19 +923,28 @@ pub(crate) mod suite {
     }
 
     pub(crate) fn include_open_takes_everything(s: &dyn Spool) {
-        s.merge(&routes(), &[sum("c1", "calls", 4)], 100, 60).unwrap();
-        assert!(s.take_due("ledger", "i", 100, 10, false).unwrap().is_empty());
+        s.merge(&routes(), &[sum("c1", "calls", 4)], 100, 60)
+            .unwrap();
+        assert!(
+            s.take_due("ledger", "i", 100, 10, false)
+                .unwrap()
+                .is_empty()
+        );
         let got = s.take_due("ledger", "i", 100, 10, true).unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].quantity, 4);
     }
 
     pub(crate) fn sealed_entries_are_stable(s: &dyn Spool) {
-        s.merge(&routes(), &[sum("c1", "calls", 7)], 100, 60).unwrap();
+        s.merge(&routes(), &[sum("c1", "calls", 7)], 100, 60)
+            .unwrap();
         let first = s.take_due("ledger", "i", 200, 10, false).unwrap();
         // a late merge into the sealed window goes to part 1
-        s.merge(&routes(), &[sum("c1", "calls", 5)], 100, 60).unwrap();
-        let again = s.take_due("ledger", "other-instance", 200, 10, false).unwrap();
+        s.merge(&routes(), &[sum("c1", "calls", 5)], 100, 60)
+            .unwrap();
+        let again = s
+            .take_due("ledger", "other-instance", 200, 10, false)
+            .unwrap();
         assert_eq!(again.len(), 2);
         assert_eq!(again[0].idempotency_key, first[0].idempotency_key);
         assert_eq!(again[0].quantity, 7);
@@ -945,7 +964,11 @@ pub(crate) mod suite {
     pub(crate) fn ack_and_dead_letter_move_entries(s: &dyn Spool) {
         s.merge(
             &routes(),
-            &[sum("c1", "calls", 1), sum("c2", "calls", 2), sum("c3", "calls", 3)],
+            &[
+                sum("c1", "calls", 1),
+                sum("c2", "calls", 2),
+                sum("c3", "calls", 3),
+            ],
             100,
             60,
         )
@@ -953,7 +976,10 @@ pub(crate) mod suite {
         let got = s.take_due("ledger", "i", 200, 10, false).unwrap();
         assert_eq!(got.len(), 3);
         assert_eq!(s.ack(&got[..1], 300).unwrap(), 1);
-        assert_eq!(s.dead_letter(&got[1..2], "unknown customer", 301).unwrap(), 1);
+        assert_eq!(
+            s.dead_letter(&got[1..2], "unknown customer", 301).unwrap(),
+            1
+        );
         // acking again or acking a record with a foreign key does nothing
         assert_eq!(s.ack(&got[..1], 300).unwrap(), 0);
         let mut forged = got[2].clone();
@@ -969,8 +995,13 @@ pub(crate) mod suite {
         assert_eq!(dead[0].record.quantity, 2);
         assert_eq!(s.pending_count(Some("ledger")).unwrap(), 1);
         // usage merged later into the acknowledged window never reuses part 0
-        s.merge(&routes(), &[sum("c1", "calls", 9), sum("c2", "calls", 9)], 110, 60)
-            .unwrap();
+        s.merge(
+            &routes(),
+            &[sum("c1", "calls", 9), sum("c2", "calls", 9)],
+            110,
+            60,
+        )
+        .unwrap();
         let late = s.take_due("ledger", "i", 200, 10, false).unwrap();
         let parts: Vec<(String, u32, u64)> = late
             .iter()
@@ -999,11 +1030,13 @@ pub(crate) mod suite {
 
     pub(crate) fn measures_merge_by_kind(s: &dyn Spool) {
         let max = |v| Delta::new(c("c1"), m("peak"), Measure::Max(v));
-        s.merge(&routes(), &[max(3), max(9), max(4)], 100, 60).unwrap();
+        s.merge(&routes(), &[max(3), max(9), max(4)], 100, 60)
+            .unwrap();
         let got = s.take_due("ledger", "i", 200, 10, false).unwrap();
         assert_eq!(got[0].quantity, 9);
         // zero sums are not stored
-        s.merge(&routes(), &[sum("c9", "calls", 0)], 100, 60).unwrap();
+        s.merge(&routes(), &[sum("c9", "calls", 0)], 100, 60)
+            .unwrap();
         assert_eq!(s.pending_total(None, "calls", "c9").unwrap(), 0);
         assert_eq!(s.pending_count(None).unwrap(), 1);
     }
@@ -1041,8 +1074,13 @@ mod tests {
     #[test]
     fn corrupt_rows_are_named_and_skipped() {
         let s = MemorySpool::new();
-        s.merge(&routes(), &[sum("c1", "calls", 1), sum("c3", "calls", 3)], 100, 60)
-            .unwrap();
+        s.merge(
+            &routes(),
+            &[sum("c1", "calls", 1), sum("c3", "calls", 3)],
+            100,
+            60,
+        )
+        .unwrap();
         s.put_raw(Table::Pending, raw("ledger", "c2", 0), b"{not json");
         let err = s.pending(None).unwrap_err();
         assert!(
@@ -1054,7 +1092,8 @@ mod tests {
         let got = s.take_due("ledger", "i", 200, 10, false).unwrap();
         assert_eq!(got.len(), 2);
         // a merge for the corrupt window goes to the next part, leaving the row in place
-        s.merge(&routes(), &[sum("c2", "calls", 5)], 100, 60).unwrap();
+        s.merge(&routes(), &[sum("c2", "calls", 5)], 100, 60)
+            .unwrap();
         let got = s.take_due("ledger", "i", 200, 10, false).unwrap();
         let c2 = got.iter().find(|r| r.customer.as_str() == "c2").unwrap();
         assert_eq!((c2.part, c2.quantity), (1, 5));
@@ -1064,14 +1103,24 @@ mod tests {
     #[test]
     fn failed_operations_roll_back() {
         let s = MemorySpool::new();
-        s.merge(&routes(), &[sum("c1", "calls", 1)], 100, 60).unwrap();
+        s.merge(&routes(), &[sum("c1", "calls", 1)], 100, 60)
+            .unwrap();
         // the last part number is taken: merging c2 fails after c1 was updated
         s.put_raw(Table::Acked, raw("ledger", "c2", u32::MAX), b"{}");
         let err = s
-            .merge(&routes(), &[sum("c1", "calls", 1), sum("c2", "calls", 1)], 100, 60)
+            .merge(
+                &routes(),
+                &[sum("c1", "calls", 1), sum("c2", "calls", 1)],
+                100,
+                60,
+            )
             .unwrap_err();
         assert!(matches!(err, SpoolError::Corrupt { .. }), "{err}");
-        assert_eq!(s.pending_total(None, "calls", "c1").unwrap(), 2, "1 ledger + 1 stripe");
+        assert_eq!(
+            s.pending_total(None, "calls", "c1").unwrap(),
+            2,
+            "1 ledger + 1 stripe"
+        );
     }
 
     #[test]

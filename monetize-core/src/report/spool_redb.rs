@@ -319,7 +319,8 @@ mod tests {
         let path = dir.path().join("spool.redb");
         let first = {
             let s = RedbSpool::open(&path).unwrap();
-            s.merge(&routes(), &[sum("c1", "calls", 7)], 100, 60).unwrap();
+            s.merge(&routes(), &[sum("c1", "calls", 7)], 100, 60)
+                .unwrap();
             s.take_due("ledger", "i", 200, 10, false).unwrap()
         };
         let s = RedbSpool::open(&path).unwrap();
@@ -335,7 +336,8 @@ mod tests {
     fn corrupt_rows_are_named_and_do_not_hide_others() {
         let dir = tempfile::tempdir().unwrap();
         let s = RedbSpool::open(dir.path().join("spool.redb")).unwrap();
-        s.merge(&routes(), &[sum("c1", "calls", 1)], 100, 60).unwrap();
+        s.merge(&routes(), &[sum("c1", "calls", 1)], 100, 60)
+            .unwrap();
         let bad = RowKey {
             provider: "ledger".into(),
             meter: "calls".into(),

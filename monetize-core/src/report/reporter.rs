@@ -1,0 +1,1144 @@
+//! The reporter: moves usage from the engine's cells to the spool (checkpoints) and from the
+//! spool to billing providers (reports), exactly once.
+//!
+//! [`Reporter::start`] spawns one checkpoint task and one task per provider:
+//!
+//! - **Checkpoint**, every `checkpoint_interval`: [`Engine::checkpoint`] swaps every usage
+//!   cell to zero and returns the deltas, which [`Spool::merge`] adds into the current report
+//!   window in one transaction. If the merge fails, the deltas stay in the reporter's memory
+//!   and are merged with the next checkpoint's (never dropped; each failure is a
+//!   `tracing` warning).
+//! - **Report**, every provider's `report_interval`: [`Spool::take_due`] seals the closed
+//!   windows and hands them out in batches of the provider's `max_batch`; each batch is sent
+//!   under `call_timeout`. Timeouts and retryable errors are retried within the round with
+//!   exponential backoff and jitter (`min_backoff` .. `max_backoff`, at most `max_retries`
+//!   times); a throttle waits at least the provider's `retry_after`. Accepted records are
+//!   acknowledged; records refused for good go to the dead letter list and raise an
+//!   [`EventKind::DeadLetter`] event. Anything else stays sealed in the spool and is sent
+//!   again next round (and after a restart) with the same idempotency key and quantity, so
+//!   a provider that deduplicates on the key bills it once.
+//!
+//! [`ReporterHandle::shutdown`] takes a final checkpoint, then reports everything, the open
+//! window included, retrying until done or `shutdown_timeout`.
+//!
+//! # What a crash loses
+//!
+//! Usage is durable once the merge of the checkpoint that took it has committed (the redb
+//! spool commits with immediate durability). A `kill -9` therefore loses what was recorded
+//! after the swap of the last checkpoint whose merge committed: **at most one
+//! `checkpoint_interval` of usage, plus what was recorded while that last merge was being
+//! committed** (one redb commit, typically a few milliseconds). With the default 1 s
+//! interval, that is about one second of usage. While merges fail (a full disk), usage
+//! accumulates in memory and the window grows until a merge succeeds. Nothing that reached
+//! the spool is lost or billed twice: after the restart, sealed entries are re-sent with
+//! their keys. A graceful [`ReporterHandle::shutdown`] loses nothing. The crash test
+//! (`tests/tests/crash.rs`) kills a process repeatedly and asserts this bound.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::Instrument;
+
+use crate::engine::Engine;
+use crate::event::{Event, EventKind};
+use crate::id::{CustomerId, MeterId};
+use crate::provider::{BillingProvider, ProviderError, RecordOutcome, UsageRecord};
+use crate::report::Delta;
+use crate::report::spool::{Spool, SpoolError, SpoolRoute};
+use crate::report::window::unix_now;
+
+/// The smallest interval accepted (tokio intervals cannot be zero).
+const MIN_INTERVAL: Duration = Duration::from_millis(1);
+
+/// How often acknowledged records older than `audit_retention` are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// The most batches one report round sends (a round also ends at a partial batch).
+const MAX_BATCHES_PER_ROUND: usize = 10_000;
+
+/// Where a provider's usage goes and how often.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct ProviderRoute {
+    /// The provider.
+    pub provider: Arc<dyn BillingProvider>,
+    /// How often closed windows are sent (default 10 s).
+    pub report_interval: Duration,
+    /// The meters it takes; `None` (the default) for all.
+    pub meters: Option<Vec<MeterId>>,
+}
+
+impl std::fmt::Debug for ProviderRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderRoute")
+            .field("provider", &self.provider.name())
+            .field("report_interval", &self.report_interval)
+            .field("meters", &self.meters)
+            .finish()
+    }
+}
+
+impl ProviderRoute {
+    /// A route taking every meter, reported every 10 s.
+    pub fn new(provider: Arc<dyn BillingProvider>) -> Self {
+        Self {
+            provider,
+            report_interval: Duration::from_secs(10),
+            meters: None,
+        }
+    }
+
+    /// Sets how often closed windows are sent.
+    pub fn with_report_interval(mut self, every: Duration) -> Self {
+        self.report_interval = every;
+        self
+    }
+
+    /// Restricts the route to `meters`.
+    pub fn with_meters(mut self, meters: Vec<MeterId>) -> Self {
+        self.meters = Some(meters);
+        self
+    }
+}
+
+/// Settings of a [`Reporter`]. Start from `Default` and use the setters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReporterOptions {
+    /// How often usage cells are checkpointed into the spool (default 1 s). This is the
+    /// most usage a `kill -9` can lose (see the module docs).
+    pub checkpoint_interval: Duration,
+    /// Length of a report window (default 60 s; whole seconds, at least 1).
+    pub window: Duration,
+    /// The longest one provider call may take before it counts as failed (default 10 s).
+    /// A timed-out call may still have reached the provider: the retry carries the same
+    /// idempotency keys.
+    pub call_timeout: Duration,
+    /// The first retry delay within a round (default 200 ms).
+    pub min_backoff: Duration,
+    /// The longest retry delay within a round (default 30 s).
+    pub max_backoff: Duration,
+    /// Retries of one batch within a round (default 4); what is left is retried next round.
+    pub max_retries: usize,
+    /// How long [`ReporterHandle::shutdown`] keeps trying (default 30 s).
+    pub shutdown_timeout: Duration,
+    /// How long acknowledged records are kept for audit (default 30 days).
+    pub audit_retention: Duration,
+}
+
+impl Default for ReporterOptions {
+    fn default() -> Self {
+        Self {
+            checkpoint_interval: Duration::from_secs(1),
+            window: Duration::from_secs(60),
+            call_timeout: Duration::from_secs(10),
+            min_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(30),
+            max_retries: 4,
+            shutdown_timeout: Duration::from_secs(30),
+            audit_retention: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+impl From<&crate::config::ReportingConfig> for ReporterOptions {
+    /// The checkpoint interval and window length of a configuration; everything else at
+    /// its default.
+    fn from(config: &crate::config::ReportingConfig) -> Self {
+        Self::default()
+            .with_checkpoint_interval(Duration::from_millis(config.checkpoint_interval_ms))
+            .with_window(Duration::from_secs(config.window_secs))
+    }
+}
+
+impl ProviderRoute {
+    /// A route for `provider` as configured: the report interval and meters of the entry
+    /// named like the provider, or every meter every 10 s when there is none.
+    pub fn from_config(
+        provider: Arc<dyn BillingProvider>,
+        config: &crate::config::ReportingConfig,
+    ) -> Self {
+        let route = Self::new(provider);
+        let Some(entry) = config
+            .providers
+            .iter()
+            .find(|p| p.name == route.provider.name())
+        else {
+            return route;
+        };
+        let meters = entry.meters.as_ref().map(|names| {
+            names
+                .iter()
+                .filter_map(|n| match MeterId::new(n) {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        tracing::warn!(meter = %n, error = %e, "ignoring an invalid meter name");
+                        None
+                    }
+                })
+                .collect()
+        });
+        Self {
+            report_interval: Duration::from_millis(entry.report_interval_ms),
+            meters,
+            ..route
+        }
+    }
+}
+
+impl ReporterOptions {
+    /// Sets [`Self::checkpoint_interval`].
+    pub fn with_checkpoint_interval(mut self, every: Duration) -> Self {
+        self.checkpoint_interval = every;
+        self
+    }
+
+    /// Sets [`Self::window`].
+    pub fn with_window(mut self, window: Duration) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// Sets [`Self::call_timeout`].
+    pub fn with_call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// Sets [`Self::min_backoff`].
+    pub fn with_min_backoff(mut self, delay: Duration) -> Self {
+        self.min_backoff = delay;
+        self
+    }
+
+    /// Sets [`Self::max_backoff`].
+    pub fn with_max_backoff(mut self, delay: Duration) -> Self {
+        self.max_backoff = delay;
+        self
+    }
+
+    /// Sets [`Self::max_retries`].
+    pub fn with_max_retries(mut self, retries: usize) -> Self {
+        self.max_retries = retries;
+        self
+    }
+
+    /// Sets [`Self::shutdown_timeout`].
+    pub fn with_shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Sets [`Self::audit_retention`].
+    pub fn with_audit_retention(mut self, retention: Duration) -> Self {
+        self.audit_retention = retention;
+        self
+    }
+
+    fn window_secs(&self) -> u64 {
+        self.window.as_secs().max(1)
+    }
+
+    fn backoff(&self) -> backon::ExponentialBackoff {
+        ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(self.min_backoff)
+            .with_max_delay(self.max_backoff.max(self.min_backoff))
+            .with_max_times(self.max_retries)
+            .build()
+    }
+}
+
+/// Why the reporter could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReporterError {
+    /// The spool failed. Nothing was lost: deltas stay in memory and are merged with the
+    /// next checkpoint; records stay in the spool. Retry later.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    /// The final merge of a shutdown kept failing until the deadline. The usage it held is
+    /// here: store it some other way, or it is lost when the process exits.
+    #[error("shutdown could not save {} deltas to the spool: {source}", deltas.len())]
+    Unsaved {
+        /// The usage not saved.
+        deltas: Vec<Delta>,
+        /// The last merge error.
+        #[source]
+        source: SpoolError,
+    },
+    /// The reporter's tasks are gone (one panicked, or the runtime is shutting down). Usage
+    /// merged to a durable spool is sent by the next reporter.
+    #[error("the reporter is not running")]
+    Stopped,
+}
+
+/// Counters of a reporter since it started.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReporterStats {
+    /// Checkpoints whose merge committed (empty checkpoints included).
+    pub checkpoints: u64,
+    /// Merges that failed (their deltas were kept and retried).
+    pub merge_failures: u64,
+    /// Records acknowledged by providers.
+    pub records_sent: u64,
+    /// Records moved to the dead letter list.
+    pub dead_letters: u64,
+    /// Provider calls that failed or timed out (each is retried).
+    pub call_failures: u64,
+}
+
+/// What a flush or a shutdown achieved.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReportSummary {
+    /// Records acknowledged by providers since the reporter started.
+    pub records_sent: u64,
+    /// Records moved to the dead letter list since the reporter started.
+    pub dead_letters: u64,
+    /// Entries still pending in the spool (sent by the next reporter on this spool).
+    pub pending_left: usize,
+    /// The reporter's counters.
+    pub stats: ReporterStats,
+}
+
+#[derive(Default)]
+struct Counters {
+    checkpoints: AtomicU64,
+    merge_failures: AtomicU64,
+    records_sent: AtomicU64,
+    dead_letters: AtomicU64,
+    call_failures: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> ReporterStats {
+        ReporterStats {
+            checkpoints: self.checkpoints.load(Ordering::Relaxed),
+            merge_failures: self.merge_failures.load(Ordering::Relaxed),
+            records_sent: self.records_sent.load(Ordering::Relaxed),
+            dead_letters: self.dead_letters.load(Ordering::Relaxed),
+            call_failures: self.call_failures.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn bump(c: &AtomicU64, n: usize) {
+    c.fetch_add(n as u64, Ordering::Relaxed);
+}
+
+struct Shared {
+    engine: Engine,
+    spool: Arc<dyn Spool>,
+    routes: Arc<[SpoolRoute]>,
+    options: ReporterOptions,
+    counters: Counters,
+}
+
+impl Shared {
+    /// Runs a spool operation on the blocking pool.
+    async fn spool<R: Send + 'static>(
+        &self,
+        op: impl FnOnce(&dyn Spool) -> Result<R, SpoolError> + Send + 'static,
+    ) -> Result<R, SpoolError> {
+        let spool = Arc::clone(&self.spool);
+        tokio::task::spawn_blocking(move || op(&*spool))
+            .await
+            .unwrap_or_else(|e| {
+                Err(SpoolError::Unavailable {
+                    reason: format!("spool task failed: {e}"),
+                })
+            })
+    }
+}
+
+enum CheckpointCmd {
+    Now(oneshot::Sender<Result<usize, SpoolError>>),
+    Stop {
+        deadline: Instant,
+        reply: oneshot::Sender<Result<(), ReporterError>>,
+    },
+}
+
+enum ProviderCmd {
+    Round {
+        include_open: bool,
+        reply: oneshot::Sender<RoundStats>,
+    },
+    Drain {
+        deadline: Instant,
+        reply: oneshot::Sender<RoundStats>,
+    },
+}
+
+/// Starts reporters. See the module docs.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Reporter;
+
+impl Reporter {
+    /// Spawns the checkpoint task and one task per provider on the current tokio runtime.
+    /// Provider names must be distinct: the name keys the provider's entries in the spool.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub fn start(
+        engine: Engine,
+        spool: Arc<dyn Spool>,
+        providers: Vec<ProviderRoute>,
+        options: ReporterOptions,
+    ) -> ReporterHandle {
+        let routes: Arc<[SpoolRoute]> = providers
+            .iter()
+            .map(|p| SpoolRoute {
+                provider: p.provider.name().to_owned(),
+                meters: p.meters.clone(),
+            })
+            .collect();
+        for (i, r) in routes.iter().enumerate() {
+            if routes[..i].iter().any(|o| o.provider == r.provider) {
+                tracing::error!(
+                    provider = %r.provider,
+                    "two routes share a provider name; they will share spool entries"
+                );
+            }
+        }
+        let shared = Arc::new(Shared {
+            engine,
+            spool,
+            routes,
+            options,
+            counters: Counters::default(),
+        });
+        let (stopping_tx, stopping_rx) = watch::channel(false);
+
+        let (checkpoint_tx, checkpoint_rx) = mpsc::channel(4);
+        let checkpoint_task = tokio::spawn(
+            checkpoint_loop(Arc::clone(&shared), checkpoint_rx)
+                .instrument(tracing::info_span!("reporter.checkpoint")),
+        );
+        let providers = providers
+            .into_iter()
+            .map(|route| {
+                let (tx, rx) = mpsc::channel(4);
+                let name = route.provider.name().to_owned();
+                let span = tracing::info_span!("reporter.provider", provider = %name);
+                let task = tokio::spawn(
+                    provider_loop(Arc::clone(&shared), route, rx, stopping_rx.clone())
+                        .instrument(span),
+                );
+                ProviderTask { name, tx, task }
+            })
+            .collect();
+        ReporterHandle {
+            shared,
+            stopping: stopping_tx,
+            checkpoint_tx,
+            checkpoint_task,
+            providers,
+        }
+    }
+}
+
+struct ProviderTask {
+    name: String,
+    tx: mpsc::Sender<ProviderCmd>,
+    task: JoinHandle<()>,
+}
+
+/// Controls a running reporter. Dropping it stops the reporter after one last checkpoint,
+/// without sending the open window: call [`ReporterHandle::shutdown`] for a graceful stop.
+pub struct ReporterHandle {
+    shared: Arc<Shared>,
+    stopping: watch::Sender<bool>,
+    checkpoint_tx: mpsc::Sender<CheckpointCmd>,
+    checkpoint_task: JoinHandle<()>,
+    providers: Vec<ProviderTask>,
+}
+
+impl std::fmt::Debug for ReporterHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReporterHandle")
+            .field(
+                "providers",
+                &self.providers.iter().map(|p| &p.name).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReporterHandle {
+    /// The reporter's counters.
+    pub fn stats(&self) -> ReporterStats {
+        self.shared.counters.snapshot()
+    }
+
+    /// Checkpoints now, then sends everything pending to every provider, the open window
+    /// included (its entry is sealed: later usage of the window goes to the next part).
+    /// Failed deliveries stay pending for the next round.
+    pub async fn flush_now(&self) -> Result<ReportSummary, ReporterError> {
+        let (reply, rx) = oneshot::channel();
+        self.checkpoint_tx
+            .send(CheckpointCmd::Now(reply))
+            .await
+            .map_err(|_| ReporterError::Stopped)?;
+        rx.await.map_err(|_| ReporterError::Stopped)??;
+        let mut replies = Vec::new();
+        for p in &self.providers {
+            let (reply, rx) = oneshot::channel();
+            p.tx.send(ProviderCmd::Round {
+                include_open: true,
+                reply,
+            })
+            .await
+            .map_err(|_| ReporterError::Stopped)?;
+            replies.push(rx);
+        }
+        for rx in replies {
+            rx.await.map_err(|_| ReporterError::Stopped)?;
+        }
+        self.summary().await
+    }
+
+    async fn summary(&self) -> Result<ReportSummary, ReporterError> {
+        let pending_left = self.shared.spool(|s| s.pending_count(None)).await?;
+        let stats = self.shared.counters.snapshot();
+        Ok(ReportSummary {
+            records_sent: stats.records_sent,
+            dead_letters: stats.dead_letters,
+            pending_left,
+            stats,
+        })
+    }
+
+    /// Stops the reporter gracefully: a final checkpoint, then everything pending is sent,
+    /// the open window included, retrying until nothing is left or `shutdown_timeout`
+    /// passes. What is still pending then stays in the spool (`pending_left`) for the next
+    /// reporter. Fails with [`ReporterError::Unsaved`] (carrying the usage) if the final
+    /// merge kept failing.
+    pub async fn shutdown(self) -> Result<ReportSummary, ReporterError> {
+        let deadline = Instant::now() + self.shared.options.shutdown_timeout;
+        tracing::info!("reporter shutting down");
+        // Cut backoff waits of rounds in progress short.
+        let _ = self.stopping.send(true);
+        let (reply, rx) = oneshot::channel();
+        let saved = match self
+            .checkpoint_tx
+            .send(CheckpointCmd::Stop { deadline, reply })
+            .await
+        {
+            Ok(()) => rx.await.unwrap_or(Err(ReporterError::Stopped)),
+            Err(_) => Err(ReporterError::Stopped),
+        };
+        let mut replies = Vec::new();
+        for p in &self.providers {
+            let (reply, rx) = oneshot::channel();
+            if p.tx
+                .send(ProviderCmd::Drain { deadline, reply })
+                .await
+                .is_ok()
+            {
+                replies.push((p.name.clone(), rx));
+            }
+        }
+        let mut stopped = replies.len() != self.providers.len();
+        for (name, rx) in replies {
+            match rx.await {
+                Ok(round) => tracing::info!(
+                    provider = %name,
+                    sent = round.accepted,
+                    left = round.left,
+                    "provider drained"
+                ),
+                Err(_) => stopped = true,
+            }
+        }
+        let summary = self.summary().await;
+        let ReporterHandle {
+            checkpoint_task,
+            providers,
+            ..
+        } = self;
+        stopped |= checkpoint_task.await.is_err();
+        for p in providers {
+            stopped |= p.task.await.is_err();
+        }
+        saved?;
+        if stopped {
+            return Err(ReporterError::Stopped);
+        }
+        let summary = summary?;
+        tracing::info!(
+            sent = summary.records_sent,
+            pending_left = summary.pending_left,
+            dead_letters = summary.dead_letters,
+            "reporter stopped"
+        );
+        Ok(summary)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Checkpoints
+// ---------------------------------------------------------------------------------------
+
+async fn checkpoint_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<CheckpointCmd>) {
+    let mut carry: Vec<Delta> = Vec::new();
+    let mut tick = tokio::time::interval(shared.options.checkpoint_interval.max(MIN_INTERVAL));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_prune: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let _ = checkpoint_once(&shared, &mut carry).await;
+                if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+                    last_prune = Some(Instant::now());
+                    prune(&shared).await;
+                }
+            }
+            cmd = rx.recv() => match cmd {
+                Some(CheckpointCmd::Now(reply)) => {
+                    let _ = reply.send(checkpoint_once(&shared, &mut carry).await);
+                }
+                Some(CheckpointCmd::Stop { deadline, reply }) => {
+                    let _ = reply.send(final_checkpoint(&shared, &mut carry, deadline).await);
+                    return;
+                }
+                None => {
+                    // The handle was dropped: save what we hold, best effort.
+                    if let Err(e) = checkpoint_once(&shared, &mut carry).await {
+                        tracing::error!(error = %e, deltas = carry.len(), "usage not saved at stop");
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn final_checkpoint(
+    shared: &Shared,
+    carry: &mut Vec<Delta>,
+    deadline: Instant,
+) -> Result<(), ReporterError> {
+    loop {
+        match checkpoint_once(shared, carry).await {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() + shared.options.min_backoff < deadline => {
+                tracing::warn!(error = %e, "final checkpoint failed; retrying");
+                tokio::time::sleep(shared.options.min_backoff.max(MIN_INTERVAL)).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, deltas = carry.len(), "final checkpoint failed");
+                return Err(ReporterError::Unsaved {
+                    deltas: std::mem::take(carry),
+                    source: e,
+                });
+            }
+        }
+    }
+}
+
+/// Merges the engine's deltas (and any kept from failed merges) into the spool. On failure
+/// the deltas are kept in `carry`.
+async fn checkpoint_once(shared: &Shared, carry: &mut Vec<Delta>) -> Result<usize, SpoolError> {
+    // Engine housekeeping (coarse clock, quota periods) rides on the checkpoint tick.
+    shared.engine.tick();
+    let fresh = shared.engine.checkpoint();
+    if fresh.is_empty() && carry.is_empty() {
+        bump(&shared.counters.checkpoints, 1);
+        return Ok(0);
+    }
+    let mut batch = std::mem::take(carry);
+    batch.extend(fresh);
+    let batch = Arc::new(compact(batch));
+    let deltas = Arc::clone(&batch);
+    let routes = Arc::clone(&shared.routes);
+    let window_secs = shared.options.window_secs();
+    let result = shared
+        .spool(move |s| s.merge(&routes, &deltas, unix_now(), window_secs))
+        .await;
+    match result {
+        Ok(n) => {
+            bump(&shared.counters.checkpoints, 1);
+            tracing::debug!(deltas = batch.len(), merged = n, "checkpoint merged");
+            Ok(n)
+        }
+        Err(e) => {
+            bump(&shared.counters.merge_failures, 1);
+            *carry = Arc::try_unwrap(batch).unwrap_or_else(|a| (*a).clone());
+            tracing::warn!(
+                error = %e,
+                kept = carry.len(),
+                "checkpoint merge failed; deltas kept in memory for the next checkpoint"
+            );
+            Err(e)
+        }
+    }
+}
+
+/// Folds deltas of the same customer and meter together, older first.
+fn compact(deltas: Vec<Delta>) -> Vec<Delta> {
+    let mut index: HashMap<(CustomerId, MeterId), usize> = HashMap::with_capacity(deltas.len());
+    let mut out: Vec<Delta> = Vec::with_capacity(deltas.len());
+    for d in deltas {
+        match index.get(&(d.customer.clone(), d.meter.clone())) {
+            Some(&i) => out[i].measure.merge(&d.measure),
+            None => {
+                index.insert((d.customer.clone(), d.meter.clone()), out.len());
+                out.push(d);
+            }
+        }
+    }
+    out
+}
+
+async fn prune(shared: &Shared) {
+    let retention = shared.options.audit_retention.as_secs();
+    let before = unix_now().saturating_sub(retention);
+    match shared.spool(move |s| s.prune_acknowledged(before)).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(pruned = n, "pruned old acknowledged records"),
+        Err(e) => tracing::warn!(error = %e, "pruning acknowledged records failed"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Reports
+// ---------------------------------------------------------------------------------------
+
+/// What a round (or a drain) did.
+#[derive(Clone, Copy, Debug, Default)]
+struct RoundStats {
+    taken: usize,
+    accepted: usize,
+    dead: usize,
+    /// Records handed out but neither acknowledged nor dead-lettered.
+    left: usize,
+    /// The spool failed.
+    failed: bool,
+}
+
+impl RoundStats {
+    fn add(&mut self, o: RoundStats) {
+        self.taken += o.taken;
+        self.accepted += o.accepted;
+        self.dead += o.dead;
+        self.left += o.left;
+        self.failed |= o.failed;
+    }
+}
+
+async fn provider_loop(
+    shared: Arc<Shared>,
+    route: ProviderRoute,
+    mut rx: mpsc::Receiver<ProviderCmd>,
+    stopping: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(route.report_interval.max(MIN_INTERVAL));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // No call before this instant (set by a throttle), across rounds.
+    let mut gate: Option<Instant> = None;
+    loop {
+        let stop = *stopping.borrow();
+        tokio::select! {
+            _ = tick.tick(), if !stop => {
+                let limits = interruptible(&stopping);
+                round(&shared, &*route.provider, false, limits, &mut gate).await;
+            }
+            cmd = rx.recv() => match cmd {
+                Some(ProviderCmd::Round { include_open, reply }) => {
+                    let limits = interruptible(&stopping);
+                    let stats =
+                        round(&shared, &*route.provider, include_open, limits, &mut gate).await;
+                    let _ = reply.send(stats);
+                }
+                Some(ProviderCmd::Drain { deadline, reply }) => {
+                    let stats = drain(&shared, &*route.provider, deadline, &mut gate).await;
+                    let _ = reply.send(stats);
+                    return;
+                }
+                None => return,
+            }
+        }
+    }
+}
+
+fn interruptible(stopping: &watch::Receiver<bool>) -> Limits {
+    Limits {
+        interrupt: Some(stopping.clone()),
+        deadline: None,
+    }
+}
+
+/// Sends everything pending, the open window included, until nothing is left or the
+/// deadline passes. Spool operations are never cut short (only provider calls and waits
+/// are), so none is in flight when this returns.
+async fn drain(
+    shared: &Shared,
+    provider: &dyn BillingProvider,
+    deadline: Instant,
+    gate: &mut Option<Instant>,
+) -> RoundStats {
+    let mut total = RoundStats::default();
+    let limits = Limits {
+        interrupt: None,
+        deadline: Some(deadline),
+    };
+    loop {
+        if Instant::now() >= deadline {
+            tracing::warn!("shutdown deadline reached; the rest stays in the spool");
+            break;
+        }
+        let r = round(shared, provider, true, limits.clone(), gate).await;
+        total.add(r);
+        if r.taken == 0 && !r.failed {
+            break;
+        }
+        if r.left > 0 || r.failed {
+            let pause = shared.options.min_backoff.max(MIN_INTERVAL);
+            if !limits.clone().pause(pause).await {
+                tracing::warn!("shutdown deadline reached; the rest stays in the spool");
+                break;
+            }
+        }
+    }
+    total
+}
+
+/// When a round must stop early: a shutdown began (`interrupt` turned true) or the
+/// deadline passed.
+#[derive(Clone, Default)]
+struct Limits {
+    interrupt: Option<watch::Receiver<bool>>,
+    deadline: Option<Instant>,
+}
+
+impl Limits {
+    fn expired(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+            || self.interrupt.as_ref().is_some_and(|i| *i.borrow())
+    }
+
+    /// The call timeout, shortened to the deadline.
+    fn call_timeout(&self, call_timeout: Duration) -> Duration {
+        match self.deadline {
+            Some(d) => call_timeout.min(d.saturating_duration_since(Instant::now())),
+            None => call_timeout,
+        }
+    }
+
+    /// Waits `delay`; false (at once) if the wait would end past the deadline, or as soon
+    /// as a shutdown begins.
+    async fn pause(&mut self, delay: Duration) -> bool {
+        if self.deadline.is_some_and(|d| Instant::now() + delay >= d) {
+            return false;
+        }
+        match self.interrupt.as_mut() {
+            None => {
+                tokio::time::sleep(delay).await;
+                true
+            }
+            Some(stop) => tokio::select! {
+                _ = tokio::time::sleep(delay) => true,
+                _ = stop.wait_for(|s| *s) => false,
+            },
+        }
+    }
+}
+
+/// One report round: batches of due records until none is due, a batch is partial, or a
+/// batch leaves records undelivered.
+async fn round(
+    shared: &Shared,
+    provider: &dyn BillingProvider,
+    include_open: bool,
+    mut limits: Limits,
+    gate: &mut Option<Instant>,
+) -> RoundStats {
+    let name = provider.name().to_owned();
+    let max_batch = provider.max_batch().max(1);
+    let instance = shared.engine.instance().to_owned();
+    let mut stats = RoundStats::default();
+    for _ in 0..MAX_BATCHES_PER_ROUND {
+        if let Some(wait) = gate.and_then(|t| t.checked_duration_since(Instant::now()))
+            && !limits.pause(wait).await
+        {
+            break;
+        }
+        if limits.expired() {
+            break;
+        }
+        let (n, i) = (name.clone(), instance.clone());
+        let taken = shared
+            .spool(move |s| s.take_due(&n, &i, unix_now(), max_batch, include_open))
+            .await;
+        let batch = match taken {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take due records; retrying next round");
+                stats.failed = true;
+                break;
+            }
+        };
+        if batch.is_empty() {
+            break;
+        }
+        let full = batch.len() >= max_batch;
+        stats.taken += batch.len();
+        let d = deliver(shared, provider, batch, limits.clone(), gate).await;
+        stats.add(d);
+        if d.left > 0 || !full {
+            break;
+        }
+    }
+    if stats.taken > 0 {
+        tracing::debug!(
+            taken = stats.taken,
+            accepted = stats.accepted,
+            dead = stats.dead,
+            left = stats.left,
+            "report round done"
+        );
+    }
+    stats
+}
+
+/// Sends one batch, retrying what is not settled with backoff, and settles the outcomes.
+/// A throttle sets `gate`: no call to this provider before it, in this round or the next.
+async fn deliver(
+    shared: &Shared,
+    provider: &dyn BillingProvider,
+    records: Vec<UsageRecord>,
+    mut limits: Limits,
+    gate: &mut Option<Instant>,
+) -> RoundStats {
+    let opts = &shared.options;
+    let mut stats = RoundStats::default();
+    let mut backoff = opts.backoff();
+    let mut remaining = records;
+    loop {
+        let call_timeout = limits.call_timeout(opts.call_timeout);
+        let call = tokio::time::timeout(call_timeout, provider.report(&remaining)).await;
+        let wait = match call {
+            Err(_) => {
+                bump(&shared.counters.call_failures, 1);
+                tracing::warn!(
+                    records = remaining.len(),
+                    timeout = ?call_timeout,
+                    "provider call timed out; outcome unknown, resending with the same keys"
+                );
+                backoff.next()
+            }
+            Ok(Err(ProviderError::Retryable { message })) => {
+                bump(&shared.counters.call_failures, 1);
+                tracing::warn!(records = remaining.len(), %message, "provider call failed; retrying");
+                backoff.next()
+            }
+            Ok(Err(ProviderError::Throttled {
+                retry_after,
+                message,
+            })) => {
+                bump(&shared.counters.call_failures, 1);
+                tracing::info!(?retry_after, %message, "provider throttled");
+                *gate = Some(Instant::now() + retry_after);
+                backoff.next().map(|d| d.max(retry_after))
+            }
+            Ok(Err(ProviderError::Permanent { message })) => {
+                bump(&shared.counters.call_failures, 1);
+                tracing::error!(records = remaining.len(), %message, "provider refused the batch for good");
+                let batch = std::mem::take(&mut remaining);
+                let (dead, left) = dead_letter(shared, batch, message).await;
+                stats.dead += dead;
+                stats.left += left;
+                None
+            }
+            Ok(Ok(outcomes)) if outcomes.len() != remaining.len() => {
+                bump(&shared.counters.call_failures, 1);
+                tracing::error!(
+                    sent = remaining.len(),
+                    answered = outcomes.len(),
+                    "provider answered the wrong number of outcomes; retrying"
+                );
+                backoff.next()
+            }
+            Ok(Ok(outcomes)) => {
+                let mut accepted = Vec::new();
+                let mut rejected: Vec<(UsageRecord, String)> = Vec::new();
+                let mut retry = Vec::new();
+                for (record, outcome) in std::mem::take(&mut remaining).into_iter().zip(outcomes) {
+                    match outcome {
+                        RecordOutcome::Accepted => accepted.push(record),
+                        RecordOutcome::Rejected { reason } => rejected.push((record, reason)),
+                        RecordOutcome::Retry { reason } => {
+                            tracing::debug!(key = %record.idempotency_key, %reason, "record to retry");
+                            retry.push(record);
+                        }
+                    }
+                }
+                if !accepted.is_empty() {
+                    let n = accepted.len();
+                    match shared.spool(move |s| s.ack(&accepted, unix_now())).await {
+                        Ok(moved) => {
+                            bump(&shared.counters.records_sent, moved);
+                            stats.accepted += n;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, records = n, "cannot store acknowledgements; the records will be resent with the same keys");
+                            stats.left += n;
+                            stats.failed = true;
+                        }
+                    }
+                }
+                for (record, reason) in rejected {
+                    let (dead, left) = dead_letter(shared, vec![record], reason).await;
+                    stats.dead += dead;
+                    stats.left += left;
+                }
+                remaining = retry;
+                if remaining.is_empty() {
+                    None
+                } else {
+                    backoff.next()
+                }
+            }
+        };
+        if remaining.is_empty() {
+            break;
+        }
+        let Some(delay) = wait else {
+            tracing::info!(
+                records = remaining.len(),
+                "retries exhausted for this round; records stay pending"
+            );
+            break;
+        };
+        for r in &mut remaining {
+            r.attempts = r.attempts.saturating_add(1);
+        }
+        if !limits.pause(delay).await {
+            break;
+        }
+    }
+    stats.left += remaining.len();
+    stats
+}
+
+/// Moves records to the dead letter list and raises an event for each. Returns (moved,
+/// left pending).
+async fn dead_letter(shared: &Shared, records: Vec<UsageRecord>, reason: String) -> (usize, usize) {
+    let n = records.len();
+    let events: Vec<(CustomerId, String, String)> = records
+        .iter()
+        .map(|r| {
+            (
+                r.customer.clone(),
+                r.provider.clone(),
+                r.idempotency_key.clone(),
+            )
+        })
+        .collect();
+    let why = reason.clone();
+    match shared
+        .spool(move |s| s.dead_letter(&records, &why, unix_now()))
+        .await
+    {
+        Ok(moved) => {
+            bump(&shared.counters.dead_letters, moved);
+            for (customer, provider, idempotency_key) in events {
+                tracing::error!(%provider, %customer, key = %idempotency_key, %reason, "usage record dead-lettered");
+                shared.engine.emit(Event::new(
+                    Some(customer),
+                    EventKind::DeadLetter {
+                        provider,
+                        idempotency_key,
+                        reason: reason.clone(),
+                    },
+                ));
+            }
+            (n, 0)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, records = n, "cannot store dead letters; the records stay pending");
+            (0, n)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meter::Measure;
+
+    fn d(c: &str, m: &str, measure: Measure) -> Delta {
+        Delta::new(
+            CustomerId::new(c).unwrap(),
+            MeterId::new(m).unwrap(),
+            measure,
+        )
+    }
+
+    #[test]
+    fn compact_folds_same_cell_in_order() {
+        let out = compact(vec![
+            d("c1", "a", Measure::Sum(1)),
+            d("c2", "a", Measure::Sum(2)),
+            d("c1", "a", Measure::Sum(3)),
+            d("c1", "g", Measure::Latest(5)),
+            d("c1", "g", Measure::Latest(4)),
+        ]);
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[0].measure, Measure::Sum(4));
+        assert_eq!(out[1].measure, Measure::Sum(2));
+        assert_eq!(out[2].measure, Measure::Latest(4), "newer gauge wins");
+    }
+
+    #[test]
+    fn options_and_routes_follow_the_config() {
+        let mut config = crate::config::ReportingConfig {
+            checkpoint_interval_ms: 250,
+            window_secs: 3600,
+            ..Default::default()
+        };
+        let mut entry = crate::config::ProviderRouteConfig::new("ledger");
+        entry.report_interval_ms = 500;
+        entry.meters = Some(vec!["calls".into()]);
+        config.providers.push(entry);
+        let o = ReporterOptions::from(&config);
+        assert_eq!(o.checkpoint_interval, Duration::from_millis(250));
+        assert_eq!(o.window, Duration::from_secs(3600));
+        let ledger = Arc::new(crate::ledger::LedgerProvider::new());
+        let r = ProviderRoute::from_config(ledger, &config);
+        assert_eq!(r.report_interval, Duration::from_millis(500));
+        assert_eq!(r.meters, Some(vec![MeterId::new("calls").unwrap()]));
+        let other = Arc::new(crate::ledger::LedgerProvider::new().with_name("stripe"));
+        let r = ProviderRoute::from_config(other, &config);
+        assert_eq!(
+            (r.report_interval, r.meters),
+            (Duration::from_secs(10), None)
+        );
+    }
+
+    #[test]
+    fn options_have_safe_defaults() {
+        let o = ReporterOptions::default()
+            .with_window(Duration::from_millis(10))
+            .with_max_retries(2)
+            .with_min_backoff(Duration::from_millis(5))
+            .with_max_backoff(Duration::from_millis(1));
+        assert_eq!(o.window_secs(), 1);
+        let delays: Vec<Duration> = o.backoff().collect();
+        assert_eq!(delays.len(), 2);
+        // jitter adds at most the delay itself; the max never goes below the min
+        assert!(delays.iter().all(|d| *d >= Duration::from_millis(5)));
+        assert!(delays.iter().all(|d| *d <= Duration::from_millis(10)));
+    }
+}
