@@ -253,6 +253,39 @@ impl Engine {
         Ok(h)
     }
 
+    /// Registers a customer on a plan. A new customer starts with the plan's
+    /// `initial_credits`; an existing one only changes plan (its balance is kept).
+    pub fn register(&self, customer: &str, plan: &str) -> Result<CustomerHandle, CoreError> {
+        let cfg = self.inner.config.load();
+        let idx = *cfg
+            .plan_index
+            .get(plan)
+            .ok_or_else(|| CoreError::UnknownPlan(plan.to_owned()))?;
+        if let Some(h) = self.inner.registry.get(customer) {
+            h.0.plan.store(idx, Ordering::Relaxed);
+            return Ok(h);
+        }
+        let cid = CustomerId::new(customer).map_err(|source| CoreError::Id {
+            what: "customer",
+            value: customer.chars().take(64).collect(),
+            source,
+        })?;
+        let balance = cfg.plan(idx).map_or(0, |p| p.initial_credits);
+        let (h, _) = self.inner.registry.admit(
+            cid,
+            &Admission {
+                aggs: &cfg.aggs,
+                plan: idx,
+                balance,
+                max: cfg.customers.max,
+                policy: crate::config::OverflowPolicy::Reject,
+                overflow_id: &cfg.overflow_id,
+            },
+        )?;
+        h.0.touch(self.inner.coarse_secs.load(Ordering::Relaxed));
+        Ok(h)
+    }
+
     /// Evaluates the rules for a request. Allocation-free when it allows.
     pub fn decide(&self, handle: &CustomerHandle, ex: &Exchange<'_>) -> Decision {
         let cfg = self.inner.config.load();

@@ -403,3 +403,26 @@ fn account_state_round_trips_for_stores() {
         "unchanged on error"
     );
 }
+
+#[test]
+fn register_starts_with_the_plans_credits() {
+    let engine = Engine::new(config()).unwrap();
+    let h = engine.register("new-prepaid", "prepaid").unwrap();
+    assert_eq!(h.balance(), 3_000);
+    engine
+        .apply("new-prepaid", StateChange::SetBalance(5))
+        .unwrap();
+    let h = engine.register("new-prepaid", "free").unwrap();
+    assert_eq!(h.balance(), 5, "an existing customer keeps its balance");
+    assert_eq!(
+        engine.usage("new-prepaid").unwrap().plan.unwrap().as_str(),
+        "free"
+    );
+    assert!(
+        engine
+            .register("x", "gold")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown plan `gold`")
+    );
+}
