@@ -1,1 +1,430 @@
-fn main() {}
+//! The quickstart: a real axum API on 127.0.0.1, monetized with one layer, driven through a
+//! narrated scenario over real HTTP.
+//!
+//! Embedded defaults only: in-memory customer state, a redb spool and a JSON-lines ledger
+//! (the local stand-in for a billing provider) in a data folder. No account, no server.
+//!
+//! ```sh
+//! cargo run --release --example quickstart                  # scenario, then serve until Ctrl-C
+//! cargo run --release --example quickstart -- --exit        # scenario, then exit
+//! cargo run --release --example quickstart -- --port 8080 --data-dir ./.monetize-data
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use monetize_axum::{Customer, RouterExt, Usage, UsageRoutes};
+use monetize_core::config::Config;
+use monetize_core::ledger::LedgerProvider;
+use monetize_core::report::{ProviderRoute, RedbSpool, Reporter, ReporterHandle, ReporterOptions};
+use monetize_core::{CustomerId, Engine, EventKind};
+use monetize_tower::MonetizeLayer;
+use monetize_tower::identify::{ApiKey, KeyDirectory};
+use serde_json::Value;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// The customers of the scenario: (name, API key, plan).
+const CUSTOMERS: [(&str, &str, &str); 3] = [
+    ("acme", "sk_live_acme", "postpaid"),
+    ("globex", "sk_live_globex", "prepaid"),
+    ("initech", "sk_live_initech", "free"),
+];
+
+struct Args {
+    exit_after_scenario: bool,
+    port: u16,
+    data_dir: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Args, Error> {
+    let mut args = Args {
+        exit_after_scenario: false,
+        port: 3000,
+        data_dir: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--exit" | "--exit-after-scenario" => args.exit_after_scenario = true,
+            "--port" => {
+                let v = it.next().ok_or("--port needs a number")?;
+                args.port = v
+                    .parse()
+                    .map_err(|_| format!("--port: `{v}` is not a port number"))?;
+            }
+            "--data-dir" => {
+                args.data_dir = Some(it.next().ok_or("--data-dir needs a folder")?.into());
+            }
+            "-h" | "--help" => {
+                println!(
+                    "usage: quickstart [--exit] [--port N (default 3000, 0 = any)] [--data-dir DIR]"
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument `{other}` (try --help)").into()),
+        }
+    }
+    Ok(args)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let args = parse_args()?;
+
+    // Where the spool and the ledger live: a folder you name, or a temporary one.
+    let temp;
+    let data_dir = match &args.data_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)
+                .map_err(|e| format!("cannot create data dir {}: {e}", d.display()))?;
+            d.clone()
+        }
+        None => {
+            temp = tempfile::tempdir()?;
+            temp.path().to_path_buf()
+        }
+    };
+
+    // 1. The engine, from a config file (meters, plans, rules).
+    let config = Config::from_toml_str(include_str!("quickstart.toml"))?;
+    let engine = Engine::new(config)?;
+
+    // 2. Customers and their API keys (only SHA-256 digests are kept).
+    let keys = KeyDirectory::new();
+    // A new customer on a prepaid plan starts with the plan's initial credits.
+    for (customer, key, plan) in CUSTOMERS {
+        keys.insert(key, CustomerId::new(customer)?);
+        engine.register(customer, plan)?;
+    }
+
+    // 3. The reporter: checkpoints into the redb spool, reports closed windows to the ledger.
+    let spool = Arc::new(RedbSpool::open(data_dir.join("spool.redb"))?);
+    let ledger = Arc::new(LedgerProvider::open(data_dir.join("ledger.jsonl"))?);
+    let reporting = engine.reporting();
+    let reporter = Reporter::start(
+        engine.clone(),
+        spool,
+        vec![ProviderRoute::from_config(ledger.clone(), &reporting)],
+        ReporterOptions::from(&reporting),
+    );
+
+    // 4. The API, monetized with one layer.
+    let usage_routes = UsageRoutes::new(engine.clone());
+    let layer = MonetizeLayer::new(engine.clone(), ApiKey::new(keys))
+        .exempt(&usage_routes.exempt_pattern())?;
+    let app = Router::new()
+        .route("/v1/hello", get(hello))
+        .route("/v1/complete", post(complete))
+        .merge(usage_routes.into_router())
+        .monetize(layer)
+        .route("/health", get(|| async { "ok" }));
+
+    let listener = bind(args.port).await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    println!(
+        "monetize quickstart: API on http://{addr}  (data in {})\n",
+        data_dir.display()
+    );
+
+    scenario(addr, &engine, &reporter, &ledger).await?;
+
+    if !args.exit_after_scenario {
+        println!("\nStill serving on http://{addr} — try:");
+        println!("  curl -i http://{addr}/v1/hello -H 'x-api-key: sk_live_acme'");
+        println!("  curl -i http://{addr}/v1/usage -H 'x-api-key: sk_live_globex'");
+        println!("Ctrl-C reports everything still pending and exits.");
+        tokio::signal::ctrl_c().await?;
+    }
+    server.abort();
+    let summary = reporter.shutdown().await?;
+    println!(
+        "\nshutdown: {} records reported, {} pending, {} dead letters; ledger holds {} records",
+        summary.records_sent,
+        summary.pending_left,
+        summary.dead_letters,
+        ledger.len()
+    );
+    Ok(())
+}
+
+/// Binds the requested port; when it is taken, any free port (said on the console).
+async fn bind(port: u16) -> Result<tokio::net::TcpListener, Error> {
+    match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+        Ok(l) => Ok(l),
+        Err(e) if port != 0 => {
+            println!("port {port} is taken ({e}); using a free one");
+            Ok(tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn hello(customer: Customer) -> String {
+    format!("hello, {}\n", customer.id())
+}
+
+/// A pretend completion endpoint: reports one token per word of the prompt, plus the reply.
+async fn complete(usage: Usage, body: String) -> axum::Json<Value> {
+    let prompt_tokens = body.split_whitespace().count() as u64;
+    let reply = "monetize meters this reply";
+    let tokens = prompt_tokens + reply.split_whitespace().count() as u64;
+    usage.add("tokens", tokens);
+    axum::Json(serde_json::json!({ "reply": reply, "tokens": tokens }))
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: String,
+}
+
+impl Client {
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&str>,
+    ) -> Result<Answer, Error> {
+        let url = format!("{}{path}", self.base);
+        let mut req = match method {
+            "POST" => self.http.post(&url),
+            _ => self.http.get(&url),
+        };
+        if let Some(k) = key {
+            req = req.header("x-api-key", k);
+        }
+        if let Some(b) = body {
+            req = req.body(b.to_owned());
+        }
+        let res = req.send().await?;
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let body = res.text().await?;
+        Ok(Answer {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+fn header<'a>(a: &'a Answer, name: &str) -> &'a str {
+    a.headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+}
+
+fn key_of(customer: &str) -> &'static str {
+    CUSTOMERS
+        .iter()
+        .find(|(c, _, _)| *c == customer)
+        .map_or("", |(_, k, _)| k)
+}
+
+async fn scenario(
+    addr: SocketAddr,
+    engine: &Engine,
+    reporter: &ReporterHandle,
+    ledger: &LedgerProvider,
+) -> Result<(), Error> {
+    let c = Client {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?,
+        base: format!("http://{addr}"),
+    };
+    let step = |n: u32, text: &str| println!("[{n}] {text}");
+
+    step(
+        1,
+        "acme (postpaid) calls the API; every call is metered and billed later",
+    );
+    for _ in 0..4 {
+        let a = c
+            .send("GET", "/v1/hello", Some(key_of("acme")), None)
+            .await?;
+        println!("    GET /v1/hello -> {} {}", a.status, a.body.trim());
+    }
+
+    step(
+        2,
+        "acme calls the completion endpoint; the handler reports the tokens it used",
+    );
+    let a = c
+        .send(
+            "POST",
+            "/v1/complete",
+            Some(key_of("acme")),
+            Some("count the words in this prompt"),
+        )
+        .await?;
+    println!("    POST /v1/complete -> {} {}", a.status, a.body.trim());
+
+    step(
+        3,
+        "globex (prepaid, 3 credits, 1 credit per call) spends its credits, then gets 402",
+    );
+    loop {
+        let a = c
+            .send("GET", "/v1/hello", Some(key_of("globex")), None)
+            .await?;
+        if a.status == 200 {
+            println!(
+                "    GET /v1/hello -> 200, X-Credits-Remaining: {}",
+                header(&a, "x-credits-remaining")
+            );
+        } else {
+            println!("    GET /v1/hello -> {} {}", a.status, a.body.trim());
+            break;
+        }
+    }
+
+    step(
+        4,
+        "initech (free plan, 3 calls a month) goes over its quota and gets 429",
+    );
+    for _ in 0..4 {
+        let a = c
+            .send("GET", "/v1/hello", Some(key_of("initech")), None)
+            .await?;
+        if a.status == 200 {
+            println!("    GET /v1/hello -> 200");
+        } else {
+            println!(
+                "    GET /v1/hello -> {} Retry-After: {} {}",
+                a.status,
+                header(&a, "retry-after"),
+                a.body.trim()
+            );
+        }
+    }
+
+    step(
+        5,
+        "requests without a key, or with an unknown key, are refused with 401",
+    );
+    let a = c.send("GET", "/v1/hello", None, None).await?;
+    println!("    no key      -> {} {}", a.status, a.body.trim());
+    let a = c
+        .send("GET", "/v1/hello", Some("sk_live_nobody"), None)
+        .await?;
+    println!("    unknown key -> {} {}", a.status, a.body.trim());
+
+    step(6, "each customer sees its own usage, and only its own");
+    for (customer, key, _) in CUSTOMERS {
+        let a = c.send("GET", "/v1/usage", Some(key), None).await?;
+        let v: Value = serde_json::from_str(&a.body).unwrap_or(Value::Null);
+        let calls = v["meters"]
+            .as_array()
+            .and_then(|ms| ms.iter().find(|m| m["meter"] == "api_calls"))
+            .map_or(Value::Null, |m| m["used"].clone());
+        println!(
+            "    {customer:<8} GET /v1/usage -> {} plan={} balance={} api_calls={}",
+            a.status, v["plan"], v["balance"], calls
+        );
+    }
+    let a = c
+        .send("GET", "/v1/usage/acme", Some(key_of("globex")), None)
+        .await?;
+    println!(
+        "    globex asks for acme's usage -> {} {}",
+        a.status,
+        a.body.trim()
+    );
+
+    step(7, "events raised for emails and alerts");
+    for e in engine.drain_events(100) {
+        let who = e.customer.as_ref().map_or("-", |c| c.as_str());
+        let what = match &e.kind {
+            EventKind::CreditsLow { balance } => format!("credits low (balance {balance})"),
+            EventKind::CreditsExhausted { balance } => {
+                format!("credits exhausted (balance {balance})")
+            }
+            EventKind::QuotaWarning { meter, used, limit } => {
+                format!("quota warning {meter} {used}/{limit}")
+            }
+            EventKind::QuotaReached { meter, used, limit } => {
+                format!("quota reached {meter} {used}/{limit}")
+            }
+            EventKind::Blocked { rule } => format!("blocked by rule `{rule}`"),
+            other => format!("{other:?}"),
+        };
+        println!("    {who:<8} {what}");
+    }
+
+    step(
+        8,
+        "the reporter checkpoints usage into the spool and reports it to the ledger, once",
+    );
+    reporter.flush_now().await?;
+    let mut records = ledger.records();
+    records.sort_by(|a, b| {
+        (a.customer.as_str(), a.meter.as_str()).cmp(&(b.customer.as_str(), b.meter.as_str()))
+    });
+    println!(
+        "    {:<8} {:<13} {:>8}  idempotency key",
+        "customer", "meter", "quantity"
+    );
+    for r in &records {
+        println!(
+            "    {:<8} {:<13} {:>8}  {}",
+            r.customer.as_str(),
+            r.meter.as_str(),
+            r.quantity,
+            r.idempotency_key
+        );
+    }
+
+    println!("\nFinal usage table (this period):");
+    println!(
+        "    {:<8} {:<9} {:>12} {:>9} {:>7} {:>12}",
+        "customer", "plan", "balance", "api_calls", "tokens", "egress_bytes"
+    );
+    for (customer, _, _) in CUSTOMERS {
+        if let Some(u) = engine.usage(customer) {
+            let used = |m: &str| {
+                u.meters
+                    .iter()
+                    .find(|x| x.meter.as_str() == m)
+                    .map_or(0, |x| x.used)
+            };
+            println!(
+                "    {:<8} {:<9} {:>12} {:>9} {:>7} {:>12}",
+                customer,
+                u.plan.as_ref().map_or("-", |p| p.as_str()),
+                u.balance,
+                used("api_calls"),
+                used("tokens"),
+                used("egress_bytes")
+            );
+        }
+    }
+    let billed: u64 = records
+        .iter()
+        .filter(|r| r.meter.as_str() == "api_calls")
+        .map(|r| r.quantity)
+        .sum();
+    println!(
+        "\nledger: {} records, {billed} api_calls billed",
+        records.len()
+    );
+    Ok(())
+}

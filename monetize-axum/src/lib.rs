@@ -1,1 +1,142 @@
-//! placeholder
+//! # monetize-axum
+//!
+//! axum glue for [`monetize_tower`]: one line to monetize a [`Router`](axum::Router),
+//! route templates from axum's `MatchedPath` (so `/users/{id}` is one meter filter, not
+//! one per id), extractors for the identified [`Customer`] and handler-reported
+//! [`Usage`], [`BlockResponse`] for block decisions, and the customer-facing
+//! [`usage_routes`].
+//!
+//! ```
+//! use axum::{Router, body::Body, routing::{get, post}};
+//! use http::{Request, StatusCode};
+//! use monetize_axum::{Customer, RouterExt, Usage, usage_routes};
+//! use monetize_core::config::{Config, MeterConfig, PlanConfig, ValueConfig};
+//! use monetize_core::{CustomerId, Engine};
+//! use monetize_tower::MonetizeLayer;
+//! use monetize_tower::identify::{ApiKey, KeyDirectory};
+//! use tower::ServiceExt;
+//!
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let engine = Engine::new(
+//!     Config::builder()
+//!         .meter(MeterConfig::count("calls").route("/v1/*").status("2xx"))
+//!         .meter(MeterConfig::sum("tokens", ValueConfig::Reported("tokens".into())))
+//!         .plan(PlanConfig::new("prepaid").prepaid(10_000).price("tokens", 2))
+//!         .default_plan("prepaid")
+//!         .build(),
+//! )
+//! .unwrap();
+//! let keys = KeyDirectory::new();
+//! keys.insert("sk_acme", CustomerId::new("acme").unwrap());
+//!
+//! async fn complete(customer: Customer, usage: Usage) -> String {
+//!     usage.add("tokens", 512);
+//!     format!("hello {}", customer.id())
+//! }
+//!
+//! let app = Router::new()
+//!     .route("/v1/complete", post(complete))
+//!     .route("/v1/users/{id}", get(|| async { "a user" }))
+//!     .merge(usage_routes(engine.clone()))
+//!     .monetize(MonetizeLayer::new(engine.clone(), ApiKey::new(keys)).exempt("/v1/usage*").unwrap());
+//!
+//! let req = Request::post("/v1/complete").header("x-api-key", "sk_acme").body(Body::empty()).unwrap();
+//! let res = app.clone().oneshot(req).await.unwrap();
+//! assert_eq!(res.status(), StatusCode::OK);
+//! axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap(); // metered at the end of the body
+//!
+//! let usage = engine.usage("acme").unwrap();
+//! let tokens = usage.meters.iter().find(|m| m.meter.as_str() == "tokens").unwrap();
+//! assert_eq!(tokens.used, 512);
+//! assert_eq!(usage.balance, 10_000 - 512 * 2);
+//! # });
+//! ```
+//!
+//! ## Where the layer sits
+//!
+//! axum sets `MatchedPath` only after routing, so [`RouterExt::monetize`] applies the
+//! layer with `Router::route_layer`: it wraps every route added before the call, and sees
+//! the template. Requests to paths that match no route get the router's `404` without
+//! being identified, governed or metered. Applied with `Router::layer` instead, the layer
+//! still works but meters route filters against the raw path.
+
+#![warn(missing_docs)]
+
+mod extract;
+mod response;
+mod router;
+mod usage_route;
+
+pub use extract::{Customer, CustomerRejection, Usage, UsageRejection};
+pub use response::BlockResponse;
+pub use router::{AxumMonetizeLayer, FromMatchedPath, MatchedRoute, RouterExt, TapRequest};
+pub use usage_route::{UsageRoutes, usage_routes};
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use axum::body::Body;
+    use axum::response::Response;
+    use http::Request;
+    use monetize_core::config::{Config, ConfigBuilder, MeterConfig, PlanConfig, QuotaConfig};
+    use monetize_core::config::{Period, ValueConfig};
+    use monetize_core::{CustomerId, Engine};
+    use monetize_tower::MonetizeLayer;
+    use monetize_tower::identify::{ApiKey, KeyDirectory};
+
+    pub fn config() -> ConfigBuilder {
+        Config::builder()
+            .meter(MeterConfig::count("calls").route("/v1/*").status("2xx"))
+            .meter(MeterConfig::count("user_reads").route("/v1/users/{id}"))
+            .meter(MeterConfig::sum(
+                "tokens",
+                ValueConfig::Reported("tokens".into()),
+            ))
+            .plan(PlanConfig::new("free").quota(QuotaConfig::new("calls", 100, Period::Month)))
+            .default_plan("free")
+    }
+
+    pub fn engine() -> Engine {
+        Engine::new(config().build()).unwrap()
+    }
+
+    pub fn layer(engine: &Engine) -> MonetizeLayer {
+        let keys = KeyDirectory::new();
+        for c in ["acme", "globex"] {
+            keys.insert(format!("key-{c}"), CustomerId::new(c).unwrap());
+        }
+        MonetizeLayer::new(engine.clone(), ApiKey::new(keys))
+    }
+
+    pub fn req(method: &str, path: &str, customer: Option<&str>) -> Request<Body> {
+        let mut b = Request::builder().method(method).uri(path);
+        if let Some(c) = customer {
+            b = b.header("x-api-key", format!("key-{c}"));
+        }
+        b.body(Body::empty()).unwrap()
+    }
+
+    pub fn used(engine: &Engine, customer: &str, meter: &str) -> u64 {
+        engine.usage(customer).map_or(0, |u| {
+            u.meters
+                .iter()
+                .find(|m| m.meter.as_str() == meter)
+                .map_or(0, |m| m.used)
+        })
+    }
+
+    pub async fn body(res: Response) -> (http::StatusCode, String) {
+        let status = res.status();
+        let b = axum::body::to_bytes(res.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, String::from_utf8(b.to_vec()).unwrap())
+    }
+
+    pub async fn json(res: Response) -> (http::StatusCode, serde_json::Value) {
+        let (s, b) = body(res).await;
+        (
+            s,
+            serde_json::from_str(&b).unwrap_or(serde_json::Value::Null),
+        )
+    }
+}

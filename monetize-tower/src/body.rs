@@ -1,0 +1,313 @@
+//! Body wrappers: the response body that meters when it ends, and the request body tap
+//! that captures a JSON prefix for request-side JSON meters.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode, Uri};
+use http_body::{Body, Frame, SizeHint};
+use monetize_core::{CustomerHandle, Engine, Exchange, ReportedUsage};
+use pin_project_lite::pin_project;
+
+use crate::route::RouteTemplate;
+use crate::usage::{Slot, merge};
+
+/// A body prefix kept for JSON-field meters, up to a cap. Past the cap it is dropped:
+/// a truncated JSON document could not be read anyway.
+#[derive(Debug)]
+pub(crate) struct Capture {
+    buf: Vec<u8>,
+    cap: usize,
+    over: bool,
+}
+
+impl Capture {
+    pub(crate) fn new(cap: usize, hint: Option<u64>) -> Self {
+        let first = hint.map_or(1024, |h| h.min(cap as u64) as usize).min(cap);
+        Self {
+            buf: Vec::with_capacity(first),
+            cap,
+            over: false,
+        }
+    }
+
+    fn push(&mut self, data: &[u8]) {
+        if self.over {
+            return;
+        }
+        if self.buf.len() + data.len() > self.cap {
+            self.over = true;
+            self.buf = Vec::new();
+        } else {
+            self.buf.extend_from_slice(data);
+        }
+    }
+
+    fn get(&self) -> Option<&[u8]> {
+        (!self.over && !self.buf.is_empty()).then_some(self.buf.as_slice())
+    }
+}
+
+#[derive(Debug)]
+struct TapState {
+    capture: Capture,
+    bytes: u64,
+}
+
+/// A shared slot where [`TapBody`] captures the start of a request body, for meters that
+/// read a JSON field of the request.
+///
+/// The layer puts one into the request extensions only when a meter reads a request JSON
+/// field ([`Engine::json_capture`]); wrap the request body with [`TapBody::from_request`]
+/// inside the layer so the capture happens (`monetize-axum` does this for you).
+#[derive(Clone, Debug)]
+pub struct RequestTap(Arc<Mutex<TapState>>);
+
+impl RequestTap {
+    pub(crate) fn new(cap: usize, hint: Option<u64>) -> Self {
+        Self(Arc::new(Mutex::new(TapState {
+            capture: Capture::new(cap, hint),
+            bytes: 0,
+        })))
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut TapState) -> T) -> T {
+        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+pin_project! {
+    /// A request body that counts its bytes and captures its start into a [`RequestTap`],
+    /// without changing what the inner service reads.
+    #[derive(Debug)]
+    pub struct TapBody<B> {
+        #[pin]
+        body: B,
+        tap: Option<RequestTap>,
+    }
+}
+
+impl<B> TapBody<B> {
+    /// Wraps `body`, capturing into `tap` (nothing is captured when `tap` is `None`).
+    pub fn new(body: B, tap: Option<RequestTap>) -> Self {
+        Self { body, tap }
+    }
+
+    /// Wraps a request's body with the tap the layer put into its extensions, if any.
+    pub fn from_request(req: http::Request<B>) -> http::Request<TapBody<B>> {
+        let tap = req.extensions().get::<RequestTap>().cloned();
+        req.map(|b| TapBody::new(b, tap))
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for TapBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let r = ready!(this.body.poll_frame(cx));
+        if let (Some(tap), Some(Ok(frame))) = (this.tap.as_ref(), r.as_ref())
+            && let Some(d) = frame.data_ref()
+        {
+            tap.with(|t| {
+                t.bytes += d.len() as u64;
+                t.capture.push(d);
+            });
+        }
+        Poll::Ready(r)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// What the layer keeps from the request until the response is metered.
+pub(crate) struct RequestSide<Rt> {
+    pub(crate) engine: Engine,
+    pub(crate) handle: CustomerHandle,
+    pub(crate) method: Method,
+    pub(crate) uri: Uri,
+    pub(crate) route: Option<Rt>,
+    pub(crate) headers: Option<HeaderMap>,
+    pub(crate) bytes: u64,
+    pub(crate) tap: Option<RequestTap>,
+}
+
+/// Everything needed to meter one exchange; meters when dropped (end of body, error,
+/// or the body dropped early by a disconnecting client).
+pub(crate) struct MeterState<Rt: AsRef<str>> {
+    pub(crate) req: RequestSide<Rt>,
+    pub(crate) status: StatusCode,
+    pub(crate) headers: Option<HeaderMap>,
+    pub(crate) reported: Option<ReportedUsage>,
+    pub(crate) slots: Vec<Slot>,
+    pub(crate) bytes: u64,
+    pub(crate) capture: Option<Capture>,
+}
+
+impl<Rt: AsRef<str>> MeterState<Rt> {
+    #[inline]
+    fn sent(&mut self, data: &Bytes) {
+        self.bytes += data.len() as u64;
+        if let Some(c) = &mut self.capture {
+            c.push(data);
+        }
+    }
+}
+
+impl<Rt: AsRef<str>> Drop for MeterState<Rt> {
+    fn drop(&mut self) {
+        let empty = HeaderMap::new();
+        let req = &self.req;
+        let reported = if self.slots.is_empty() {
+            self.reported.take()
+        } else {
+            merge(self.reported.take(), &self.slots)
+        };
+        let tapped = req
+            .tap
+            .as_ref()
+            .map(|t| t.0.lock().unwrap_or_else(|e| e.into_inner()));
+        let (tap_bytes, req_body) = tapped
+            .as_deref()
+            .map_or((0, None), |t| (t.bytes, t.capture.get()));
+        let ex = Exchange::new(
+            &req.method,
+            req.uri.path(),
+            req.headers.as_ref().unwrap_or(&empty),
+        )
+        .route(req.route.as_ref().map(AsRef::as_ref))
+        .query(req.uri.query())
+        .request_bytes(req.bytes.max(tap_bytes))
+        .response(
+            self.status,
+            self.headers.as_ref().unwrap_or(&empty),
+            self.bytes,
+        )
+        .reported(reported.as_ref())
+        .bodies(req_body, self.capture.as_ref().and_then(Capture::get));
+        req.engine.meter(&req.handle, &ex);
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<B> {
+        Inner { #[pin] body: B },
+        Full { data: Option<Bytes> },
+    }
+}
+
+pin_project! {
+    /// The response body of [`Monetize`](crate::Monetize): the inner service's body,
+    /// counted (and, when a meter asks, its start captured) as it streams, or the layer's
+    /// own JSON body for a refused request.
+    ///
+    /// The exchange is metered when the body ends, fails, or is dropped. A client that
+    /// disconnects mid-body is therefore metered for the bytes handed to the server so far
+    /// (including what the socket buffered but the client never read).
+    pub struct ResponseBody<B, Rt: AsRef<str> = RouteTemplate> {
+        #[pin]
+        kind: Kind<B>,
+        meter: Option<MeterState<Rt>>,
+    }
+}
+
+impl<B, Rt: AsRef<str>> ResponseBody<B, Rt> {
+    pub(crate) fn metered(body: B, meter: MeterState<Rt>) -> Self {
+        Self {
+            kind: Kind::Inner { body },
+            meter: Some(meter),
+        }
+    }
+
+    pub(crate) fn plain(body: B) -> Self {
+        Self {
+            kind: Kind::Inner { body },
+            meter: None,
+        }
+    }
+
+    pub(crate) fn full(data: Bytes) -> Self {
+        Self {
+            kind: Kind::Full {
+                data: (!data.is_empty()).then_some(data),
+            },
+            meter: None,
+        }
+    }
+
+    /// Whether this body is the layer's own response (a refusal), not the inner service's.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self.kind, Kind::Full { .. })
+    }
+}
+
+impl<B, Rt> Body for ResponseBody<B, Rt>
+where
+    B: Body<Data = Bytes>,
+    Rt: AsRef<str>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        match this.kind.project() {
+            KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProj::Inner { body } => {
+                let r = ready!(body.poll_frame(cx));
+                match &r {
+                    Some(Ok(frame)) => {
+                        if let (Some(m), Some(d)) = (this.meter.as_mut(), frame.data_ref()) {
+                            m.sent(d);
+                        }
+                    }
+                    // The end or an error: meter now (dropping the state in place meters)
+                    // rather than when the server drops the body.
+                    Some(Err(_)) | None => *this.meter = None,
+                }
+                Poll::Ready(r)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Inner { body } => body.is_end_stream(),
+            Kind::Full { data } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Inner { body } => body.size_hint(),
+            Kind::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
+    }
+}
+
+impl<B, Rt: AsRef<str>> std::fmt::Debug for ResponseBody<B, Rt> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseBody")
+            .field("refusal", &self.is_refusal())
+            .field("metered", &self.meter.is_some())
+            .finish()
+    }
+}

@@ -1,0 +1,93 @@
+//! Identification: which customer a request belongs to.
+//!
+//! An [`Identify`] strategy looks at the request head and answers an [`Identity`]: a
+//! customer, no credentials at all ([`Identity::Missing`]), or credentials that name no
+//! customer ([`Identity::Unknown`]). The layer then applies its
+//! [`MissingPolicy`](crate::MissingPolicy) to the last two.
+//!
+//! | strategy | reads | typical use |
+//! |---|---|---|
+//! | [`ApiKey`] | a header (default `x-api-key`), looked up in a [`KeyDirectory`] | public APIs with keys |
+//! | [`Bearer`] | `Authorization: Bearer <token>`, looked up in a [`KeyDirectory`] | token APIs |
+//! | [`FromExtension`] | a [`CustomerId`] your own auth layer put into the request extensions | apps with auth already |
+//! | [`identify_fn`] | anything, through a closure | everything else |
+//!
+//! Strategies are synchronous and run on every request: they must not block or wait.
+
+mod api_key;
+mod bearer;
+mod closure;
+mod extension;
+mod key_directory;
+
+use http::StatusCode;
+use http::request::Parts;
+use monetize_core::{Block, CustomerId};
+
+pub use api_key::ApiKey;
+pub use bearer::Bearer;
+pub use closure::{IdentifyFn, identify_fn};
+pub use extension::FromExtension;
+pub use key_directory::{KeyDigest, KeyDirectory};
+
+/// What an [`Identify`] strategy found in a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Identity<'a> {
+    /// The customer, borrowed from the request or the strategy.
+    Id(&'a str),
+    /// The customer, owned (a [`CustomerId`] clone is a reference-count increment).
+    Customer(CustomerId),
+    /// The request carries no credentials this strategy understands.
+    Missing,
+    /// The request carries credentials, but they name no customer.
+    Unknown,
+}
+
+/// A way to tell which customer a request belongs to.
+///
+/// Implement it for custom schemes, or use [`identify_fn`] with a closure.
+pub trait Identify: Send + Sync + 'static {
+    /// Identifies the customer from the request head. Runs on every request: keep it
+    /// cheap, and never block.
+    fn identify<'a>(&'a self, request: &'a Parts) -> Identity<'a>;
+
+    /// The refusal sent when the layer's policy rejects a request without credentials
+    /// (`missing` is true) or with unknown ones. The default is a `401` with reason
+    /// `missing_credentials` or `unknown_credentials`.
+    fn unauthorized(&self, missing: bool) -> Block {
+        if missing {
+            Block::new(
+                StatusCode::UNAUTHORIZED,
+                "missing_credentials",
+                "This API needs credentials: send them with the request.",
+            )
+        } else {
+            Block::new(
+                StatusCode::UNAUTHORIZED,
+                "unknown_credentials",
+                "The credentials sent do not belong to any customer.",
+            )
+        }
+    }
+}
+
+impl<T: Identify + ?Sized> Identify for std::sync::Arc<T> {
+    fn identify<'a>(&'a self, request: &'a Parts) -> Identity<'a> {
+        (**self).identify(request)
+    }
+
+    fn unauthorized(&self, missing: bool) -> Block {
+        (**self).unauthorized(missing)
+    }
+}
+
+impl<T: Identify + ?Sized> Identify for Box<T> {
+    fn identify<'a>(&'a self, request: &'a Parts) -> Identity<'a> {
+        (**self).identify(request)
+    }
+
+    fn unauthorized(&self, missing: bool) -> Block {
+        (**self).unauthorized(missing)
+    }
+}

@@ -1,0 +1,246 @@
+//! [`MonetizeLayer`]: the layer and its settings.
+
+use std::fmt;
+use std::sync::Arc;
+
+use monetize_core::{CustomerHandle, CustomerId, Engine};
+use tower_layer::Layer;
+
+use crate::Error;
+use crate::identify::{Identify, Identity};
+use crate::response::resolve_refusal;
+use crate::route::{FromRouteTemplate, RouteSource};
+use crate::service::Monetize;
+
+/// What to do with a request whose customer cannot be told: no credentials
+/// ([`MonetizeLayer::on_missing`]) or credentials that name no customer
+/// ([`MonetizeLayer::on_unknown`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MissingPolicy {
+    /// Refuse with `401` and a JSON body naming what to send (the default).
+    #[default]
+    Reject,
+    /// Let the request through, neither governed nor metered.
+    Anonymous,
+    /// Serve it as this customer: governed and metered like any other (for example a
+    /// shared `anonymous` customer with a tight rate limit).
+    Customer(CustomerId),
+}
+
+/// Which request and response data must be kept until metering, because a meter reads it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Keep {
+    pub(crate) request_headers: bool,
+    pub(crate) response_headers: bool,
+}
+
+impl Keep {
+    /// What the engine's meters read. Meters never change while an engine runs (a reload
+    /// with other meters is refused), so this is computed once per layer.
+    ///
+    /// monetize-core does not yet say which meters read headers, so both header maps are
+    /// kept (one `HeaderMap` clone each per metered request).
+    // TODO: use `Engine::exchange_needs()` once monetize-core provides it.
+    fn of(_engine: &Engine) -> Keep {
+        Keep {
+            request_headers: true,
+            response_headers: true,
+        }
+    }
+}
+
+/// A route pattern: exact, or a prefix when it ends in `*`.
+#[derive(Clone, Debug)]
+pub(crate) enum Pattern {
+    Exact(Box<str>),
+    Prefix(Box<str>),
+}
+
+impl Pattern {
+    fn parse(p: &str) -> Result<Pattern, Error> {
+        if !p.starts_with('/') {
+            return Err(Error::InvalidRoute(p.to_owned()));
+        }
+        match p.find('*') {
+            None => Ok(Pattern::Exact(p.into())),
+            Some(i) if i == p.len() - 1 => Ok(Pattern::Prefix(p[..i].into())),
+            Some(_) => Err(Error::InvalidRoute(p.to_owned())),
+        }
+    }
+
+    fn matches(&self, route: &str) -> bool {
+        match self {
+            Pattern::Exact(p) => **p == *route,
+            Pattern::Prefix(p) => route.starts_with(&**p),
+        }
+    }
+}
+
+/// The layer's settings, shared by every service it makes.
+#[derive(Clone)]
+pub(crate) struct Settings<R> {
+    pub(crate) engine: Engine,
+    pub(crate) identify: Arc<dyn Identify>,
+    pub(crate) on_missing: MissingPolicy,
+    pub(crate) on_unknown: MissingPolicy,
+    pub(crate) exempt: Vec<Pattern>,
+    pub(crate) route: R,
+    /// Request / response body prefix caps for JSON-field meters.
+    pub(crate) capture: (Option<usize>, Option<usize>),
+    pub(crate) keep: Keep,
+}
+
+/// Who a request belongs to, after identification and the missing-credentials policy.
+pub(crate) enum Who {
+    Customer(CustomerHandle),
+    Anonymous,
+    Refused(Box<monetize_core::Block>),
+}
+
+impl<R> Settings<R> {
+    #[inline]
+    pub(crate) fn who(&self, parts: &http::request::Parts) -> Who {
+        let resolved = match self.identify.identify(parts) {
+            Identity::Id(id) => self.engine.resolve(id),
+            Identity::Customer(id) => self.engine.resolve(id.as_str()),
+            Identity::Missing => return self.fallback(&self.on_missing, true),
+            Identity::Unknown => return self.fallback(&self.on_unknown, false),
+        };
+        match resolved {
+            Ok(h) => Who::Customer(h),
+            Err(e) => Who::Refused(Box::new(resolve_refusal(&e))),
+        }
+    }
+
+    #[cold]
+    fn fallback(&self, policy: &MissingPolicy, missing: bool) -> Who {
+        match policy {
+            MissingPolicy::Reject => Who::Refused(Box::new(self.identify.unauthorized(missing))),
+            MissingPolicy::Anonymous => Who::Anonymous,
+            MissingPolicy::Customer(id) => match self.engine.resolve(id.as_str()) {
+                Ok(h) => Who::Customer(h),
+                Err(e) => Who::Refused(Box::new(resolve_refusal(&e))),
+            },
+        }
+    }
+
+    #[inline]
+    pub(crate) fn is_exempt(&self, route: &str) -> bool {
+        !self.exempt.is_empty() && self.exempt.iter().any(|p| p.matches(route))
+    }
+}
+
+/// Applies [`Monetize`] to a service: identifies the customer, governs, and meters.
+///
+/// Build it once per app with the engine and an identification strategy; every service it
+/// makes shares the same settings. See the [crate docs](crate) for a full example.
+pub struct MonetizeLayer<R = FromRouteTemplate> {
+    settings: Arc<Settings<R>>,
+}
+
+impl MonetizeLayer<FromRouteTemplate> {
+    /// A layer identifying customers with `identify` and governing and metering with
+    /// `engine`. Missing and unknown credentials are refused with `401`.
+    pub fn new(engine: Engine, identify: impl Identify) -> Self {
+        let capture = engine.json_capture();
+        let keep = Keep::of(&engine);
+        Self {
+            settings: Arc::new(Settings {
+                engine,
+                identify: Arc::new(identify),
+                on_missing: MissingPolicy::Reject,
+                on_unknown: MissingPolicy::Reject,
+                exempt: Vec::new(),
+                route: FromRouteTemplate,
+                capture,
+                keep,
+            }),
+        }
+    }
+}
+
+impl<R: RouteSource> MonetizeLayer<R> {
+    fn edit(mut self, f: impl FnOnce(&mut Settings<R>)) -> Self {
+        f(Arc::make_mut(&mut self.settings));
+        self
+    }
+
+    /// What to do with requests without credentials (default [`MissingPolicy::Reject`]).
+    pub fn on_missing(self, policy: MissingPolicy) -> Self {
+        self.edit(|s| s.on_missing = policy)
+    }
+
+    /// What to do with requests whose credentials name no customer (default
+    /// [`MissingPolicy::Reject`]).
+    pub fn on_unknown(self, policy: MissingPolicy) -> Self {
+        self.edit(|s| s.on_unknown = policy)
+    }
+
+    /// Serves requests to this route (template, or path when no template is known;
+    /// a trailing `*` matches a prefix) identified but neither governed nor metered:
+    /// the usage route, so that a customer out of credits can still see its balance.
+    /// Unknown credentials are still refused.
+    pub fn exempt(self, route: &str) -> Result<Self, Error> {
+        let p = Pattern::parse(route)?;
+        Ok(self.edit(|s| s.exempt.push(p)))
+    }
+
+    /// Reads route templates with another [`RouteSource`] (`monetize-axum` uses axum's
+    /// `MatchedPath`).
+    pub fn route_source<R2: RouteSource>(self, route: R2) -> MonetizeLayer<R2> {
+        let s = Arc::unwrap_or_clone(self.settings);
+        MonetizeLayer {
+            settings: Arc::new(Settings {
+                engine: s.engine,
+                identify: s.identify,
+                on_missing: s.on_missing,
+                on_unknown: s.on_unknown,
+                exempt: s.exempt,
+                route,
+                capture: s.capture,
+                keep: s.keep,
+            }),
+        }
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.settings.engine
+    }
+
+    /// Whether a meter reads a JSON field of the request body, so the request body must
+    /// be wrapped with [`TapBody`](crate::TapBody) inside the layer.
+    pub fn taps_request_body(&self) -> bool {
+        self.settings.capture.0.is_some()
+    }
+}
+
+impl<R> Clone for MonetizeLayer<R> {
+    fn clone(&self) -> Self {
+        Self {
+            settings: self.settings.clone(),
+        }
+    }
+}
+
+impl<R> fmt::Debug for MonetizeLayer<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.settings;
+        f.debug_struct("MonetizeLayer")
+            .field("engine", &s.engine)
+            .field("on_missing", &s.on_missing)
+            .field("on_unknown", &s.on_unknown)
+            .field("exempt", &s.exempt)
+            .field("route", &std::any::type_name::<R>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, R: RouteSource> Layer<S> for MonetizeLayer<R> {
+    type Service = Monetize<S, R>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Monetize::from_parts(inner, self.settings.clone())
+    }
+}

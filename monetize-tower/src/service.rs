@@ -1,0 +1,785 @@
+//! [`Monetize`]: the service.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, header};
+use http_body::Body;
+use monetize_core::{Allow, Decision, Exchange};
+use tower_service::Service;
+
+use crate::body::{RequestSide, RequestTap, ResponseBody};
+use crate::future::{Pending, ResponseFuture};
+use crate::layer::{Settings, Who};
+use crate::response::BlockParts;
+use crate::route::{FromRouteTemplate, RouteSource};
+
+/// Identifies the customer of each request, governs it, and meters the response.
+///
+/// Made by [`MonetizeLayer`](crate::MonetizeLayer). For each request, in `call` (never in
+/// `poll_ready`):
+///
+/// 1. identify the customer and resolve its handle once;
+/// 2. decide: a block is answered at once with its status, JSON body and headers, and the
+///    inner service is not called;
+/// 3. otherwise put the [`CustomerHandle`](monetize_core::CustomerHandle) into the request
+///    extensions, call the inner service, and add the decision's headers
+///    (`X-Credits-Remaining`, `RateLimit-*`) to its response;
+/// 4. meter when the response body ends (or is dropped).
+///
+/// On the allow path nothing is awaited or locked; the only allocation is the extension
+/// insert of the handle (plus the header copies described in the crate docs).
+pub struct Monetize<S, R = FromRouteTemplate> {
+    inner: S,
+    settings: Arc<Settings<R>>,
+}
+
+impl<S, R> Monetize<S, R> {
+    pub(crate) fn from_parts(inner: S, settings: Arc<Settings<R>>) -> Self {
+        Self { inner, settings }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, R> Clone for Monetize<S, R> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            settings: self.settings.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, R> fmt::Debug for Monetize<S, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Monetize")
+            .field("inner", &self.inner)
+            .field("engine", &self.settings.engine)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The request body size from `Content-Length`, 0 when absent.
+#[inline]
+fn content_length(h: &HeaderMap) -> u64 {
+    h.get(header::CONTENT_LENGTH)
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok()?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+impl<S, R, ReqBody, ResBody> Service<Request<ReqBody>> for Monetize<S, R>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    R: RouteSource,
+    ResBody: Body<Data = Bytes>,
+{
+    type Response = Response<ResponseBody<ResBody, R::Route>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, R::Route>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let settings = &*self.settings;
+        let (mut parts, body) = req.into_parts();
+        let handle = match settings.who(&parts) {
+            Who::Customer(h) => h,
+            Who::Anonymous => {
+                let fut = self.inner.call(Request::from_parts(parts, body));
+                return ResponseFuture::unmetered(fut);
+            }
+            Who::Refused(block) => return ResponseFuture::early(BlockParts::new(&block)),
+        };
+        let route = settings.route.route(&parts.extensions);
+        if settings.is_exempt(route.as_ref().map_or(parts.uri.path(), AsRef::as_ref)) {
+            parts.extensions.insert(handle);
+            let fut = self.inner.call(Request::from_parts(parts, body));
+            return ResponseFuture::unmetered(fut);
+        }
+        let request_bytes = content_length(&parts.headers);
+        let decision = settings.engine.decide(
+            &handle,
+            &Exchange::new(&parts.method, parts.uri.path(), &parts.headers)
+                .route(route.as_ref().map(AsRef::as_ref))
+                .query(parts.uri.query())
+                .request_bytes(request_bytes),
+        );
+        let allow = match decision {
+            Decision::Allow(a) => a,
+            Decision::Block(block) => return ResponseFuture::early(BlockParts::new(&block)),
+            // A decision kind this layer does not know yet: serve the request.
+            _ => Allow::default(),
+        };
+        let tap = settings.capture.0.map(|cap| {
+            let t = RequestTap::new(cap, (request_bytes > 0).then_some(request_bytes));
+            parts.extensions.insert(t.clone());
+            t
+        });
+        let side = RequestSide {
+            engine: settings.engine.clone(),
+            handle: handle.clone(),
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            route,
+            headers: settings.keep.request_headers.then(|| parts.headers.clone()),
+            bytes: request_bytes,
+            tap,
+        };
+        parts.extensions.insert(handle);
+        let fut = self.inner.call(Request::from_parts(parts, body));
+        ResponseFuture::metered(
+            fut,
+            Pending {
+                side,
+                allow,
+                capture: settings.capture.1,
+                keep_headers: settings.keep.response_headers,
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::convert::Infallible;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll};
+
+    use bytes::Bytes;
+    use http::{Request, Response, StatusCode};
+    use http_body::{Body, Frame};
+    use http_body_util::{BodyExt, Full};
+    use monetize_core::config::{
+        BlockConfig, BodySide, ConditionConfig, Config, JsonFieldConfig, MeterConfig,
+        OverflowPolicy, Period, PlanConfig, QuotaConfig, RuleConfig, ValueConfig,
+    };
+    use monetize_core::{CustomerHandle, CustomerId, Engine, PlanId, ReportedUsage, StateChange};
+    use tower::{ServiceBuilder, ServiceExt, service_fn};
+
+    use crate::identify::{ApiKey, KeyDirectory};
+    use crate::{MissingPolicy, MonetizeLayer, RouteTemplate, TapBody, UsageRecorder};
+
+    fn meters() -> monetize_core::config::ConfigBuilder {
+        Config::builder()
+            .meter(MeterConfig::count("calls").route("/v1/*").status("2xx"))
+            .meter(MeterConfig::sum(
+                "tokens",
+                ValueConfig::Reported("tokens".into()),
+            ))
+            .meter(MeterConfig::sum("egress", ValueConfig::ResponseBytes))
+            .meter(MeterConfig::count("user_reads").route("/users/{id}"))
+            .plan(
+                PlanConfig::new("prepaid")
+                    .prepaid(3_000)
+                    .price("calls", 1_000),
+            )
+            .plan(PlanConfig::new("free").quota(QuotaConfig::new("calls", 5, Period::Month)))
+            .default_plan("free")
+    }
+
+    fn engine() -> Engine {
+        Engine::new(meters().build()).unwrap()
+    }
+
+    fn keys() -> KeyDirectory {
+        let k = KeyDirectory::new();
+        for c in ["acme", "globex", "initech"] {
+            k.insert(format!("key-{c}"), CustomerId::new(c).unwrap());
+        }
+        k
+    }
+
+    fn used(engine: &Engine, customer: &str, meter: &str) -> u64 {
+        engine.usage(customer).map_or(0, |u| {
+            u.meters
+                .iter()
+                .find(|m| m.meter.as_str() == meter)
+                .map_or(0, |m| m.used)
+        })
+    }
+
+    fn get(path: &str, key: Option<&str>) -> Request<Full<Bytes>> {
+        let mut b = Request::get(path);
+        if let Some(k) = key {
+            b = b.header("x-api-key", format!("key-{k}"));
+        }
+        b.body(Full::default()).unwrap()
+    }
+
+    async fn hello(_req: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, Infallible> {
+        Ok(Response::new(Full::from("hello")))
+    }
+
+    async fn json(res: Response<impl Body<Data = Bytes, Error = Infallible>>) -> serde_json::Value {
+        let b = res.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&b).unwrap()
+    }
+
+    #[tokio::test]
+    async fn counts_calls_and_response_bytes() {
+        let engine = engine();
+        let svc = ServiceBuilder::new()
+            .layer(MonetizeLayer::new(engine.clone(), ApiKey::new(keys())))
+            .service(service_fn(|req: Request<Full<Bytes>>| async move {
+                let status = if req.uri().path() == "/v1/missing" {
+                    StatusCode::NOT_FOUND
+                } else {
+                    StatusCode::OK
+                };
+                let mut r = Response::new(Full::from("hello"));
+                *r.status_mut() = status;
+                Ok::<_, Infallible>(r)
+            }));
+        for path in ["/v1/a", "/v1/b", "/v1/missing", "/other"] {
+            let res = svc.clone().oneshot(get(path, Some("acme"))).await.unwrap();
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"hello");
+        }
+        assert_eq!(used(&engine, "acme", "calls"), 2, "only /v1/* with 2xx");
+        assert_eq!(used(&engine, "acme", "egress"), 20);
+        assert_eq!(used(&engine, "globex", "calls"), 0);
+    }
+
+    #[tokio::test]
+    async fn prepaid_credits_spent_then_402_with_json_body() {
+        let engine = engine();
+        engine
+            .apply("acme", StateChange::Plan(PlanId::new("prepaid").unwrap()))
+            .unwrap();
+        engine
+            .apply("acme", StateChange::SetBalance(3_000))
+            .unwrap();
+        let svc = MonetizeLayer::new(engine.clone(), ApiKey::new(keys()))
+            .layer_fn_service(service_fn(hello));
+        for i in 0..3 {
+            let res = svc
+                .clone()
+                .oneshot(get("/v1/x", Some("acme")))
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200);
+            let left = res.headers()["x-credits-remaining"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            assert_eq!(left, (3_000 - i * 1_000).to_string());
+            res.into_body().collect().await.unwrap();
+        }
+        let res = svc
+            .clone()
+            .oneshot(get("/v1/x", Some("acme")))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::PAYMENT_REQUIRED);
+        assert_eq!(res.headers()["content-type"], "application/json");
+        assert_eq!(res.headers()["x-credits-remaining"], "0");
+        let v = json(res).await;
+        assert_eq!(v["error"], "payment_required");
+        assert_eq!(v["reason"], "credits_exhausted");
+        assert_eq!(v["customer"], "acme");
+        assert_eq!(v["balance"], 0);
+        assert_eq!(
+            used(&engine, "acme", "calls"),
+            3,
+            "a blocked call is not metered"
+        );
+    }
+
+    #[tokio::test]
+    async fn delinquent_customer_gets_402_payment_overdue() {
+        let engine = engine();
+        engine
+            .apply("globex", StateChange::Delinquent(true))
+            .unwrap();
+        let svc = MonetizeLayer::new(engine.clone(), ApiKey::new(keys()))
+            .layer_fn_service(service_fn(hello));
+        let res = svc.oneshot(get("/v1/x", Some("globex"))).await.unwrap();
+        assert_eq!(res.status(), 402);
+        assert_eq!(json(res).await["reason"], "payment_overdue");
+    }
+
+    #[tokio::test]
+    async fn quota_exceeded_gets_429_with_retry_after() {
+        let engine = engine();
+        let svc = MonetizeLayer::new(engine.clone(), ApiKey::new(keys()))
+            .layer_fn_service(service_fn(hello));
+        for _ in 0..5 {
+            let res = svc
+                .clone()
+                .oneshot(get("/v1/x", Some("acme")))
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200);
+            res.into_body().collect().await.unwrap();
+        }
+        let res = svc
+            .clone()
+            .oneshot(get("/v1/x", Some("acme")))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        let retry: u64 = res.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(retry >= 1);
+        let v = json(res).await;
+        assert_eq!(v["reason"], "quota_exceeded");
+        assert_eq!(v["quota"]["limit"], 5);
+        assert_eq!(v["quota"]["meter"], "calls");
+        assert_eq!(v["retry_after"], retry);
+    }
+
+    #[tokio::test]
+    async fn missing_and_unknown_keys_get_401_and_never_reach_the_api() {
+        let engine = engine();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let svc = MonetizeLayer::new(engine.clone(), ApiKey::new(keys())).layer_fn_service(
+            service_fn(move |r| {
+                c.fetch_add(1, Ordering::Relaxed);
+                hello(r)
+            }),
+        );
+        let res = svc.clone().oneshot(get("/v1/x", None)).await.unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        let v = json(res).await;
+        assert_eq!(v["error"], "unauthorized");
+        assert_eq!(v["reason"], "missing_api_key");
+        assert!(v["message"].as_str().unwrap().contains("x-api-key"));
+
+        let req = Request::get("/v1/x")
+            .header("x-api-key", "sk_wrong_secret")
+            .body(Full::default())
+            .unwrap();
+        let res = svc.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        let v = json(res).await;
+        assert_eq!(v["reason"], "unknown_api_key");
+        assert!(!v.to_string().contains("sk_wrong_secret"));
+        assert_eq!(calls.load(Ordering::Relaxed), 0);
+        assert_eq!(engine.stats().customers, 0);
+    }
+
+    #[tokio::test]
+    async fn anonymous_policy_lets_through_unmetered() {
+        let engine = engine();
+        let svc = MonetizeLayer::new(engine.clone(), ApiKey::new(keys()))
+            .on_missing(MissingPolicy::Anonymous)
+            .layer_fn_service(service_fn(|req: Request<Full<Bytes>>| async move {
+                assert!(req.extensions().get::<CustomerHandle>().is_none());
+                assert!(!UsageRecorder::current().unwrap().is_attached());
+                hello(req).await
+            }));
+        let res = svc.clone().oneshot(get("/v1/x", None)).await.unwrap();
+        assert_eq!(res.status(), 200);
+        res.into_body().collect().await.unwrap();
+        assert_eq!(engine.stats().customers, 0);
+        // Unknown keys are still refused.
+        let req = Request::get("/v1/x")
+            .header("x-api-key", "nope")
+            .body(Full::default())
+            .unwrap();
+        assert_eq!(svc.oneshot(req).await.unwrap().status(), 401);
+    }
+
+    #[tokio::test]
+    async fn missing_policy_can_serve_as_a_shared_customer() {
+        let engine = engine();
+        let svc = MonetizeLayer::new(engine.clone(), ApiKey::new(keys()))
+            .on_missing(MissingPolicy::Customer(
+                CustomerId::new("anonymous").unwrap(),
+            ))
+            .layer_fn_service(service_fn(hello));
+        let res = svc.oneshot(get("/v1/x", None)).await.unwrap();
+        res.into_body().collect().await.unwrap();
+        assert_eq!(used(&engine, "anonymous", "calls"), 1);
+    }
+
+    #[tokio::test]
+    async fn shadow_rule_lets_through_and_counts_the_hit() {
+        let cfg = meters()
+            .rule(
+                RuleConfig::block(
+                    "credits",
+                    ConditionConfig::CreditsExhausted,
+                    BlockConfig::new(402, "credits_exhausted", "Top up."),
+                )
+                .shadow(),
+            )
+            .build();
+        let engine = Engine::new(cfg).unwrap();
+        engine
+            .apply("acme", StateChange::Plan(PlanId::new("prepaid").unwrap()))
+            .unwrap();
+        engine.apply("acme", StateChange::SetBalance(0)).unwrap();
+        let svc = MonetizeLayer::new(engine.clone(), ApiKey::new(keys()))
+            .layer_fn_service(service_fn(hello));
+        for _ in 0..2 {
+            let res = svc
+                .clone()
+                .oneshot(get("/v1/x", Some("acme")))
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200);
+            res.into_body().collect().await.unwrap();
+        }
+        let hits = engine.stats().rule_hits;
+        assert_eq!(hits, vec![("credits".to_owned(), true, 2)]);
+        assert_eq!(used(&engine, "acme", "calls"), 2);
+    }
+
+    /// A body yielding its chunks one frame at a time.
+    struct Chunks(VecDeque<Bytes>);
+
+    impl Body for Chunks {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    #[tokio::test]
+    async fn client_disconnecting_mid_body_is_metered_for_bytes_sent() {
+        let engine = engine();
+        let svc = MonetizeLayer::new(engine.clone(), ApiKey::new(keys())).layer_fn_service(
+            service_fn(|_req: Request<Full<Bytes>>| async {
+                let chunks = (0..3).map(|_| Bytes::from_static(&[b'x'; 10])).collect();
+                Ok::<_, Infallible>(Response::new(Chunks(chunks)))
+            }),
+        );
+        let res = svc
+            .clone()
+            .oneshot(get("/v1/stream", Some("acme")))
+            .await
+            .unwrap();
+        let mut body = res.into_body();
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.data_ref().unwrap().len(), 10);
+        assert_eq!(
+            used(&engine, "acme", "egress"),
+            0,
+            "not metered before the body ends"
+        );
+        drop(body); // the client went away
+        assert_eq!(used(&engine, "acme", "egress"), 10);
+        assert_eq!(used(&engine, "acme", "calls"), 1);
+
+        // A full read is metered in full, as soon as the body ends.
+        let res = svc.oneshot(get("/v1/stream", Some("acme"))).await.unwrap();
+        let all = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(all.len(), 30);
+        assert_eq!(used(&engine, "acme", "egress"), 40);
+    }
+
+    #[tokio::test]
+    async fn reported_usage_from_response_extensions_and_recorders() {
+        let engine = engine();
+        let svc = MonetizeLayer::new(engine.clone(), ApiKey::new(keys())).layer_fn_service(
+            service_fn(|req: Request<Full<Bytes>>| async move {
+                let by_recorder = req.uri().path() == "/v1/recorder";
+                let mut res = Response::new(Full::from("ok"));
+                if by_recorder {
+                    let rec = UsageRecorder::current().expect("inside the layer");
+                    assert!(rec.is_attached());
+                    tokio::task::yield_now().await;
+                    rec.add("tokens", 500);
+                    UsageRecorder::current().unwrap().add("tokens", 12);
+                } else {
+                    let mut r = ReportedUsage::new();
+                    r.add("tokens", 30);
+                    res.extensions_mut().insert(r);
+                }
+                Ok::<_, Infallible>(res)
+            }),
+        );
+        for path in ["/v1/ext", "/v1/recorder"] {
+            let res = svc.clone().oneshot(get(path, Some("acme"))).await.unwrap();
+            res.into_body().collect().await.unwrap();
+        }
+        assert_eq!(used(&engine, "acme", "tokens"), 542);
+        assert!(UsageRecorder::current().is_none(), "outside the layer");
+    }
+
+    #[tokio::test]
+    async fn json_field_of_the_response_is_captured_without_changing_it() {
+        let body = r#"{"answer":"yes","usage":{"total":42}}"#;
+        for (cap, want) in [(64 * 1024, 42), (16, 0)] {
+            let mut field = JsonFieldConfig::response("/usage/total");
+            field.max_bytes = cap;
+            let cfg = meters()
+                .meter(MeterConfig::sum("llm_tokens", ValueConfig::Json(field)))
+                .build();
+            let engine = Engine::new(cfg).unwrap();
+            let svc = MonetizeLayer::new(engine.clone(), ApiKey::new(keys())).layer_fn_service(
+                service_fn(move |_req: Request<Full<Bytes>>| async move {
+                    let chunks = body
+                        .as_bytes()
+                        .chunks(7)
+                        .map(Bytes::copy_from_slice)
+                        .collect();
+                    Ok::<_, Infallible>(Response::new(Chunks(chunks)))
+                }),
+            );
+            let res = svc.oneshot(get("/v1/chat", Some("acme"))).await.unwrap();
+            let got = res.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(
+                &got[..],
+                body.as_bytes(),
+                "the client gets the body unchanged"
+            );
+            assert_eq!(used(&engine, "acme", "llm_tokens"), want, "cap {cap}");
+        }
+    }
+
+    #[tokio::test]
+    async fn json_field_of_the_request_is_captured_through_the_tap() {
+        let mut req_side = JsonFieldConfig::response("/max_tokens");
+        req_side.from = BodySide::Request;
+        let cfg = meters()
+            .meter(MeterConfig::sum("requested", ValueConfig::Json(req_side)))
+            .meter(MeterConfig::sum("in_bytes", ValueConfig::RequestBytes))
+            .build();
+        let engine = Engine::new(cfg).unwrap();
+        let layer = MonetizeLayer::new(engine.clone(), ApiKey::new(keys()));
+        assert!(layer.taps_request_body());
+        let svc = ServiceBuilder::new()
+            .layer(layer)
+            .map_request(TapBody::from_request)
+            .service(service_fn(
+                |req: Request<TapBody<Full<Bytes>>>| async move {
+                    let got = req.into_body().collect().await.unwrap().to_bytes();
+                    assert_eq!(&got[..], br#"{"max_tokens":64}"#);
+                    Ok::<_, Infallible>(Response::new(Full::from("ok")))
+                },
+            ));
+        let req = Request::post("/v1/chat")
+            .header("x-api-key", "key-acme")
+            .body(Full::from(r#"{"max_tokens":64}"#))
+            .unwrap();
+        let res = svc.oneshot(req).await.unwrap();
+        res.into_body().collect().await.unwrap();
+        assert_eq!(used(&engine, "acme", "requested"), 64);
+        assert_eq!(used(&engine, "acme", "in_bytes"), 17);
+    }
+
+    #[tokio::test]
+    async fn handle_is_in_request_extensions_and_route_templates_are_used() {
+        let engine = engine();
+        let svc = ServiceBuilder::new()
+            .map_request(|mut req: Request<Full<Bytes>>| {
+                req.extensions_mut()
+                    .insert(RouteTemplate::new("/users/{id}"));
+                req
+            })
+            .layer(MonetizeLayer::new(engine.clone(), ApiKey::new(keys())))
+            .service(service_fn(|req: Request<Full<Bytes>>| async move {
+                let h = req.extensions().get::<CustomerHandle>().expect("handle");
+                assert_eq!(h.id().as_str(), "initech");
+                hello(req).await
+            }));
+        for id in [1, 2, 3] {
+            let res = svc
+                .clone()
+                .oneshot(get(&format!("/users/{id}"), Some("initech")))
+                .await
+                .unwrap();
+            res.into_body().collect().await.unwrap();
+        }
+        assert_eq!(used(&engine, "initech", "user_reads"), 3);
+    }
+
+    #[tokio::test]
+    async fn exempt_routes_are_identified_but_neither_governed_nor_metered() {
+        let engine = engine();
+        engine.apply("acme", StateChange::Delinquent(true)).unwrap();
+        let svc = MonetizeLayer::new(engine.clone(), ApiKey::new(keys()))
+            .exempt("/v1/usage*")
+            .unwrap()
+            .layer_fn_service(service_fn(|req: Request<Full<Bytes>>| async move {
+                assert!(req.extensions().get::<CustomerHandle>().is_some());
+                hello(req).await
+            }));
+        let res = svc
+            .clone()
+            .oneshot(get("/v1/usage", Some("acme")))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        res.into_body().collect().await.unwrap();
+        assert_eq!(used(&engine, "acme", "calls"), 0);
+        let res = svc
+            .clone()
+            .oneshot(get("/v1/other", Some("acme")))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 402);
+        assert_eq!(
+            svc.oneshot(get("/v1/usage", None)).await.unwrap().status(),
+            401
+        );
+        assert!(
+            MonetizeLayer::new(engine.clone(), ApiKey::new(keys()))
+                .exempt("usage")
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn customer_cap_answers_503() {
+        let cfg = meters().max_customers(1, OverflowPolicy::Reject).build();
+        let engine = Engine::new(cfg).unwrap();
+        let svc = MonetizeLayer::new(engine.clone(), ApiKey::new(keys()))
+            .layer_fn_service(service_fn(hello));
+        let res = svc
+            .clone()
+            .oneshot(get("/v1/x", Some("acme")))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let res = svc.oneshot(get("/v1/x", Some("globex"))).await.unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(json(res).await["reason"], "customer_cap_reached");
+    }
+
+    #[tokio::test]
+    async fn decides_in_call_not_in_poll_ready() {
+        let engine = engine();
+        engine
+            .apply("acme", StateChange::Plan(PlanId::new("prepaid").unwrap()))
+            .unwrap();
+        engine
+            .apply("acme", StateChange::SetBalance(1_000))
+            .unwrap();
+        let mut svc = MonetizeLayer::new(engine.clone(), ApiKey::new(keys()))
+            .layer_fn_service(service_fn(hello));
+        for _ in 0..10 {
+            std::future::poll_fn(|cx| tower::Service::poll_ready(&mut svc, cx))
+                .await
+                .unwrap();
+        }
+        assert_eq!(engine.stats().customers, 1);
+        assert_eq!(engine.stats().rule_hits.iter().map(|r| r.2).sum::<u64>(), 0);
+        assert_eq!(engine.usage("acme").unwrap().balance, 1_000);
+    }
+
+    #[test]
+    fn keys_never_show_in_debug() {
+        let layer = MonetizeLayer::new(engine(), ApiKey::new(keys()));
+        let shown = format!("{layer:?}");
+        assert!(!shown.contains("key-acme"), "{shown}");
+    }
+
+    /// Counts allocations made by the current thread.
+    struct Counting;
+
+    thread_local! {
+        static ALLOCS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+
+    // SAFETY: forwards to the system allocator; only counts.
+    unsafe impl std::alloc::GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+            let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+            // SAFETY: same contract as the caller's.
+            unsafe { std::alloc::System.alloc(layout) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+            // SAFETY: same contract as the caller's.
+            unsafe { std::alloc::System.dealloc(ptr, layout) }
+        }
+    }
+
+    #[global_allocator]
+    static COUNTING: Counting = Counting;
+
+    fn allocs() -> u64 {
+        ALLOCS.with(|c| c.get())
+    }
+
+    /// Allocations of one request through `svc`, body read to the end.
+    async fn allocations_of<S, B>(svc: &S, req: Request<Full<Bytes>>) -> u64
+    where
+        S: tower::Service<Request<Full<Bytes>>, Response = Response<B>, Error = Infallible> + Clone,
+        B: Body<Data = Bytes>,
+        B::Error: std::fmt::Debug,
+    {
+        let svc = svc.clone();
+        let before = allocs();
+        let res = svc.oneshot(req).await.unwrap();
+        let mut body = std::pin::pin!(res.into_body());
+        while let Some(f) = body.frame().await {
+            f.unwrap();
+        }
+        allocs() - before
+    }
+
+    #[test]
+    fn allocations_on_the_allow_path() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let engine = engine();
+            let inner = service_fn(|_req: Request<Full<Bytes>>| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hello"))))
+            });
+            let layered =
+                MonetizeLayer::new(engine.clone(), ApiKey::new(keys())).layer_fn_service(inner);
+            let mk = || {
+                let mut r = get("/v1/x", Some("acme"));
+                // Shared, as a server's parsed URI and header values are.
+                let _ = r.uri().clone();
+                r.extensions_mut().insert(RouteTemplate::new("/v1/x"));
+                r
+            };
+            // Warm up: admit the customer.
+            allocations_of(&layered, mk()).await;
+            let base = allocations_of(&inner, mk()).await;
+            let with = allocations_of(&layered, mk()).await;
+            let extra = with - base;
+            eprintln!(
+                "allocations per request: inner alone {base}, with the layer {with} (+{extra})"
+            );
+            assert_eq!(used(&engine, "acme", "calls"), 2);
+            // The handle's extension slot, plus one copy each of the request and response
+            // header maps until monetize-core says which meters read headers.
+            assert!(extra <= 6, "{extra} allocations added by the layer");
+        });
+    }
+
+    impl<R: crate::RouteSource> MonetizeLayer<R> {
+        fn layer_fn_service<S>(&self, s: S) -> super::Monetize<S, R> {
+            tower_layer::Layer::layer(self, s)
+        }
+    }
+}
