@@ -215,6 +215,11 @@ impl Engine {
         self.inner.config.load().json_capture
     }
 
+    /// What the meters look at, so the HTTP layer keeps only that for each request.
+    pub fn exchange_needs(&self) -> crate::meter::ExchangeNeeds {
+        self.inner.config.load().needs
+    }
+
     /// Resolves a customer: one map read for a known customer; a new one is admitted
     /// (restored if it was evicted) under the cap and overflow policy.
     #[inline]

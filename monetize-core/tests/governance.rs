@@ -426,3 +426,66 @@ fn register_starts_with_the_plans_credits() {
             .contains("unknown plan `gold`")
     );
 }
+
+#[test]
+fn exchange_needs_follow_the_meters() {
+    use monetize_core::config::{JsonFieldConfig, MeterConfig};
+    let engine = Engine::new(config()).unwrap();
+    let n = engine.exchange_needs();
+    assert!(n.reported && !n.response_bytes && !n.response_headers && !n.request_headers);
+    assert!(
+        n.needs_body(),
+        "reported usage may arrive while the body streams"
+    );
+    let cfg = Config::builder()
+        .meter(MeterConfig::count("calls").filter(FilterConfig::new().header("x-beta", None)))
+        .meter(MeterConfig::sum("egress", ValueConfig::ResponseBytes))
+        .meter(MeterConfig::sum(
+            "units",
+            ValueConfig::ResponseHeader("x-units".into()),
+        ))
+        .meter(MeterConfig::sum(
+            "tokens",
+            ValueConfig::Json(JsonFieldConfig::response("/t")),
+        ))
+        .build();
+    let n = Engine::new(cfg).unwrap().exchange_needs();
+    assert!(n.request_headers && n.response_bytes && n.response_headers && !n.query);
+    assert_eq!(n.json_capture, (None, Some(64 * 1024)));
+    let plain = Config::builder()
+        .meter(MeterConfig::count("calls").route("/v1/*"))
+        .build();
+    assert!(!Engine::new(plain).unwrap().exchange_needs().needs_body());
+}
+
+#[test]
+fn each_json_meter_keeps_its_own_cap() {
+    use monetize_core::config::{JsonFieldConfig, MeterConfig};
+    let mut small = JsonFieldConfig::response("/n");
+    small.max_bytes = 16;
+    let cfg = Config::builder()
+        .meter(MeterConfig::sum("small", ValueConfig::Json(small)))
+        .meter(MeterConfig::sum(
+            "large",
+            ValueConfig::Json(JsonFieldConfig::response("/n")),
+        ))
+        .build();
+    let engine = Engine::new(cfg).unwrap();
+    let h = engine.resolve("j").unwrap();
+    let body = br#"{"n": 7, "padding": "xxxxxxxxxxxxxxxx"}"#;
+    let (m, hs) = (Method::POST, HeaderMap::new());
+    let ex = Exchange::new(&m, "/", &hs)
+        .response(StatusCode::OK, &hs, body.len() as u64)
+        .bodies(None, Some(body));
+    engine.meter(&h, &ex);
+    let got: Vec<(String, u64)> = engine
+        .checkpoint()
+        .into_iter()
+        .map(|d| (d.meter.to_string(), d.measure.quantity()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![("large".to_string(), 7)],
+        "the 16-byte meter skips a 40-byte body"
+    );
+}

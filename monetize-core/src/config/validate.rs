@@ -31,6 +31,8 @@ pub(crate) struct Compiled {
     pub(crate) reporting: ReportingConfig,
     /// Largest request / response body prefix a JSON-field meter needs.
     pub(crate) json_capture: (Option<usize>, Option<usize>),
+    /// What meters look at.
+    pub(crate) needs: crate::meter::ExchangeNeeds,
 }
 
 impl Compiled {
@@ -210,6 +212,14 @@ pub(crate) fn compile(cfg: &Config, predicates: &Predicates) -> Result<Compiled,
         }
     }
 
+    let mut needs = crate::meter::ExchangeNeeds {
+        json_capture,
+        ..Default::default()
+    };
+    for m in &meters {
+        m.note_needs(&mut needs);
+    }
+
     let meter_index = by_name.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
     let plan_index = plan_names
         .iter()
@@ -228,5 +238,6 @@ pub(crate) fn compile(cfg: &Config, predicates: &Predicates) -> Result<Compiled,
         overflow_id,
         reporting: cfg.reporting.clone(),
         json_capture,
+        needs,
     })
 }

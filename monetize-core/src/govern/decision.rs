@@ -8,6 +8,11 @@ use serde_json::json;
 use crate::id::{CustomerId, MeterId, PlanId};
 use crate::rate_limit::RateLimitInfo;
 
+const X_CREDITS_REMAINING: HeaderName = HeaderName::from_static("x-credits-remaining");
+const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
 /// The outcome of governance for one request.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -42,24 +47,12 @@ impl Allow {
     /// Adds nothing (and allocates nothing) when there is nothing to say.
     pub fn apply_headers(&self, headers: &mut http::HeaderMap) {
         if let Some(b) = self.credits_remaining {
-            headers.insert(
-                HeaderName::from_static("x-credits-remaining"),
-                HeaderValue::from(b),
-            );
+            headers.insert(X_CREDITS_REMAINING, HeaderValue::from(b));
         }
         if let Some(rl) = &self.rate_limit {
-            headers.insert(
-                HeaderName::from_static("ratelimit-limit"),
-                HeaderValue::from(rl.limit),
-            );
-            headers.insert(
-                HeaderName::from_static("ratelimit-remaining"),
-                HeaderValue::from(rl.remaining),
-            );
-            headers.insert(
-                HeaderName::from_static("ratelimit-reset"),
-                HeaderValue::from(rl.reset_secs),
-            );
+            headers.insert(RATELIMIT_LIMIT, HeaderValue::from(rl.limit));
+            headers.insert(RATELIMIT_REMAINING, HeaderValue::from(rl.remaining));
+            headers.insert(RATELIMIT_RESET, HeaderValue::from(rl.reset_secs));
         }
         if let Some(hs) = &self.headers {
             for (k, v) in hs.iter() {
@@ -180,10 +173,7 @@ impl Block {
             push_rate_limit(&mut h, rl);
         }
         if let Some(b) = self.balance {
-            h.push((
-                HeaderName::from_static("x-credits-remaining"),
-                HeaderValue::from(b),
-            ));
+            h.push((X_CREDITS_REMAINING, HeaderValue::from(b)));
         }
         h.extend(self.headers.iter().cloned());
         h
@@ -192,18 +182,9 @@ impl Block {
 
 /// Appends `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset`.
 pub(crate) fn push_rate_limit(h: &mut Vec<(HeaderName, HeaderValue)>, rl: &RateLimitInfo) {
-    h.push((
-        HeaderName::from_static("ratelimit-limit"),
-        HeaderValue::from(rl.limit),
-    ));
-    h.push((
-        HeaderName::from_static("ratelimit-remaining"),
-        HeaderValue::from(rl.remaining),
-    ));
-    h.push((
-        HeaderName::from_static("ratelimit-reset"),
-        HeaderValue::from(rl.reset_secs),
-    ));
+    h.push((RATELIMIT_LIMIT, HeaderValue::from(rl.limit)));
+    h.push((RATELIMIT_REMAINING, HeaderValue::from(rl.remaining)));
+    h.push((RATELIMIT_RESET, HeaderValue::from(rl.reset_secs)));
 }
 
 #[cfg(test)]

@@ -31,6 +31,36 @@ pub struct Exchange<'a> {
     pub response_body: Option<&'a [u8]>,
 }
 
+/// What the configured meters look at, so that the HTTP layer keeps only that (no header
+/// map copies, no body wrapper) for each request. Fixed for an engine's life: meters
+/// cannot change on reload.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ExchangeNeeds {
+    /// A meter reads request headers (filter or value).
+    pub request_headers: bool,
+    /// A meter reads response headers (filter or value).
+    pub response_headers: bool,
+    /// A meter counts response body bytes.
+    pub response_bytes: bool,
+    /// A meter counts request body bytes.
+    pub request_bytes: bool,
+    /// A meter filters on the query string.
+    pub query: bool,
+    /// A meter reads handler-reported quantities.
+    pub reported: bool,
+    /// Request / response body prefixes JSON-field meters read (the largest cap).
+    pub json_capture: (Option<usize>, Option<usize>),
+}
+
+impl ExchangeNeeds {
+    /// Whether metering must wait for the end of the response body (bytes are counted,
+    /// a JSON field is read, or reported usage may be added while the body streams).
+    pub fn needs_body(&self) -> bool {
+        self.response_bytes || self.json_capture.1.is_some() || self.reported
+    }
+}
+
 /// The response side of an [`Exchange`].
 #[derive(Clone, Copy, Debug)]
 #[non_exhaustive]

@@ -78,6 +78,19 @@ impl Filter {
         }
     }
 
+    /// Records in `needs` what this filter looks at.
+    pub(crate) fn note_needs(&self, needs: &mut super::ExchangeNeeds) {
+        match self {
+            Filter::RequestHeader(..) => needs.request_headers = true,
+            Filter::ResponseHeader(..) => needs.response_headers = true,
+            Filter::Query(..) => needs.query = true,
+            Filter::Reported(_) => needs.reported = true,
+            Filter::All(fs) | Filter::Any(fs) => fs.iter().for_each(|f| f.note_needs(needs)),
+            Filter::Not(f) => f.note_needs(needs),
+            Filter::True | Filter::Method(_) | Filter::Route(_) | Filter::Status(_) => {}
+        }
+    }
+
     /// Compiles a filter from config; `field` is the config path used in errors.
     pub(crate) fn compile(cfg: &FilterConfig, field: &str) -> Result<Filter, ConfigError> {
         let mut parts = Vec::new();

@@ -11,7 +11,7 @@ mod value;
 pub use aggregation::{Aggregation, Measure};
 pub(crate) use aggregation::{Sketch, mix64, stable_hash};
 pub(crate) use cells::UsageCells;
-pub use exchange::{Exchange, ResponseView};
+pub use exchange::{Exchange, ExchangeNeeds, ResponseView};
 pub(crate) use filter::Filter;
 pub use reported::ReportedUsage;
 pub(crate) use value::{Scale, ValueSource};
@@ -81,6 +81,14 @@ impl Meter {
         }
         let q = self.scale.apply(raw)?;
         (q > 0 || self.aggregation == Aggregation::Latest).then_some(Sample::Quantity(q))
+    }
+
+    /// Records in `needs` what this meter looks at.
+    pub(crate) fn note_needs(&self, needs: &mut ExchangeNeeds) {
+        if self.aggregation != Aggregation::Count {
+            self.value.note_needs(needs);
+        }
+        self.filter.note_needs(needs);
     }
 
     /// The body capture this meter needs.

@@ -82,6 +82,18 @@ impl ValueSource {
         }
     }
 
+    /// Records in `needs` what this source looks at.
+    pub(crate) fn note_needs(&self, needs: &mut super::ExchangeNeeds) {
+        match self {
+            ValueSource::RequestBytes => needs.request_bytes = true,
+            ValueSource::ResponseBytes => needs.response_bytes = true,
+            ValueSource::RequestHeader(_) => needs.request_headers = true,
+            ValueSource::ResponseHeader(_) => needs.response_headers = true,
+            ValueSource::Reported(_) => needs.reported = true,
+            ValueSource::One | ValueSource::Json { .. } => {}
+        }
+    }
+
     /// The raw quantity, before scaling; `None` when the exchange does not carry it.
     pub(crate) fn raw(&self, ex: &Exchange<'_>) -> Option<Raw> {
         match self {
@@ -93,11 +105,19 @@ impl ValueSource {
                 ex.response.and_then(|r| header_value(r.headers.get(n)))
             }
             ValueSource::Reported(name) => ex.reported.and_then(|r| r.get(name)).map(Raw::Int),
-            ValueSource::Json { pointer, side, .. } => {
+            ValueSource::Json {
+                pointer,
+                side,
+                max_bytes,
+            } => {
                 let body = match side {
                     BodySide::Request => ex.request_body,
                     BodySide::Response => ex.response_body,
                 }?;
+                // Each meter's own cap holds even when another meter captured more.
+                if body.len() > *max_bytes {
+                    return None;
+                }
                 let v: serde_json::Value = serde_json::from_slice(body).ok()?;
                 match v.pointer(pointer)? {
                     serde_json::Value::Number(n) => match n.as_u64() {
