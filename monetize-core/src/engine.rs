@@ -11,10 +11,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
 use crossbeam_queue::ArrayQueue;
 use serde::Serialize;
 
+use crate::config::cell::ConfigCell;
 use crate::config::validate::{Compiled, Predicates, compile};
 use crate::config::{Config, Mode, Period};
 use crate::customer::handle_flags::{BLOCKED, CANCELLED, DELINQUENT, NO_PLAN};
@@ -39,7 +39,7 @@ pub struct Engine {
 }
 
 struct Inner {
-    config: ArcSwap<Compiled>,
+    config: ConfigCell,
     instance: Arc<str>,
     registry: Registry,
     events: ArrayQueue<Event>,
@@ -79,7 +79,7 @@ impl EngineBuilder {
         let instance = compiled.instance.clone();
         let engine = Engine {
             inner: Arc::new(Inner {
-                config: ArcSwap::from_pointee(compiled),
+                config: ConfigCell::new(compiled),
                 instance,
                 registry: Registry::new(),
                 events: ArrayQueue::new(self.event_capacity),
@@ -304,6 +304,22 @@ impl Engine {
             ex,
             clock: &clock,
         };
+        if let Some(q) = cfg.quiet {
+            // Nothing any rule looks at is set: allow without walking the rules.
+            let flags = s.flags.load(Ordering::Relaxed);
+            let prepaid = plan.is_some_and(|p| p.prepaid);
+            let quiet = flags & q.flag_mask == 0
+                && !(q.credits && prepaid && s.balance.load(Ordering::Relaxed) <= 0)
+                && !(q.quota && plan.is_some_and(|p| p.any_quota_reached(&s.period)))
+                && !(q.rate && plan.is_some_and(|p| p.rate_limit.is_some()));
+            if quiet {
+                return Decision::Allow(Allow {
+                    credits_remaining: prepaid.then(|| handle.balance()),
+                    rate_limit: None,
+                    headers: None,
+                });
+            }
+        }
         let mut facts = Facts::default();
         for rule in &cfg.rules {
             if let Some(f) = &rule.request
@@ -388,7 +404,7 @@ impl Engine {
         let cfg = self.inner.config.load();
         for m in &cfg.meters {
             if let Some(sample) = m.sample(ex) {
-                self.add(&cfg, &handle.0, m, sample);
+                self.add(cfg, &handle.0, m, sample);
             }
         }
     }
@@ -404,7 +420,7 @@ impl Engine {
             } else {
                 Sample::Quantity(quantity)
             };
-            self.add(&cfg, &handle.0, m, sample);
+            self.add(cfg, &handle.0, m, sample);
         }
     }
 
@@ -426,10 +442,10 @@ impl Engine {
         let recorded = self
             .inner
             .registry
-            .with(customer, |s| self.add(&cfg, s, m, sample));
+            .with(customer, |s| self.add(cfg, s, m, sample));
         if recorded.is_none() {
             let h = self.admit(customer)?;
-            self.add(&cfg, &h.0, m, sample);
+            self.add(cfg, &h.0, m, sample);
         }
         Ok(())
     }
@@ -762,7 +778,7 @@ impl Engine {
                 "plans can be added or changed while running, not removed (customers refer to them by position)",
             ));
         }
-        self.inner.config.store(Arc::new(compiled));
+        self.inner.config.store(compiled);
         Ok(())
     }
 

@@ -28,6 +28,7 @@
 //! ```
 
 mod builder;
+pub(crate) mod cell;
 mod meter;
 mod plan;
 mod reporting;

@@ -8,7 +8,7 @@ use super::{Config, CustomersConfig, ReportingConfig};
 use crate::customer::Plan;
 use crate::customer::handle_flags::NO_PLAN;
 use crate::error::ConfigError;
-use crate::govern::{Predicate, Rule};
+use crate::govern::{Predicate, QuietCheck, Rule};
 use crate::id::{CustomerId, MeterIndex, PlanId};
 use crate::meter::{Aggregation, Meter};
 
@@ -33,6 +33,8 @@ pub(crate) struct Compiled {
     pub(crate) json_capture: (Option<usize>, Option<usize>),
     /// What meters look at.
     pub(crate) needs: crate::meter::ExchangeNeeds,
+    /// The rules' fast "nothing can fire" check, when the rule set allows one.
+    pub(crate) quiet: Option<QuietCheck>,
 }
 
 impl Compiled {
@@ -233,11 +235,12 @@ pub(crate) fn compile(cfg: &Config, predicates: &Predicates) -> Result<Compiled,
         plans,
         plan_index,
         default_plan,
-        rules,
         customers: cfg.customers.clone(),
         overflow_id,
         reporting: cfg.reporting.clone(),
         json_capture,
         needs,
+        quiet: QuietCheck::of(&rules),
+        rules,
     })
 }

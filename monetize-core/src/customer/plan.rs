@@ -19,6 +19,8 @@ pub(crate) struct Plan {
     pub(crate) prices: Box<[u64]>,
     /// Quota per meter.
     pub(crate) quotas: Box<[Option<Quota>]>,
+    /// The meters that have a quota, for a quick scan.
+    pub(crate) quota_meters: Box<[usize]>,
     pub(crate) rate_limit: Option<RateLimit>,
 }
 
@@ -95,6 +97,7 @@ impl Plan {
             .as_ref()
             .map(|r| RateLimit::compile(r, &format!("{field}.rate_limit")))
             .transpose()?;
+        let quota_meters = (0..n).filter(|i| quotas[*i].is_some()).collect();
         Ok(Plan {
             id,
             prepaid: cfg.prepaid,
@@ -102,8 +105,22 @@ impl Plan {
             credits_low_at: cfg.credits_low_at,
             prices,
             quotas,
+            quota_meters,
             rate_limit,
         })
+    }
+
+    /// Whether any quota of this plan is used up, reading the customer's period counters.
+    #[inline]
+    pub(crate) fn any_quota_reached(&self, period: &[std::sync::atomic::AtomicU64]) -> bool {
+        self.quota_meters
+            .iter()
+            .any(|&i| match (self.quotas.get(i), period.get(i)) {
+                (Some(Some(q)), Some(used)) => {
+                    used.load(std::sync::atomic::Ordering::Relaxed) >= q.limit
+                }
+                _ => false,
+            })
     }
 
     /// The period over which a meter's usage is counted for this plan: its quota's, or

@@ -8,4 +8,4 @@ mod rule;
 pub use condition::Predicate;
 pub(crate) use condition::{Condition, Ctx, Facts};
 pub use decision::{Allow, Block, Decision, QuotaInfo};
-pub(crate) use rule::{Action as RuleAction, Rule};
+pub(crate) use rule::{Action as RuleAction, QuietCheck, Rule};

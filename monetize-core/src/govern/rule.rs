@@ -123,6 +123,41 @@ impl Rule {
     }
 }
 
+/// A summary of a rule set made only of state conditions (status flags, credits, quotas,
+/// rate limits) on block rules without request filters: the common case, and the default
+/// rules. With it, `decide` first checks in a few loads whether any rule could fire, and
+/// walks the rules only when one might.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct QuietCheck {
+    pub(crate) flag_mask: u32,
+    pub(crate) credits: bool,
+    pub(crate) quota: bool,
+    pub(crate) rate: bool,
+}
+
+impl QuietCheck {
+    /// The summary, or `None` when some rule needs the full walk.
+    pub(crate) fn of(rules: &[Rule]) -> Option<QuietCheck> {
+        use crate::customer::handle_flags::{BLOCKED, CANCELLED, DELINQUENT};
+        let mut q = QuietCheck::default();
+        for r in rules {
+            if r.request.is_some() || !matches!(r.action, Action::Block { .. }) {
+                return None;
+            }
+            match r.when {
+                Condition::Blocked => q.flag_mask |= BLOCKED,
+                Condition::Cancelled => q.flag_mask |= CANCELLED,
+                Condition::Delinquent => q.flag_mask |= DELINQUENT,
+                Condition::CreditsExhausted => q.credits = true,
+                Condition::QuotaExceeded(_) => q.quota = true,
+                Condition::RateLimited => q.rate = true,
+                _ => return None,
+            }
+        }
+        Some(q)
+    }
+}
+
 fn compile_headers(
     hs: &std::collections::BTreeMap<String, String>,
     field: &str,

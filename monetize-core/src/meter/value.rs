@@ -95,6 +95,7 @@ impl ValueSource {
     }
 
     /// The raw quantity, before scaling; `None` when the exchange does not carry it.
+    #[inline]
     pub(crate) fn raw(&self, ex: &Exchange<'_>) -> Option<Raw> {
         match self {
             ValueSource::One => Some(Raw::Int(1)),
@@ -198,6 +199,7 @@ impl Scale {
     }
 
     /// Scales a raw value; text that is not a number gives `None`.
+    #[inline]
     pub(crate) fn apply(self, raw: Raw) -> Option<u64> {
         match raw {
             Raw::Int(i) => Some(self.apply_int(i)),
