@@ -1,1 +1,40 @@
-//! placeholder
+//! # monetize-providers
+//!
+//! Everything in `monetize` that speaks to an outside system over the network: billing
+//! providers (Stripe, Recurly, Chargebee), notification channels (SMTP, Slack, PagerDuty,
+//! webhooks, Twilio) and the Redis store, each behind its own cargo feature.
+//!
+//! The clients are being built (see the project's issues); until they land, the embedded
+//! default is [`monetize_core::ledger::LedgerProvider`], and any provider is one trait
+//! implementation away. A provider receives closed report windows in batches, each with
+//! an idempotency key that stays the same on every retry and after restarts:
+//!
+//! ```
+//! use async_trait::async_trait;
+//! use monetize_core::{BillingProvider, ProviderError, RecordOutcome, UsageRecord};
+//!
+//! /// Sends usage to an in-house billing service.
+//! struct InHouse;
+//!
+//! #[async_trait]
+//! impl BillingProvider for InHouse {
+//!     fn name(&self) -> &str {
+//!         "in-house"
+//!     }
+//!
+//!     fn max_batch(&self) -> usize {
+//!         500
+//!     }
+//!
+//!     async fn report(&self, records: &[UsageRecord]) -> Result<Vec<RecordOutcome>, ProviderError> {
+//!         // POST the batch with each record's `idempotency_key`; map the answer:
+//!         // 2xx -> Accepted, 429 -> Err(Throttled), 5xx -> Err(Retryable), 4xx -> Rejected.
+//!         Ok(records.iter().map(|_| RecordOutcome::Accepted).collect())
+//!     }
+//! }
+//!
+//! let provider: std::sync::Arc<dyn BillingProvider> = std::sync::Arc::new(InHouse);
+//! assert_eq!(provider.name(), "in-house");
+//! ```
+
+#![warn(missing_docs)]
