@@ -60,8 +60,3 @@ pub use notify::{MemoryNotifier, Notifier, NotifyError};
 pub use provider::{BillingProvider, ProviderError, RecordOutcome, UsageRecord};
 pub use rate_limit::RateLimitInfo;
 pub use store::{AccountState, MemoryStore, StateStore, StoreError};
-
-/// The README's code example, compiled and run as a doc test.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-pub struct ReadmeDoctests;

@@ -1,3 +1,8 @@
 //! Shared test helpers.
 
 pub mod http;
+
+/// The README's code examples, compiled (and the first one run) as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
