@@ -32,6 +32,9 @@ use crate::store::AccountState;
 /// Events held for notifiers before the oldest are dropped (and counted).
 const DEFAULT_EVENT_CAPACITY: usize = 65_536;
 
+/// At most one `Blocked` (and one `ShadowBlock`) event per customer in this many seconds.
+const BLOCK_EVENT_EVERY_SECS: u32 = 60;
+
 /// The usage engine. Cheap to clone: every clone shares the same state.
 #[derive(Clone)]
 pub struct Engine {
@@ -333,12 +336,14 @@ impl Engine {
             rule.hit();
             match (&rule.action, rule.mode) {
                 (RuleAction::Block { .. }, Mode::Shadow) => {
-                    self.emit(Event::new(
-                        Some(s.id.clone()),
-                        EventKind::ShadowBlock {
-                            rule: rule.name.clone(),
-                        },
-                    ));
+                    if s.block_event_due(1, self.coarse_now(), BLOCK_EVENT_EVERY_SECS) {
+                        self.emit(Event::new(
+                            Some(s.id.clone()),
+                            EventKind::ShadowBlock {
+                                rule: rule.name.clone(),
+                            },
+                        ));
+                    }
                 }
                 (_, Mode::Shadow) => {}
                 (RuleAction::Allow { headers }, _) => {
@@ -357,12 +362,14 @@ impl Engine {
                     },
                     _,
                 ) => {
-                    self.emit(Event::new(
-                        Some(s.id.clone()),
-                        EventKind::Blocked {
-                            rule: rule.name.clone(),
-                        },
-                    ));
+                    if s.block_event_due(0, self.coarse_now(), BLOCK_EVENT_EVERY_SECS) {
+                        self.emit(Event::new(
+                            Some(s.id.clone()),
+                            EventKind::Blocked {
+                                rule: rule.name.clone(),
+                            },
+                        ));
+                    }
                     let now = unix_now();
                     let quota = facts.quota.map(|(i, used, limit, period)| QuotaInfo {
                         meter: cfg.meters[i.get()].id.clone(),
@@ -597,6 +604,11 @@ impl Engine {
             .saturating_sub(idle_secs)
             .saturating_add(u32::from(idle_secs == 0));
         self.inner.registry.evict_idle(cutoff, &cfg.meters)
+    }
+
+    /// Seconds since the engine started (for throttling, not for the request path's clock).
+    fn coarse_now(&self) -> u32 {
+        self.inner.epoch.elapsed().as_secs().min(u32::MAX as u64) as u32
     }
 
     /// Pushes an event; when the queue is full the oldest event is dropped and counted.

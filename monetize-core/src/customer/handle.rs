@@ -25,6 +25,10 @@ pub(crate) struct CustomerState {
     pub(crate) rate_tat: AtomicU64,
     /// Engine-clock seconds of the last request (coarse), for idle eviction.
     pub(crate) last_seen: AtomicU32,
+    /// Engine-clock seconds (+1, 0 = never) of the last `Blocked` / `ShadowBlock` event, so
+    /// a customer that keeps calling while blocked raises one event a minute, not one per
+    /// request (which would crowd other customers' events out of the bounded queue).
+    pub(crate) last_block_event: [AtomicU32; 2],
     /// Usage since the last checkpoint.
     pub(crate) cells: UsageCells,
     /// Usage in the current quota period, per meter.
@@ -42,6 +46,7 @@ impl CustomerState {
             balance: AtomicI64::new(balance),
             rate_tat: AtomicU64::new(0),
             last_seen: AtomicU32::new(0),
+            last_block_event: [AtomicU32::new(0), AtomicU32::new(0)],
             cells: UsageCells::new(aggs),
             period: aggs.iter().map(|_| AtomicU64::new(0)).collect(),
             is_overflow: false,
@@ -59,6 +64,21 @@ impl CustomerState {
         } else {
             self.flags.fetch_and(!flag, Ordering::Relaxed);
         }
+    }
+
+    /// Whether a block event of `kind` (0 blocked, 1 shadow) may be raised now, at most one
+    /// per `every` seconds; records it when so.
+    pub(crate) fn block_event_due(&self, kind: usize, now: u32, every: u32) -> bool {
+        let Some(cell) = self.last_block_event.get(kind) else {
+            return false;
+        };
+        let last = cell.load(Ordering::Relaxed);
+        let stamp = now.saturating_add(1);
+        if last != 0 && stamp.saturating_sub(last) < every {
+            return false;
+        }
+        cell.compare_exchange(last, stamp, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
     }
 
     #[inline]
