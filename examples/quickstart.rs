@@ -21,7 +21,7 @@ use monetize_axum::{Customer, RouterExt, Usage, UsageRoutes};
 use monetize_core::config::Config;
 use monetize_core::ledger::LedgerProvider;
 use monetize_core::report::{ProviderRoute, RedbSpool, Reporter, ReporterHandle, ReporterOptions};
-use monetize_core::{CustomerId, Engine, EventKind};
+use monetize_core::{CustomerId, Engine, EventKind, RedbStore, StateSync};
 use monetize_tower::MonetizeLayer;
 use monetize_tower::identify::{ApiKey, KeyDirectory};
 use serde_json::Value;
@@ -101,9 +101,24 @@ async fn main() -> Result<(), Error> {
 
     // 2. Customers and their API keys (only SHA-256 digests are kept).
     let keys = KeyDirectory::new();
-    // A new customer on a prepaid plan starts with the plan's initial credits.
-    for (customer, key, plan) in CUSTOMERS {
+    for (customer, key, _) in CUSTOMERS {
         keys.insert(key, CustomerId::new(customer)?);
+    }
+
+    // Customer state (balances, status, quota usage) survives restarts in a redb store.
+    let store = Arc::new(RedbStore::open(data_dir.join("state.redb"))?);
+    let state_sync = StateSync::start(engine.clone(), store, Duration::from_secs(1)).await?;
+    if state_sync.restored().restored > 0 {
+        println!(
+            "restored {} customers from {}",
+            state_sync.restored().restored,
+            data_dir.join("state.redb").display()
+        );
+    }
+
+    // A new customer on a prepaid plan starts with the plan's initial credits; a restored
+    // one keeps its balance.
+    for (customer, _, plan) in CUSTOMERS {
         engine.register(customer, plan)?;
     }
 
@@ -155,6 +170,8 @@ async fn main() -> Result<(), Error> {
         summary.dead_letters,
         ledger.len()
     );
+    let saved = state_sync.shutdown().await?;
+    println!("customer state saved ({saved} changed since the last sync)");
     Ok(())
 }
 

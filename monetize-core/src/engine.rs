@@ -25,9 +25,9 @@ use crate::event::{Event, EventKind};
 use crate::govern::{Allow, Block, Ctx, Decision, Facts, Predicate, QuotaInfo, RuleAction};
 use crate::id::{CustomerId, MeterId, MeterIndex, PlanId};
 use crate::meter::{Aggregation, Exchange, Meter, Sample};
-use crate::quota::{period_end, period_number};
+use crate::quota::{period_end, period_number, period_start};
 use crate::report::Delta;
-use crate::store::AccountState;
+use crate::store::{AccountState, PeriodUsage};
 
 /// Events held for notifiers before the oldest are dropped (and counted).
 const DEFAULT_EVENT_CAPACITY: usize = 65_536;
@@ -692,45 +692,88 @@ impl Engine {
         })
     }
 
-    /// A customer's durable state (status, plan, balance), for a [`crate::StateStore`].
+    /// A customer's durable state (status, plan, balance, quota usage this period), for a
+    /// [`crate::StateStore`].
     pub fn account(&self, customer: &str) -> Option<AccountState> {
         let cfg = self.inner.config.load();
+        let now = unix_now();
         self.inner.registry.with(customer, |s| {
-            let f = s.flags.load(Ordering::Relaxed);
-            AccountState {
-                delinquent: f & DELINQUENT != 0,
-                cancelled: f & CANCELLED != 0,
-                blocked: f & BLOCKED != 0,
-                plan: cfg
-                    .plan(s.plan.load(Ordering::Relaxed))
-                    .map(|p| p.id.clone()),
-                balance: s.balance.load(Ordering::Relaxed),
-            }
+            let period: Vec<u64> = s.period.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+            account_of(
+                cfg,
+                s.flags.load(Ordering::Relaxed),
+                s.plan.load(Ordering::Relaxed),
+                s.balance.load(Ordering::Relaxed),
+                &period,
+                now,
+            )
         })
     }
 
-    /// Sets a customer's state from a [`crate::StateStore`] (admitting it if new). A plan
-    /// the config does not know is an error and changes nothing.
+    /// Every customer's durable state: those in memory and those evicted to dormant
+    /// records.
+    pub fn accounts(&self) -> Vec<(CustomerId, AccountState)> {
+        let cfg = self.inner.config.load();
+        let now = unix_now();
+        let mut out = Vec::with_capacity(self.inner.registry.len());
+        self.inner.registry.for_each(|h| {
+            let s = &h.0;
+            if s.is_overflow {
+                return;
+            }
+            let period: Vec<u64> = s.period.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+            out.push((
+                s.id.clone(),
+                account_of(
+                    cfg,
+                    s.flags.load(Ordering::Relaxed),
+                    s.plan.load(Ordering::Relaxed),
+                    s.balance.load(Ordering::Relaxed),
+                    &period,
+                    now,
+                ),
+            ));
+        });
+        self.inner.registry.for_each_dormant(|id, d| {
+            out.push((
+                id.clone(),
+                account_of(cfg, d.flags, d.plan, d.balance, &d.period, now),
+            ));
+        });
+        out
+    }
+
+    /// Sets a customer's state from a [`crate::StateStore`] (admitting it if new). Quota
+    /// usage is restored only for periods that are still current. A plan the config does
+    /// not know is an error and changes nothing; usage of unknown meters is skipped.
     pub fn restore_account(&self, customer: &str, state: &AccountState) -> Result<(), CoreError> {
+        let cfg = self.inner.config.load();
         let plan = match &state.plan {
-            Some(p) => Some(
-                *self
-                    .inner
-                    .config
-                    .load()
-                    .plan_index
-                    .get(p.as_str())
-                    .ok_or_else(|| CoreError::UnknownPlan(p.to_string()))?,
-            ),
-            None => None,
+            Some(p) => *cfg
+                .plan_index
+                .get(p.as_str())
+                .ok_or_else(|| CoreError::UnknownPlan(p.to_string()))?,
+            None => NO_PLAN,
         };
         let h = self.resolve(customer)?;
         let s = &h.0;
         s.set_flag(DELINQUENT, state.delinquent);
         s.set_flag(CANCELLED, state.cancelled);
         s.set_flag(BLOCKED, state.blocked);
-        s.plan.store(plan.unwrap_or(NO_PLAN), Ordering::Relaxed);
+        s.plan.store(plan, Ordering::Relaxed);
         s.balance.store(state.balance, Ordering::Relaxed);
+        let now = unix_now();
+        for pu in &state.period_usage {
+            let Some(i) = cfg.meter_index.get(pu.meter.as_str()).map(|m| m.get()) else {
+                continue;
+            };
+            let period = cfg.plan(plan).map_or(Period::Month, |p| p.period_of(i));
+            if period_start(period, now) == pu.period_start
+                && let Some(c) = s.period.get(i)
+            {
+                c.store(pu.used, Ordering::Relaxed);
+            }
+        }
         Ok(())
     }
 
@@ -815,5 +858,34 @@ impl std::fmt::Debug for Engine {
             .field("instance", &self.inner.instance)
             .field("customers", &self.inner.registry.len())
             .finish()
+    }
+}
+
+/// The durable state of one customer, from its parts.
+fn account_of(
+    cfg: &Compiled,
+    flags: u32,
+    plan: u32,
+    balance: i64,
+    period: &[u64],
+    now: u64,
+) -> AccountState {
+    let p = cfg.plan(plan);
+    AccountState {
+        delinquent: flags & DELINQUENT != 0,
+        cancelled: flags & CANCELLED != 0,
+        blocked: flags & BLOCKED != 0,
+        plan: p.map(|p| p.id.clone()),
+        balance,
+        period_usage: cfg
+            .meters
+            .iter()
+            .zip(period)
+            .filter(|(_, used)| **used > 0)
+            .map(|(m, used)| {
+                let kind = p.map_or(Period::Month, |p| p.period_of(m.index.get()));
+                PeriodUsage::new(m.id.clone(), period_start(kind, now), *used)
+            })
+            .collect(),
     }
 }

@@ -47,7 +47,9 @@ pub mod provider;
 mod quota;
 mod rate_limit;
 pub mod report;
+mod state_sync;
 pub mod store;
+mod store_redb;
 
 pub use customer::{CustomerHandle, CustomerStatus, StateChange};
 pub use engine::{CustomerUsage, Engine, EngineBuilder, EngineStats, MeterUsage};
@@ -59,4 +61,6 @@ pub use meter::{Exchange, ExchangeNeeds, ReportedUsage};
 pub use notify::{MemoryNotifier, Notifier, NotifyError};
 pub use provider::{BillingProvider, ProviderError, RecordOutcome, UsageRecord};
 pub use rate_limit::RateLimitInfo;
-pub use store::{AccountState, MemoryStore, StateStore, StoreError};
+pub use state_sync::{RestoreSummary, StateSync, StateSyncHandle};
+pub use store::{AccountState, MemoryStore, PeriodUsage, StateStore, StoreError};
+pub use store_redb::RedbStore;

@@ -25,6 +25,19 @@ pub(crate) fn period_number(period: Period, unix: u64) -> u64 {
     }
 }
 
+/// Unix seconds at which the period containing `unix` began.
+pub(crate) fn period_start(period: Period, unix: u64) -> u64 {
+    match period {
+        Period::Minute => unix / 60 * 60,
+        Period::Hour => unix / 3600 * 3600,
+        Period::Day => unix / 86_400 * 86_400,
+        Period::Month => {
+            let (y, m, _) = civil_from_days((unix / 86_400) as i64);
+            days_from_civil(y, m, 1) as u64 * 86_400
+        }
+    }
+}
+
 /// Unix seconds at which the period containing `unix` ends.
 pub(crate) fn period_end(period: Period, unix: u64) -> u64 {
     match period {
@@ -75,6 +88,8 @@ mod tests {
         assert_eq!(civil_from_days(t as i64 / 86_400), (2026, 11, 25));
         assert_eq!(period_end(Period::Month, t), 1_796_083_200); // 2026-12-01
         assert_eq!(period_number(Period::Month, t), 56 * 12 + 10);
+        assert_eq!(period_start(Period::Month, t), 1_793_491_200); // 2026-11-01
+        assert_eq!(period_start(Period::Hour, 7_199), 3_600);
         // December rolls into the next year
         let dec = 1_796_083_200 + 86_400;
         assert_eq!(period_end(Period::Month, dec), 1_798_761_600); // 2027-01-01

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::customer::CustomerStatus;
-use crate::id::{CustomerId, PlanId};
+use crate::id::{CustomerId, MeterId, PlanId};
 
 /// One customer's durable state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +26,32 @@ pub struct AccountState {
     pub plan: Option<PlanId>,
     /// Prepaid balance in micro-credits.
     pub balance: i64,
+    /// Usage counted towards quotas in the current period, per meter (only non-zero ones).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub period_usage: Vec<PeriodUsage>,
+}
+
+/// One meter's usage within one quota period.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct PeriodUsage {
+    /// The meter.
+    pub meter: MeterId,
+    /// Unix seconds at which the period began; restored only while it is still current.
+    pub period_start: u64,
+    /// Used in the period.
+    pub used: u64,
+}
+
+impl PeriodUsage {
+    /// A meter's usage in the period that began at `period_start`.
+    pub fn new(meter: MeterId, period_start: u64, used: u64) -> Self {
+        Self {
+            meter,
+            period_start,
+            used,
+        }
+    }
 }
 
 impl AccountState {
@@ -63,6 +89,9 @@ pub trait StateStore: Send + Sync + 'static {
     /// A customer's state, if stored.
     async fn load(&self, customer: &CustomerId) -> Result<Option<AccountState>, StoreError>;
 
+    /// Every stored customer's state (read once at start-up).
+    async fn load_all(&self) -> Result<Vec<(CustomerId, AccountState)>, StoreError>;
+
     /// Replaces a customer's state.
     async fn save(&self, customer: &CustomerId, state: &AccountState) -> Result<(), StoreError>;
 
@@ -96,6 +125,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl StateStore for MemoryStore {
     async fn load(&self, customer: &CustomerId) -> Result<Option<AccountState>, StoreError> {
         Ok(lock(&self.accounts).get(customer).cloned())
+    }
+
+    async fn load_all(&self) -> Result<Vec<(CustomerId, AccountState)>, StoreError> {
+        Ok(lock(&self.accounts)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
     }
 
     async fn save(&self, customer: &CustomerId, state: &AccountState) -> Result<(), StoreError> {

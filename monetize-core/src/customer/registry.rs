@@ -206,6 +206,13 @@ impl Registry {
         }
     }
 
+    /// Calls `f` on every dormant (evicted) customer's record.
+    pub(crate) fn for_each_dormant(&self, mut f: impl FnMut(&CustomerId, &Dormant)) {
+        for entry in self.dormant.iter() {
+            f(entry.key(), entry.value());
+        }
+    }
+
     /// Customers in memory.
     pub(crate) fn len(&self) -> usize {
         self.map.len()
