@@ -305,6 +305,7 @@ impl Engine {
             handle,
             plan,
             ex,
+            aggs: &cfg.aggs,
             clock: &clock,
         };
         if let Some(q) = cfg.quiet {
@@ -313,7 +314,7 @@ impl Engine {
             let prepaid = plan.is_some_and(|p| p.prepaid);
             let quiet = flags & q.flag_mask == 0
                 && !(q.credits && prepaid && s.balance.load(Ordering::Relaxed) <= 0)
-                && !(q.quota && plan.is_some_and(|p| p.any_quota_reached(&s.period)))
+                && !(q.quota && plan.is_some_and(|p| p.any_quota_reached(&s.cells, &cfg.aggs)))
                 && !(q.rate && plan.is_some_and(|p| p.rate_limit.is_some()));
             if quiet {
                 return Decision::Allow(Allow {
@@ -439,21 +440,16 @@ impl Engine {
         meter: &str,
         quantity: u64,
     ) -> Result<(), CoreError> {
-        let cfg = self.inner.config.load();
-        let m = cfg
+        let index = self
+            .inner
+            .config
+            .load()
             .meter_index
             .get(meter)
-            .and_then(|i| cfg.meters.get(i.get()))
+            .copied()
             .ok_or_else(|| CoreError::UnknownMeter(meter.to_owned()))?;
-        let sample = Sample::Quantity(quantity);
-        let recorded = self
-            .inner
-            .registry
-            .with(customer, |s| self.add(cfg, s, m, sample));
-        if recorded.is_none() {
-            let h = self.admit(customer)?;
-            self.add(cfg, &h.0, m, sample);
-        }
+        let h = self.resolve(customer)?;
+        self.record(&h, index, quantity);
         Ok(())
     }
 
@@ -467,29 +463,22 @@ impl Engine {
             }
             Sample::Quantity(q) => q,
         };
-        let prev = match m.aggregation {
+        let prev_cell = match m.aggregation {
             Aggregation::Max => {
                 s.cells.max(i, q);
-                return self.track_max(s, i, q);
+                return;
             }
             Aggregation::Latest => {
                 s.cells.set_latest(i, q);
-                if let Some(p) = s.period.get(i) {
-                    p.store(q, Ordering::Relaxed);
-                }
                 return;
             }
-            _ => {
-                s.cells.add(i, q);
-                s.period
-                    .get(i)
-                    .map_or(0, |p| p.fetch_add(q, Ordering::Relaxed))
-            }
+            _ => s.cells.add(i, q),
         };
         let Some(plan) = cfg.plan(s.plan.load(Ordering::Relaxed)) else {
             return;
         };
         if let Some(Some(quota)) = plan.quotas.get(i) {
+            let prev = s.cells.base(i).saturating_add(prev_cell);
             let now = prev.saturating_add(q);
             if prev < quota.limit && now >= quota.limit {
                 self.emit(Event::new(
@@ -527,12 +516,6 @@ impl Engine {
                     EventKind::CreditsLow { balance: after },
                 ));
             }
-        }
-    }
-
-    fn track_max(&self, s: &CustomerState, i: usize, q: u64) {
-        if let Some(p) = s.period.get(i) {
-            p.fetch_max(q, Ordering::Relaxed);
         }
     }
 
@@ -574,9 +557,9 @@ impl Engine {
                 let Some(plan) = cfg.plan(h.0.plan.load(Ordering::Relaxed)) else {
                     return;
                 };
-                for (i, c) in h.0.period.iter().enumerate() {
+                for i in 0..cfg.meters.len() {
                     if rolled.contains(&plan.period_of(i)) {
-                        c.store(0, Ordering::Relaxed);
+                        h.0.cells.set_period(i, 0);
                     }
                 }
             });
@@ -668,7 +651,7 @@ impl Engine {
             .map(|m| {
                 let i = m.index.get();
                 let period = plan.map_or(Period::Month, |p| p.period_of(i));
-                let used = s.period.get(i).map_or(0, |c| c.load(Ordering::Relaxed));
+                let used = s.cells.period_used(i, m.aggregation);
                 let limit = plan
                     .and_then(|p| p.quotas.get(i).copied().flatten())
                     .map(|q| q.limit);
@@ -698,7 +681,7 @@ impl Engine {
         let cfg = self.inner.config.load();
         let now = unix_now();
         self.inner.registry.with(customer, |s| {
-            let period: Vec<u64> = s.period.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+            let period = s.cells.period_all(&cfg.aggs);
             account_of(
                 cfg,
                 s.flags.load(Ordering::Relaxed),
@@ -721,7 +704,7 @@ impl Engine {
             if s.is_overflow {
                 return;
             }
-            let period: Vec<u64> = s.period.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+            let period = s.cells.period_all(&cfg.aggs);
             out.push((
                 s.id.clone(),
                 account_of(
@@ -768,10 +751,8 @@ impl Engine {
                 continue;
             };
             let period = cfg.plan(plan).map_or(Period::Month, |p| p.period_of(i));
-            if period_start(period, now) == pu.period_start
-                && let Some(c) = s.period.get(i)
-            {
-                c.store(pu.used, Ordering::Relaxed);
+            if period_start(period, now) == pu.period_start {
+                s.cells.set_period(i, pu.used);
             }
         }
         Ok(())

@@ -31,8 +31,6 @@ pub(crate) struct CustomerState {
     pub(crate) last_block_event: [AtomicU32; 2],
     /// Usage since the last checkpoint.
     pub(crate) cells: UsageCells,
-    /// Usage in the current quota period, per meter.
-    pub(crate) period: Box<[AtomicU64]>,
     /// Accounts for customers admitted past the cap.
     pub(crate) is_overflow: bool,
 }
@@ -48,7 +46,6 @@ impl CustomerState {
             last_seen: AtomicU32::new(0),
             last_block_event: [AtomicU32::new(0), AtomicU32::new(0)],
             cells: UsageCells::new(aggs),
-            period: aggs.iter().map(|_| AtomicU64::new(0)).collect(),
             is_overflow: false,
         }
     }
@@ -118,14 +115,6 @@ impl CustomerHandle {
     /// Whether this is the shared overflow customer (admitted past the customer cap).
     pub fn is_overflow(&self) -> bool {
         self.0.is_overflow
-    }
-
-    /// Usage of meter `index` in the current quota period (0 for unknown meters).
-    pub fn period_usage(&self, index: crate::id::MeterIndex) -> u64 {
-        self.0
-            .period
-            .get(index.get())
-            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 }
 

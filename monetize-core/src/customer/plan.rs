@@ -112,13 +112,15 @@ impl Plan {
 
     /// Whether any quota of this plan is used up, reading the customer's period counters.
     #[inline]
-    pub(crate) fn any_quota_reached(&self, period: &[std::sync::atomic::AtomicU64]) -> bool {
+    pub(crate) fn any_quota_reached(
+        &self,
+        cells: &crate::meter::UsageCells,
+        aggs: &[crate::meter::Aggregation],
+    ) -> bool {
         self.quota_meters
             .iter()
-            .any(|&i| match (self.quotas.get(i), period.get(i)) {
-                (Some(Some(q)), Some(used)) => {
-                    used.load(std::sync::atomic::Ordering::Relaxed) >= q.limit
-                }
+            .any(|&i| match (self.quotas.get(i), aggs.get(i)) {
+                (Some(Some(q)), Some(agg)) => cells.period_used(i, *agg) >= q.limit,
                 _ => false,
             })
     }

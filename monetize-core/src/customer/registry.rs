@@ -126,8 +126,8 @@ impl Registry {
                     s.plan.store(d.plan, Ordering::Relaxed);
                     s.balance.store(d.balance, Ordering::Relaxed);
                     s.rate_tat.store(d.rate_tat, Ordering::Relaxed);
-                    for (c, v) in s.period.iter().zip(d.period.iter()) {
-                        c.store(*v, Ordering::Relaxed);
+                    for (i, v) in d.period.iter().enumerate() {
+                        s.cells.set_period(i, *v);
                     }
                 }
                 CustomerHandle(Arc::new(s))
@@ -141,6 +141,7 @@ impl Registry {
     pub(crate) fn evict_idle(&self, cutoff: u32, meters: &[Meter]) -> usize {
         let mut drained = Vec::new();
         let mut n = 0;
+        let aggs: Vec<Aggregation> = meters.iter().map(|m| m.aggregation).collect();
         self.map.retain(|id, h| {
             let idle = h.0.last_seen.load(Ordering::Relaxed) < cutoff;
             // Under the shard's write lock nobody can clone the handle out of the map, so a
@@ -156,12 +157,7 @@ impl Registry {
                     plan: h.0.plan.load(Ordering::Relaxed),
                     balance: h.0.balance.load(Ordering::Relaxed),
                     rate_tat: h.0.rate_tat.load(Ordering::Relaxed),
-                    period: h
-                        .0
-                        .period
-                        .iter()
-                        .map(|c| c.load(Ordering::Relaxed))
-                        .collect(),
+                    period: h.0.cells.period_all(&aggs).into_boxed_slice(),
                 },
             );
             n += 1;

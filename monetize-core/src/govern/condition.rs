@@ -74,6 +74,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) handle: &'a CustomerHandle,
     pub(crate) plan: Option<&'a Plan>,
     pub(crate) ex: &'a Exchange<'a>,
+    /// Each meter's aggregation, by index.
+    pub(crate) aggs: &'a [crate::meter::Aggregation],
     /// Nanoseconds on the engine's monotonic clock, read only when a rate limit is checked.
     pub(crate) clock: &'a dyn Fn() -> u64,
 }
@@ -176,7 +178,8 @@ impl Condition {
                     let Some(Some(q)) = plan.quotas.get(i) else {
                         return false;
                     };
-                    let used = s.period.get(i).map_or(0, |c| c.load(Ordering::Relaxed));
+                    let agg = ctx.aggs.get(i).copied().unwrap_or_default();
+                    let used = s.cells.period_used(i, agg);
                     if used >= q.limit {
                         facts.quota = Some((MeterIndex(i as u16), used, q.limit, q.period));
                         true

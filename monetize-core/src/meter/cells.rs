@@ -9,8 +9,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::{Aggregation, Measure, Sketch};
 
 /// A customer's usage cells, one per meter, plus distinct-count sketches where needed.
+///
+/// Each meter has two words: the *cell*, what was recorded since the last checkpoint, and
+/// the *base*, what earlier checkpoints took this quota period. Recording touches only the
+/// cell; a checkpoint swaps the cell to zero and folds what it took into the base, so the
+/// period's usage is `base + cell` (for a count or sum) without a second atomic add per
+/// record. Between a checkpoint's swap and its fold (a few instructions) a reader sees the
+/// period's usage low by what that checkpoint took; never high.
 pub(crate) struct UsageCells {
     words: Box<[AtomicU64]>,
+    base: Box<[AtomicU64]>,
     sketches: Box<[Option<Sketch>]>,
 }
 
@@ -18,6 +26,7 @@ impl UsageCells {
     /// Cells for the given meter aggregations.
     pub(crate) fn new(aggs: &[Aggregation]) -> Self {
         let words = aggs.iter().map(|_| AtomicU64::new(0)).collect();
+        let base = aggs.iter().map(|_| AtomicU64::new(0)).collect();
         let sketches: Box<[Option<Sketch>]> = if aggs.contains(&Aggregation::UniqueCount) {
             aggs.iter()
                 .map(|a| (*a == Aggregation::UniqueCount).then(Sketch::new))
@@ -25,14 +34,56 @@ impl UsageCells {
         } else {
             Box::new([])
         };
-        Self { words, sketches }
+        Self {
+            words,
+            base,
+            sketches,
+        }
     }
 
-    /// Adds to a count or sum cell: one relaxed `fetch_add`.
+    /// Adds to a count or sum cell: one relaxed `fetch_add`. Returns what the cell held.
     #[inline]
-    pub(crate) fn add(&self, i: usize, v: u64) {
-        if let Some(w) = self.words.get(i) {
-            w.fetch_add(v, Ordering::Relaxed);
+    pub(crate) fn add(&self, i: usize, v: u64) -> u64 {
+        self.words
+            .get(i)
+            .map_or(0, |w| w.fetch_add(v, Ordering::Relaxed))
+    }
+
+    /// What earlier checkpoints took from cell `i` this quota period.
+    #[inline]
+    pub(crate) fn base(&self, i: usize) -> u64 {
+        self.base.get(i).map_or(0, |b| b.load(Ordering::Relaxed))
+    }
+
+    /// Usage of meter `i` in the current quota period.
+    #[inline]
+    pub(crate) fn period_used(&self, i: usize, agg: Aggregation) -> u64 {
+        let (Some(w), Some(b)) = (self.words.get(i), self.base.get(i)) else {
+            return 0;
+        };
+        let (cell, base) = (w.load(Ordering::Relaxed), b.load(Ordering::Relaxed));
+        match agg {
+            Aggregation::Max => cell.max(base),
+            Aggregation::Latest if cell != 0 => cell - 1,
+            Aggregation::Latest => base,
+            Aggregation::UniqueCount => 0,
+            _ => base.saturating_add(cell),
+        }
+    }
+
+    /// Every meter's usage in the current quota period.
+    pub(crate) fn period_all(&self, aggs: &[Aggregation]) -> Vec<u64> {
+        aggs.iter()
+            .enumerate()
+            .map(|(i, a)| self.period_used(i, *a))
+            .collect()
+    }
+
+    /// Sets meter `i`'s checkpointed usage this period (0 when a period rolls over; the
+    /// stored figure when a customer is restored).
+    pub(crate) fn set_period(&self, i: usize, v: u64) {
+        if let Some(b) = self.base.get(i) {
+            b.store(v, Ordering::Relaxed);
         }
     }
 
@@ -60,9 +111,10 @@ impl UsageCells {
         }
     }
 
-    /// Swaps cell `i` to empty and returns what it held, or `None` when it was empty.
-    /// An add racing with this lands either in the returned measure or in the cell for
-    /// the next take, never both and never neither (the swap is one atomic operation).
+    /// Swaps cell `i` to empty and returns what it held, or `None` when it was empty; what
+    /// it took is folded into the period's base. An add racing with this lands either in
+    /// the returned measure or in the cell for the next take, never both and never neither
+    /// (the swap is one atomic operation).
     pub(crate) fn take(&self, i: usize, agg: Aggregation) -> Option<Measure> {
         if agg == Aggregation::UniqueCount {
             return match self.sketches.get(i) {
@@ -78,10 +130,26 @@ impl UsageCells {
         if v == 0 {
             return None;
         }
+        let base = self.base.get(i);
         Some(match agg {
-            Aggregation::Max => Measure::Max(v),
-            Aggregation::Latest => Measure::Latest(v - 1),
-            _ => Measure::Sum(v),
+            Aggregation::Max => {
+                if let Some(b) = base {
+                    b.fetch_max(v, Ordering::Relaxed);
+                }
+                Measure::Max(v)
+            }
+            Aggregation::Latest => {
+                if let Some(b) = base {
+                    b.store(v - 1, Ordering::Relaxed);
+                }
+                Measure::Latest(v - 1)
+            }
+            _ => {
+                if let Some(b) = base {
+                    b.fetch_add(v, Ordering::Relaxed);
+                }
+                Measure::Sum(v)
+            }
         })
     }
 }
@@ -117,8 +185,20 @@ mod tests {
         for (i, a) in aggs.iter().enumerate() {
             assert_eq!(c.take(i, *a), None, "cell {i} empty after take");
         }
+        // What was taken stays in the period's usage.
+        assert_eq!(c.period_all(&aggs)[..3], [11, 9, 0]);
+        c.add(0, 4);
+        c.set_latest(2, 7);
+        c.max(1, 3);
+        assert_eq!(c.period_all(&aggs)[..3], [15, 9, 7]);
+        c.set_period(0, 0);
+        assert_eq!(
+            c.period_used(0, aggs[0]),
+            4,
+            "a new period keeps what is not yet checkpointed"
+        );
         // out-of-range indexes are ignored, not a panic
-        c.add(9, 1);
+        assert_eq!(c.add(9, 1), 0);
         assert_eq!(c.take(9, Aggregation::Sum), None);
     }
 }

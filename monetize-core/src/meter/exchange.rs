@@ -34,6 +34,10 @@ pub struct Exchange<'a> {
 /// What the configured meters look at, so that the HTTP layer keeps only that (no header
 /// map copies, no body wrapper) for each request. Fixed for an engine's life: meters
 /// cannot change on reload.
+///
+/// Rules are evaluated before the response and see the request's method, path, route
+/// template, query and headers, never its body size: a layer may skip reading
+/// `Content-Length` when `request_bytes` is false.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ExchangeNeeds {

@@ -39,6 +39,11 @@ impl ReportedUsage {
             .map(|(_, q)| *q)
     }
 
+    /// Removes every quantity, keeping the allocation for reuse.
+    pub fn clear(&mut self) {
+        self.items.clear();
+    }
+
     /// Whether nothing was reported.
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
@@ -70,5 +75,7 @@ mod tests {
         assert_eq!(r.get("tokens"), Some(12));
         assert_eq!(r.get("rows"), Some(1));
         assert_eq!(r.get("x"), None);
+        r.clear();
+        assert!(r.is_empty());
     }
 }
