@@ -15,6 +15,11 @@ use serde_json::json;
 
 /// The customer the monetize layer identified.
 ///
+/// Read from the layer's per-request scope ([`monetize_tower::current_customer`]: no
+/// allocation, nothing inserted into the request), or from a [`CustomerHandle`] in the
+/// request extensions when something put one there (for example
+/// [`MonetizeLayer::customer_extension`](monetize_tower::MonetizeLayer::customer_extension)).
+///
 /// Rejects with `401` (JSON body) when the request was not identified (no layer, or a
 /// [`MissingPolicy::Anonymous`](monetize_tower::MissingPolicy::Anonymous) request); use
 /// `Option<Customer>` to accept anonymous requests.
@@ -61,16 +66,21 @@ impl IntoResponse for CustomerRejection {
     }
 }
 
+impl Customer {
+    /// The customer the layer is serving on this thread, else a handle in the request
+    /// extensions.
+    fn find(parts: &Parts) -> Option<Customer> {
+        monetize_tower::current_customer()
+            .or_else(|| parts.extensions.get::<CustomerHandle>().cloned())
+            .map(Customer)
+    }
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for Customer {
     type Rejection = CustomerRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        parts
-            .extensions
-            .get::<CustomerHandle>()
-            .cloned()
-            .map(Customer)
-            .ok_or(CustomerRejection)
+        Customer::find(parts).ok_or(CustomerRejection)
     }
 }
 
@@ -81,19 +91,18 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Customer {
         parts: &mut Parts,
         _state: &S,
     ) -> Result<Option<Self>, Self::Rejection> {
-        Ok(parts
-            .extensions
-            .get::<CustomerHandle>()
-            .cloned()
-            .map(Customer))
+        Ok(Customer::find(parts))
     }
 }
 
 /// Adds handler-reported quantities (tokens, rows, seconds) to the current request's
 /// metering: meters with `value = { reported = "tokens" }` pick them up.
 ///
-/// Free when not extracted; extracting it allocates one small shared slot. Add before the
-/// response body ends (usually before returning); adds after that are not metered. On a
+/// Free when not extracted; extracting it takes one small shared slot (pooled per
+/// thread). Add before returning: when the handler returns, the `Usage` is dropped and the
+/// layer meters right away (unless a meter reads the body). A clone kept alive past the
+/// response head (moved into a streaming body) makes the layer meter at the end of the
+/// body instead; adds after that are not metered. On a
 /// request the layer does not meter (anonymous, exempt route), adds are ignored.
 /// Extraction fails with `500` when no monetize layer serves the route.
 ///
@@ -228,6 +237,63 @@ mod tests {
         }
         assert_eq!(used(&engine, "acme", "tokens"), 1040);
         assert_eq!(used(&engine, "globex", "tokens"), 0);
+    }
+
+    #[tokio::test]
+    async fn without_body_meters_the_exchange_is_metered_when_the_handler_returns() {
+        let engine = engine();
+        let app = Router::new()
+            .route(
+                "/v1/complete",
+                get(|c: Customer, usage: Usage| async move {
+                    usage.add("tokens", 5);
+                    format!("done for {}", c.id())
+                }),
+            )
+            .monetize(layer(&engine));
+        let res = app
+            .oneshot(req("GET", "/v1/complete", Some("acme")))
+            .await
+            .unwrap();
+        // Before the body is read: the handler dropped its `Usage`, nothing reads the body.
+        assert_eq!(used(&engine, "acme", "tokens"), 5);
+        assert_eq!(used(&engine, "acme", "calls"), 1);
+        assert_eq!(
+            body(res).await,
+            (http::StatusCode::OK, "done for acme".into())
+        );
+        assert_eq!(used(&engine, "acme", "calls"), 1);
+    }
+
+    #[tokio::test]
+    async fn customer_extractor_reads_the_extension_too() {
+        let engine = engine();
+        // A layer outside the router: extractors run in its scope as well.
+        let app = Router::new()
+            .route(
+                "/v1/me",
+                get(|c: Customer| async move { c.id().to_string() }),
+            )
+            .layer(
+                layer(&engine)
+                    .customer_extension(true)
+                    .route_source(crate::FromMatchedPath),
+            );
+        let res = app
+            .oneshot(req("GET", "/v1/me", Some("globex")))
+            .await
+            .unwrap();
+        assert_eq!(body(res).await, (http::StatusCode::OK, "globex".into()));
+        // And with only an extension (no layer scope).
+        let handle = engine.resolve("acme").unwrap();
+        let app: Router = Router::new().route(
+            "/v1/me",
+            get(|c: Customer| async move { c.id().to_string() }),
+        );
+        let mut r = req("GET", "/v1/me", None);
+        r.extensions_mut().insert(handle);
+        let res = app.oneshot(r).await.unwrap();
+        assert_eq!(body(res).await, (http::StatusCode::OK, "acme".into()));
     }
 
     #[tokio::test]

@@ -43,7 +43,8 @@
 //! let req = Request::post("/v1/complete").header("x-api-key", "sk_acme").body(Body::empty()).unwrap();
 //! let res = app.clone().oneshot(req).await.unwrap();
 //! assert_eq!(res.status(), StatusCode::OK);
-//! axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap(); // metered at the end of the body
+//! // Metered when the handler returned (no meter here reads the body).
+//! axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap();
 //!
 //! let usage = engine.usage("acme").unwrap();
 //! let tokens = usage.meters.iter().find(|m| m.meter.as_str() == "tokens").unwrap();
@@ -59,6 +60,17 @@
 //! the template. Requests to paths that match no route get the router's `404` without
 //! being identified, governed or metered. Applied with `Router::layer` instead, the layer
 //! still works but meters route filters against the raw path.
+//!
+//! ## Cost
+//!
+//! What the layer does per request is described in `monetize_tower`'s
+//! [crate docs](monetize_tower#cost). On top of it, axum boxes every layered route's
+//! future (any `route_layer` does, about 850 instructions a request); when no meter reads
+//! the body, [`AxumMonetize`] hands the handler's body on unboxed, and the [`Customer`] and
+//! [`Usage`] extractors read the layer's per-request scope (nothing is inserted into the
+//! request). Finalize the router with `Router::with_state` (as `axum::serve` does) when
+//! you call it as a service yourself: without it axum rebuilds each route, and this
+//! layer's service, on every request.
 
 #![warn(missing_docs)]
 
@@ -69,7 +81,10 @@ mod usage_route;
 
 pub use extract::{Customer, CustomerRejection, Usage, UsageRejection};
 pub use response::BlockResponse;
-pub use router::{AxumMonetizeLayer, FromMatchedPath, MatchedRoute, RouterExt, TapRequest};
+pub use router::{
+    AxumMonetize, AxumMonetizeLayer, AxumResponseFuture, FromMatchedPath, MatchedRoute, RouterExt,
+    TapRequest,
+};
 pub use usage_route::{UsageRoutes, usage_routes};
 
 #[cfg(test)]

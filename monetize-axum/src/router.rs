@@ -1,12 +1,17 @@
 //! Wiring: route templates from `MatchedPath`, the combined layer, and [`RouterExt`].
 
-use std::task::{Context, Poll};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::MatchedPath;
+use axum::response::Response;
+use bytes::Bytes;
 use http::Request;
-use monetize_tower::{Monetize, MonetizeLayer, RequestTap, RouteSource, TapBody};
+use monetize_tower::{Monetize, MonetizeLayer, RequestTap, ResponseBody, RouteSource, TapBody};
+use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -55,13 +60,102 @@ impl AxumMonetizeLayer {
 }
 
 impl<S> Layer<S> for AxumMonetizeLayer {
-    type Service = Monetize<TapRequest<S>, FromMatchedPath>;
+    type Service = AxumMonetize<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        self.inner.layer(TapRequest {
-            inner,
-            enabled: self.tap,
-        })
+        AxumMonetize {
+            inner: self.inner.layer(TapRequest {
+                inner,
+                enabled: self.tap,
+            }),
+        }
+    }
+}
+
+/// The service [`AxumMonetizeLayer`] makes: [`Monetize`] answering axum's own
+/// [`Response`] type.
+///
+/// When the exchange was metered as the response head arrived (no meter reads the body;
+/// see [`monetize_tower`'s crate docs](monetize_tower#when-an-exchange-is-metered)), the
+/// handler's body is handed on as it is, so axum does not box a wrapper around it;
+/// otherwise the metering body is boxed into [`Body`], as axum would box it.
+#[derive(Clone, Debug)]
+pub struct AxumMonetize<S> {
+    inner: Monetize<TapRequest<S>, FromMatchedPath>,
+}
+
+impl<S> AxumMonetize<S> {
+    /// The monetize service inside.
+    pub fn get_ref(&self) -> &Monetize<TapRequest<S>, FromMatchedPath> {
+        &self.inner
+    }
+}
+
+impl<S, B> Service<Request<Body>> for AxumMonetize<S>
+where
+    S: Service<Request<Body>, Response = http::Response<B>>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = AxumResponseFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        AxumResponseFuture {
+            inner: self.inner.call(req),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`AxumMonetize`].
+    pub struct AxumResponseFuture<F> {
+        #[pin]
+        inner: monetize_tower::ResponseFuture<F, MatchedRoute>,
+    }
+}
+
+impl<F, B, E> Future for AxumResponseFuture<F>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Output = Result<Response, E>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let res = ready!(self.project().inner.poll(cx))?;
+        Poll::Ready(Ok(res.map(into_axum_body)))
+    }
+}
+
+impl<F> std::fmt::Debug for AxumResponseFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AxumResponseFuture")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+/// The handler's own body when the layer only passes it through (no box when it is
+/// already a [`Body`]), else the layer's body, boxed.
+#[inline]
+fn into_axum_body<B>(b: ResponseBody<B, MatchedRoute>) -> Body
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    match b.into_inner() {
+        Ok(inner) => Body::new(inner),
+        Err(b) => Body::new(b),
     }
 }
 

@@ -6,13 +6,14 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, StatusCode, Uri};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, Method, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use monetize_core::{CustomerHandle, Engine, Exchange, ReportedUsage};
 use pin_project_lite::pin_project;
 
 use crate::route::RouteTemplate;
-use crate::usage::{Slot, merge};
+use crate::usage::{Slots, with_reported};
 
 /// A body prefix kept for JSON-field meters, up to a cap. Past the cap it is dropped:
 /// a truncated JSON document could not be read anyway.
@@ -132,26 +133,68 @@ impl<B: Body<Data = Bytes>> Body for TapBody<B> {
     }
 }
 
+/// The header map of exchanges whose headers no meter reads.
+fn empty_headers() -> &'static HeaderMap {
+    static EMPTY: std::sync::OnceLock<HeaderMap> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(HeaderMap::new)
+}
+
 /// What the layer keeps from the request until the response is metered.
 pub(crate) struct RequestSide<Rt> {
     pub(crate) engine: Engine,
-    pub(crate) handle: CustomerHandle,
     pub(crate) method: Method,
-    pub(crate) uri: Uri,
+    /// The URI's path and query (`None` for an authority-form or empty URI).
+    pub(crate) path_and_query: Option<PathAndQuery>,
     pub(crate) route: Option<Rt>,
-    pub(crate) headers: Option<HeaderMap>,
+    /// A copy of the request headers, only when a meter reads them.
+    pub(crate) headers: Option<Box<HeaderMap>>,
     pub(crate) bytes: u64,
     pub(crate) tap: Option<RequestTap>,
 }
 
-/// Everything needed to meter one exchange; meters when dropped (end of body, error,
-/// or the body dropped early by a disconnecting client).
+/// The response side of an exchange, as metered.
+pub(crate) struct ResponseSide<'a> {
+    pub(crate) status: StatusCode,
+    /// The response headers (an empty map when no meter reads them).
+    pub(crate) headers: &'a HeaderMap,
+    pub(crate) bytes: u64,
+    pub(crate) reported: Option<&'a ReportedUsage>,
+    pub(crate) body: Option<&'a [u8]>,
+}
+
+impl<Rt: AsRef<str>> RequestSide<Rt> {
+    /// Runs the meters on the exchange.
+    pub(crate) fn meter(&self, handle: &CustomerHandle, res: &ResponseSide<'_>) {
+        let req_headers = self.headers.as_deref().unwrap_or_else(|| empty_headers());
+        let tapped = self
+            .tap
+            .as_ref()
+            .map(|t| t.0.lock().unwrap_or_else(|e| e.into_inner()));
+        let (tap_bytes, req_body) = tapped
+            .as_deref()
+            .map_or((0, None), |t| (t.bytes, t.capture.get()));
+        let pq = self.path_and_query.as_ref();
+        let ex = Exchange::new(&self.method, pq.map_or("", PathAndQuery::path), req_headers)
+            .route(self.route.as_ref().map(AsRef::as_ref))
+            .query(pq.and_then(PathAndQuery::query))
+            .request_bytes(self.bytes.max(tap_bytes))
+            .response(res.status, res.headers, res.bytes)
+            .reported(res.reported)
+            .bodies(req_body, res.body);
+        self.engine.meter(handle, &ex);
+    }
+}
+
+/// Everything needed to meter one exchange at the end of its response body; meters when
+/// dropped (end of body, error, or the body dropped early by a disconnecting client).
 pub(crate) struct MeterState<Rt: AsRef<str>> {
     pub(crate) req: RequestSide<Rt>,
+    pub(crate) handle: CustomerHandle,
     pub(crate) status: StatusCode,
-    pub(crate) headers: Option<HeaderMap>,
+    /// A copy of the response headers, only when a meter reads them.
+    pub(crate) headers: Option<Box<HeaderMap>>,
     pub(crate) reported: Option<ReportedUsage>,
-    pub(crate) slots: Vec<Slot>,
+    pub(crate) slots: Slots,
     pub(crate) bytes: u64,
     pub(crate) capture: Option<Capture>,
 }
@@ -168,36 +211,19 @@ impl<Rt: AsRef<str>> MeterState<Rt> {
 
 impl<Rt: AsRef<str>> Drop for MeterState<Rt> {
     fn drop(&mut self) {
-        let empty = HeaderMap::new();
-        let req = &self.req;
-        let reported = if self.slots.is_empty() {
-            self.reported.take()
-        } else {
-            merge(self.reported.take(), &self.slots)
-        };
-        let tapped = req
-            .tap
-            .as_ref()
-            .map(|t| t.0.lock().unwrap_or_else(|e| e.into_inner()));
-        let (tap_bytes, req_body) = tapped
-            .as_deref()
-            .map_or((0, None), |t| (t.bytes, t.capture.get()));
-        let ex = Exchange::new(
-            &req.method,
-            req.uri.path(),
-            req.headers.as_ref().unwrap_or(&empty),
-        )
-        .route(req.route.as_ref().map(AsRef::as_ref))
-        .query(req.uri.query())
-        .request_bytes(req.bytes.max(tap_bytes))
-        .response(
-            self.status,
-            self.headers.as_ref().unwrap_or(&empty),
-            self.bytes,
-        )
-        .reported(reported.as_ref())
-        .bodies(req_body, self.capture.as_ref().and_then(Capture::get));
-        req.engine.meter(&req.handle, &ex);
+        with_reported(self.reported.take(), &self.slots, |reported| {
+            self.req.meter(
+                &self.handle,
+                &ResponseSide {
+                    status: self.status,
+                    headers: self.headers.as_deref().unwrap_or_else(|| empty_headers()),
+                    bytes: self.bytes,
+                    reported,
+                    body: self.capture.as_ref().and_then(Capture::get),
+                },
+            );
+        });
+        std::mem::take(&mut self.slots).recycle();
     }
 }
 
@@ -211,12 +237,15 @@ pin_project! {
 
 pin_project! {
     /// The response body of [`Monetize`](crate::Monetize): the inner service's body,
-    /// counted (and, when a meter asks, its start captured) as it streams, or the layer's
-    /// own JSON body for a refused request.
+    /// passed through, or counted (and, when a meter asks, its start captured) as it
+    /// streams; or the layer's own JSON body for a refused request.
     ///
-    /// The exchange is metered when the body ends, fails, or is dropped. A client that
+    /// When a meter reads the body (bytes, a JSON field) or handler-reported usage may
+    /// still be added (see the [crate docs](crate#when-an-exchange-is-metered)), the
+    /// exchange is metered when the body ends, fails, or is dropped. A client that
     /// disconnects mid-body is therefore metered for the bytes handed to the server so far
-    /// (including what the socket buffered but the client never read).
+    /// (including what the socket buffered but the client never read). Otherwise it was
+    /// metered when the response head arrived, and the body is passed through untouched.
     pub struct ResponseBody<B, Rt: AsRef<str> = RouteTemplate> {
         #[pin]
         kind: Kind<B>,
@@ -251,6 +280,31 @@ impl<B, Rt: AsRef<str>> ResponseBody<B, Rt> {
     /// Whether this body is the layer's own response (a refusal), not the inner service's.
     pub fn is_refusal(&self) -> bool {
         matches!(self.kind, Kind::Full { .. })
+    }
+
+    /// Whether the exchange is metered when this body ends (rather than already metered,
+    /// or not metered).
+    pub fn meters_at_end(&self) -> bool {
+        self.meter.is_some()
+    }
+
+    /// The inner service's body, unwrapped, when this body only passes it through: the
+    /// exchange was metered when the response head arrived (or is not metered) and the
+    /// body is not a refusal. Otherwise the body itself, unchanged.
+    ///
+    /// Lets a framework hand on its own body type instead of boxing this one
+    /// (`monetize-axum` does).
+    // The `Err` is the body itself, handed back by value (boxing it would cost the
+    // allocation this is here to avoid).
+    #[allow(clippy::result_large_err)]
+    pub fn into_inner(self) -> Result<B, Self> {
+        match self {
+            ResponseBody {
+                kind: Kind::Inner { body },
+                meter: None,
+            } => Ok(body),
+            other => Err(other),
+        }
     }
 }
 
@@ -307,7 +361,7 @@ impl<B, Rt: AsRef<str>> std::fmt::Debug for ResponseBody<B, Rt> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseBody")
             .field("refusal", &self.is_refusal())
-            .field("metered", &self.meter.is_some())
+            .field("meters_at_end", &self.meter.is_some())
             .finish()
     }
 }

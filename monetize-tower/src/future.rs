@@ -1,5 +1,6 @@
 //! [`ResponseFuture`]: the inner service's call, or the layer's own early response.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -7,20 +8,21 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use http::Response;
 use http_body::Body;
-use monetize_core::{Allow, ReportedUsage};
+use monetize_core::{Allow, CustomerHandle, ReportedUsage};
 use pin_project_lite::pin_project;
 
-use crate::body::{Capture, MeterState, RequestSide, ResponseBody};
-use crate::response::BlockParts;
+use crate::body::{Capture, MeterState, RequestSide, ResponseBody, ResponseSide};
+use crate::layer::AtResponse;
+use crate::response::{BlockParts, apply_allow};
 use crate::route::RouteTemplate;
-use crate::usage::{self, Slot};
+use crate::scope::{self, Frame};
+use crate::usage::{Slots, with_reported};
 
 /// What a metered request carries from `call` to its response.
 pub(crate) struct Pending<Rt> {
     pub(crate) side: RequestSide<Rt>,
     pub(crate) allow: Allow,
-    pub(crate) capture: Option<usize>,
-    pub(crate) keep_headers: bool,
+    pub(crate) keep: AtResponse,
 }
 
 pin_project! {
@@ -30,10 +32,12 @@ pin_project! {
             #[pin]
             future: F,
             pending: Option<Pending<Rt>>,
-            slots: Vec<Slot>,
+            // In the thread's scope while the inner future is polled.
+            customer: Option<CustomerHandle>,
+            slots: Slots,
         },
         Early {
-            parts: Option<BlockParts>,
+            parts: Option<Box<BlockParts>>,
         },
     }
 }
@@ -48,29 +52,34 @@ pin_project! {
 }
 
 impl<F, Rt> ResponseFuture<F, Rt> {
-    pub(crate) fn metered(future: F, pending: Pending<Rt>) -> Self {
+    pub(crate) fn metered(future: F, customer: CustomerHandle, pending: Pending<Rt>) -> Self {
         Self {
             kind: Kind::Inner {
                 future,
                 pending: Some(pending),
-                slots: Vec::new(),
+                customer: Some(customer),
+                slots: Slots::default(),
             },
         }
     }
 
-    pub(crate) fn unmetered(future: F) -> Self {
+    /// An anonymous (no customer) or exempt request.
+    pub(crate) fn unmetered(future: F, customer: Option<CustomerHandle>) -> Self {
         Self {
             kind: Kind::Inner {
                 future,
                 pending: None,
-                slots: Vec::new(),
+                customer,
+                slots: Slots::default(),
             },
         }
     }
 
     pub(crate) fn early(parts: BlockParts) -> Self {
         Self {
-            kind: Kind::Early { parts: Some(parts) },
+            kind: Kind::Early {
+                parts: Some(Box::new(parts)),
+            },
         }
     }
 }
@@ -97,29 +106,69 @@ where
             KindProj::Inner {
                 future,
                 pending,
+                customer,
                 slots,
             } => {
                 // Mark this request as the one being served on this thread, so that
-                // `UsageRecorder::current` in the handler attaches to it.
-                let scope = usage::enter(pending.is_some());
+                // `current_customer` and `UsageRecorder::current` find it.
+                let attached = RefCell::new(std::mem::take(slots));
+                let frame = Frame {
+                    metered: pending.is_some(),
+                    customer: customer.as_ref(),
+                    slots: &attached,
+                };
+                let scope = scope::enter(&frame);
                 let polled = future.poll(cx);
-                scope.exit(slots);
+                drop(scope);
+                *slots = attached.into_inner();
                 let res = ready!(polled)?;
-                let Some(p) = pending.take() else {
+                let (Some(p), Some(handle)) = (pending.take(), customer.take()) else {
                     return Poll::Ready(Ok(res.map(ResponseBody::plain)));
                 };
                 let (mut parts, body) = res.into_parts();
-                p.allow.apply_headers(&mut parts.headers);
-                let reported = parts.extensions.remove::<ReportedUsage>();
-                let capture = p
+                apply_allow(&p.allow, &mut parts.headers);
+                let keep = p.keep;
+                let reported = if keep.reported {
+                    parts.extensions.remove::<ReportedUsage>()
+                } else {
+                    None
+                };
+                // No meter reads the body, and no recorder can add any more (none was
+                // taken, or the handler dropped them all): meter now and pass the body
+                // through.
+                if keep.at_head && (!keep.reported || slots.all_dropped()) {
+                    let slots = std::mem::take(slots);
+                    with_reported(reported, &slots, |reported| {
+                        p.side.meter(
+                            &handle,
+                            &ResponseSide {
+                                status: parts.status,
+                                headers: &parts.headers,
+                                bytes: 0,
+                                reported,
+                                body: None,
+                            },
+                        );
+                    });
+                    slots.recycle();
+                    return Poll::Ready(Ok(Response::from_parts(parts, ResponseBody::plain(body))));
+                }
+                let capture = keep
                     .capture
-                    .map(|cap| Capture::new(cap, body.size_hint().exact()));
+                    .map(|cap| Capture::new(cap as usize, body.size_hint().exact()));
                 let meter = MeterState {
                     req: p.side,
+                    handle,
                     status: parts.status,
-                    headers: p.keep_headers.then(|| parts.headers.clone()),
+                    headers: keep
+                        .response_headers
+                        .then(|| Box::new(parts.headers.clone())),
                     reported,
-                    slots: std::mem::take(slots),
+                    slots: if keep.reported {
+                        std::mem::take(slots)
+                    } else {
+                        Slots::default()
+                    },
                     bytes: 0,
                     capture,
                 };

@@ -28,24 +28,62 @@ pub enum MissingPolicy {
     Customer(CustomerId),
 }
 
-/// Which request and response data must be kept until metering, because a meter reads it.
+/// What the layer keeps from each request until metering, and when it meters: only what
+/// a meter reads ([`Engine::exchange_needs`]). Meters never change while an engine runs
+/// (a reload with other meters is refused), so this is computed once per layer.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Keep {
+    /// A meter reads request headers: keep a copy of the map until metering.
     pub(crate) request_headers: bool,
+    /// A meter counts request body bytes: read `Content-Length`.
+    pub(crate) request_bytes: bool,
+    /// The request body prefix cap of request JSON-field meters: the request body is
+    /// tapped.
+    pub(crate) request_capture: Option<usize>,
+    /// What to do when the response head arrives.
+    pub(crate) response: AtResponse,
+}
+
+/// What the layer does with the response head (carried by each metered request's
+/// response future, so kept small).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AtResponse {
+    /// No meter reads the bodies (bytes or JSON fields): meter when the response head
+    /// arrives and pass the body through untouched, unless a handler's recorder is still
+    /// alive.
+    pub(crate) at_head: bool,
+    /// A meter reads handler-reported quantities: take [`ReportedUsage`] out of the
+    /// response extensions, and wait for the end of the body while a
+    /// [`UsageRecorder`](crate::UsageRecorder) of the request is alive (it may add while
+    /// the body streams).
+    ///
+    /// [`ReportedUsage`]: monetize_core::ReportedUsage
+    pub(crate) reported: bool,
+    /// A meter reads response headers: keep a copy of the map when metering waits for
+    /// the end of the body (metering at the head reads the response's own map).
     pub(crate) response_headers: bool,
+    /// The response body prefix cap of response JSON-field meters.
+    pub(crate) capture: Option<u32>,
 }
 
 impl Keep {
-    /// What the engine's meters read. Meters never change while an engine runs (a reload
-    /// with other meters is refused), so this is computed once per layer.
-    ///
-    /// monetize-core does not yet say which meters read headers, so both header maps are
-    /// kept (one `HeaderMap` clone each per metered request).
-    // TODO: use `Engine::exchange_needs()` once monetize-core provides it.
-    fn of(_engine: &Engine) -> Keep {
+    pub(crate) fn of(engine: &Engine) -> Keep {
+        let needs = engine.exchange_needs();
+        let (request_capture, response_capture) = needs.json_capture;
         Keep {
-            request_headers: true,
-            response_headers: true,
+            request_headers: needs.request_headers,
+            request_bytes: needs.request_bytes,
+            request_capture,
+            response: AtResponse {
+                // `request_bytes` comes from `Content-Length` unless the request body is
+                // tapped, which only happens for request JSON-field meters.
+                at_head: !needs.response_bytes
+                    && request_capture.is_none()
+                    && response_capture.is_none(),
+                reported: needs.reported,
+                response_headers: needs.response_headers,
+                capture: response_capture.map(|c| u32::try_from(c).unwrap_or(u32::MAX)),
+            },
         }
     }
 }
@@ -86,9 +124,9 @@ pub(crate) struct Settings<R> {
     pub(crate) on_unknown: MissingPolicy,
     pub(crate) exempt: Vec<Pattern>,
     pub(crate) route: R,
-    /// Request / response body prefix caps for JSON-field meters.
-    pub(crate) capture: (Option<usize>, Option<usize>),
     pub(crate) keep: Keep,
+    /// Also put the customer handle into the request extensions.
+    pub(crate) customer_extension: bool,
 }
 
 /// Who a request belongs to, after identification and the missing-credentials policy.
@@ -143,7 +181,6 @@ impl MonetizeLayer<FromRouteTemplate> {
     /// A layer identifying customers with `identify` and governing and metering with
     /// `engine`. Missing and unknown credentials are refused with `401`.
     pub fn new(engine: Engine, identify: impl Identify) -> Self {
-        let capture = engine.json_capture();
         let keep = Keep::of(&engine);
         Self {
             settings: Arc::new(Settings {
@@ -153,8 +190,8 @@ impl MonetizeLayer<FromRouteTemplate> {
                 on_unknown: MissingPolicy::Reject,
                 exempt: Vec::new(),
                 route: FromRouteTemplate,
-                capture,
                 keep,
+                customer_extension: false,
             }),
         }
     }
@@ -186,6 +223,18 @@ impl<R: RouteSource> MonetizeLayer<R> {
         Ok(self.edit(|s| s.exempt.push(p)))
     }
 
+    /// Also puts the identified customer's [`CustomerHandle`] into the request extensions
+    /// (default off: one allocation per request).
+    ///
+    /// The inner service finds the customer without it, through
+    /// [`current_customer`](crate::current_customer) (what `monetize-axum`'s `Customer`
+    /// extractor reads), while the layer polls its response future. Turn this on for inner
+    /// services that read the customer elsewhere: in their `call`, behind a `Buffer`, or in
+    /// another task.
+    pub fn customer_extension(self, on: bool) -> Self {
+        self.edit(|s| s.customer_extension = on)
+    }
+
     /// Reads route templates with another [`RouteSource`] (`monetize-axum` uses axum's
     /// `MatchedPath`).
     pub fn route_source<R2: RouteSource>(self, route: R2) -> MonetizeLayer<R2> {
@@ -198,8 +247,8 @@ impl<R: RouteSource> MonetizeLayer<R> {
                 on_unknown: s.on_unknown,
                 exempt: s.exempt,
                 route,
-                capture: s.capture,
                 keep: s.keep,
+                customer_extension: s.customer_extension,
             }),
         }
     }
@@ -212,7 +261,7 @@ impl<R: RouteSource> MonetizeLayer<R> {
     /// Whether a meter reads a JSON field of the request body, so the request body must
     /// be wrapped with [`TapBody`](crate::TapBody) inside the layer.
     pub fn taps_request_body(&self) -> bool {
-        self.settings.capture.0.is_some()
+        self.settings.keep.request_capture.is_some()
     }
 }
 

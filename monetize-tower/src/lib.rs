@@ -3,7 +3,8 @@
 //! One tower [`Layer`](tower_layer::Layer) that turns an HTTP service into a monetized
 //! one: it identifies the customer of each request, asks the
 //! [`monetize_core::Engine`] for a decision, answers `402`/`429`/`401` by itself when the
-//! decision is a block, and meters the response as its body streams.
+//! decision is a block, and meters the exchange (when the response head arrives, or as
+//! its body streams when a meter reads the body).
 //!
 //! It works with any `tower::Service<http::Request<B>>` whose response body yields
 //! [`Bytes`](bytes::Bytes) (hyper, axum, tonic-style services). For axum, `monetize-axum`
@@ -29,7 +30,7 @@
 //! )
 //! .unwrap();
 //!
-//! // API keys are stored as SHA-256 digests only.
+//! // API keys are stored as SHA-256 digests (and found by a keyed MAC), never as keys.
 //! let keys = KeyDirectory::new();
 //! keys.insert("sk_test_acme", CustomerId::new("acme").unwrap());
 //!
@@ -43,7 +44,7 @@
 //! for _ in 0..2 {
 //!     let res = api.clone().oneshot(call()).await.unwrap();
 //!     assert_eq!(res.status(), StatusCode::OK);
-//!     res.into_body().collect().await.unwrap(); // metered when the body ends
+//!     res.into_body().collect().await.unwrap();
 //! }
 //! // The credits are spent: the third call is answered by the layer with 402.
 //! let res = api.clone().oneshot(call()).await.unwrap();
@@ -64,33 +65,56 @@
 //!    (`{"error": "payment_required", "reason": "credits_exhausted", ...}`) and its
 //!    headers (`Retry-After`, `RateLimit-*`, `X-Credits-Remaining`); the inner service is
 //!    not called. Shadow-mode rules only count what they would have blocked.
-//! 3. **Serve**: the [`CustomerHandle`](monetize_core::CustomerHandle) is put into the
-//!    request extensions, the inner service is called, and the decision's headers are
-//!    added to its response.
-//! 4. **Meter** when the response body ends, fails or is dropped: method, route template
-//!    ([`RouteTemplate`] / [`RouteSource`]), status, headers, the response bytes handed to
-//!    the server, handler-reported quantities ([`usage`]), and body prefixes for
-//!    JSON-field meters (captured up to the meter's cap, only when a meter asks; the
-//!    client receives the body unchanged). **A client that disconnects mid-body is
-//!    metered for the bytes sent so far**: the server drops the body, and dropping it
-//!    meters. "Sent" means handed to the server, which writes it to the socket: it
-//!    includes what the operating system had buffered but the client never read (up to
-//!    the socket buffers, which reach a few MiB on loopback). A request whose response
-//!    future is dropped before the inner service answered is not metered.
+//! 3. **Serve**: the inner service is called; while the layer polls its response future,
+//!    the request's customer is in scope on the running thread ([`current_customer`],
+//!    what `monetize-axum`'s `Customer` extractor reads; or in the request extensions too,
+//!    with [`MonetizeLayer::customer_extension`]). The decision's headers are added to the
+//!    response.
+//! 4. **Meter** the exchange: method, route template ([`RouteTemplate`] /
+//!    [`RouteSource`]), status, headers, the response bytes handed to the server,
+//!    handler-reported quantities ([`usage`]), and body prefixes for JSON-field meters
+//!    (captured up to the meter's cap, only when a meter asks; the client receives the
+//!    body unchanged). When, see below.
+//!
+//! ## When an exchange is metered
+//!
+//! The layer keeps and waits for only what the engine's meters read
+//! ([`Engine::exchange_needs`](monetize_core::Engine::exchange_needs)):
+//!
+//! - **When the response head arrives**, if no meter reads the bodies (no response-bytes
+//!   meter, no JSON-field meter) and no [`UsageRecorder`] of the request is still alive
+//!   (none was taken, or the handler dropped them all, as it does when it returns). The
+//!   response body is then passed through untouched (no wrapper is polled; with
+//!   `monetize-axum`, the handler's body is handed on as it is).
+//! - **When the response body ends, fails or is dropped**, otherwise: a meter counts
+//!   response bytes or reads a JSON field of a body, or a meter reads handler-reported
+//!   usage and a recorder is still alive (moved into a streaming body or a task: it may
+//!   add while the body streams; adds after the body ended are not metered). **A client
+//!   that disconnects mid-body is metered for the bytes sent so far**: the server drops
+//!   the body, and dropping it meters. "Sent" means handed to the server, which writes it
+//!   to the socket: it includes what the operating system had buffered but the client
+//!   never read (up to the socket buffers, which reach a few MiB on loopback).
+//!
+//! Either way a request whose response future is dropped before the inner service
+//! answered is not metered, and request and response header maps are copied only when a
+//! meter reads headers.
 //!
 //! ## Cost
 //!
 //! Nothing on the allow path waits, locks or touches the network. Per metered request the
-//! layer keeps the method, the URI (reference-counted), the route template and the
-//! customer handle until the body ends. It allocates the request-extension slot of the
-//! handle, and — until monetize-core can say which meters read headers — one copy each
-//! of the request and response header maps. Body capture, usage recorders and request
-//! taps allocate only when a meter or a handler uses them.
+//! layer keeps the method, the path and query (reference-counted), the route template,
+//! the customer handle and the decision until it meters; it copies header maps only for
+//! meters that read headers and wraps the response body only when metering waits for its
+//! end. It allocates nothing of its own on that path (number header values such as
+//! `X-Credits-Remaining` are cut from a per-thread chunk); a usage recorder reuses a
+//! pooled slot, and its first `add` allocates the list of reported quantities.
 //!
-//! Identification by key hashes the key sent with SHA-256 on every request (about 65 ns
-//! with the CPU's SHA extensions; about 3,500 instructions without, as under callgrind).
-//! [`KeyDirectory::with_verified_cache`](identify::KeyDirectory::with_verified_cache)
-//! replaces that, for keys seen before, with a keyed-MAC lookup.
+//! Identification by key costs one keyed 128-bit MAC of the key sent (SipHash-2-4, about
+//! 300 instructions for a 32-byte key) and one map read:
+//! [`KeyDirectory`](identify::KeyDirectory) keeps SHA-256 digests as the stored form and
+//! verifies a key given only as a digest once, on its first request (a SHA-256: about
+//! 65 ns with the CPU's SHA extensions, about 3,500 instructions without). See its docs
+//! for why the MAC is as safe to hold as the digest.
 
 #![warn(missing_docs)]
 
@@ -101,6 +125,7 @@ pub mod identify;
 mod layer;
 mod response;
 mod route;
+mod scope;
 mod service;
 pub mod usage;
 
@@ -110,5 +135,6 @@ pub use future::ResponseFuture;
 pub use layer::{MissingPolicy, MonetizeLayer};
 pub use response::BlockParts;
 pub use route::{FromRouteTemplate, RouteSource, RouteTemplate};
+pub use scope::current_customer;
 pub use service::Monetize;
 pub use usage::UsageRecorder;

@@ -24,13 +24,14 @@ use crate::route::{FromRouteTemplate, RouteSource};
 /// 1. identify the customer and resolve its handle once;
 /// 2. decide: a block is answered at once with its status, JSON body and headers, and the
 ///    inner service is not called;
-/// 3. otherwise put the [`CustomerHandle`](monetize_core::CustomerHandle) into the request
-///    extensions, call the inner service, and add the decision's headers
-///    (`X-Credits-Remaining`, `RateLimit-*`) to its response;
-/// 4. meter when the response body ends (or is dropped).
+/// 3. otherwise call the inner service, with the customer in scope while its response
+///    future is polled ([`current_customer`](crate::current_customer)), and add the
+///    decision's headers (`X-Credits-Remaining`, `RateLimit-*`) to its response;
+/// 4. meter when the response head arrives, or when its body ends (or is dropped) if a
+///    meter reads the body (see the [crate docs](crate#when-an-exchange-is-metered)).
 ///
-/// On the allow path nothing is awaited or locked; the only allocation is the extension
-/// insert of the handle (plus the header copies described in the crate docs).
+/// On the allow path nothing is awaited, locked or allocated by the layer itself (see
+/// the [crate docs](crate#cost)).
 pub struct Monetize<S, R = FromRouteTemplate> {
     inner: S,
     settings: Arc<Settings<R>>,
@@ -105,17 +106,25 @@ where
             Who::Customer(h) => h,
             Who::Anonymous => {
                 let fut = self.inner.call(Request::from_parts(parts, body));
-                return ResponseFuture::unmetered(fut);
+                return ResponseFuture::unmetered(fut, None);
             }
             Who::Refused(block) => return ResponseFuture::early(BlockParts::new(&block)),
         };
         let route = settings.route.route(&parts.extensions);
         if settings.is_exempt(route.as_ref().map_or(parts.uri.path(), AsRef::as_ref)) {
-            parts.extensions.insert(handle);
+            if settings.customer_extension {
+                parts.extensions.insert(handle.clone());
+            }
             let fut = self.inner.call(Request::from_parts(parts, body));
-            return ResponseFuture::unmetered(fut);
+            return ResponseFuture::unmetered(fut, Some(handle));
         }
-        let request_bytes = content_length(&parts.headers);
+        let keep = settings.keep;
+        // Only meters read request bytes (rules do not).
+        let request_bytes = if keep.request_bytes || keep.request_capture.is_some() {
+            content_length(&parts.headers)
+        } else {
+            0
+        };
         let decision = settings.engine.decide(
             &handle,
             &Exchange::new(&parts.method, parts.uri.path(), &parts.headers)
@@ -129,30 +138,33 @@ where
             // A decision kind this layer does not know yet: serve the request.
             _ => Allow::default(),
         };
-        let tap = settings.capture.0.map(|cap| {
+        let tap = keep.request_capture.map(|cap| {
             let t = RequestTap::new(cap, (request_bytes > 0).then_some(request_bytes));
             parts.extensions.insert(t.clone());
             t
         });
         let side = RequestSide {
             engine: settings.engine.clone(),
-            handle: handle.clone(),
             method: parts.method.clone(),
-            uri: parts.uri.clone(),
+            path_and_query: parts.uri.path_and_query().cloned(),
             route,
-            headers: settings.keep.request_headers.then(|| parts.headers.clone()),
+            headers: keep
+                .request_headers
+                .then(|| Box::new(parts.headers.clone())),
             bytes: request_bytes,
             tap,
         };
-        parts.extensions.insert(handle);
+        if settings.customer_extension {
+            parts.extensions.insert(handle.clone());
+        }
         let fut = self.inner.call(Request::from_parts(parts, body));
         ResponseFuture::metered(
             fut,
+            handle,
             Pending {
                 side,
                 allow,
-                capture: settings.capture.1,
-                keep_headers: settings.keep.response_headers,
+                keep: keep.response,
             },
         )
     }
@@ -179,7 +191,9 @@ mod tests {
     use tower::{ServiceBuilder, ServiceExt, service_fn};
 
     use crate::identify::{ApiKey, KeyDirectory};
-    use crate::{MissingPolicy, MonetizeLayer, RouteTemplate, TapBody, UsageRecorder};
+    use crate::{
+        MissingPolicy, MonetizeLayer, RouteTemplate, TapBody, UsageRecorder, current_customer,
+    };
 
     fn meters() -> monetize_core::config::ConfigBuilder {
         Config::builder()
@@ -391,6 +405,7 @@ mod tests {
             .on_missing(MissingPolicy::Anonymous)
             .layer_fn_service(service_fn(|req: Request<Full<Bytes>>| async move {
                 assert!(req.extensions().get::<CustomerHandle>().is_none());
+                assert!(current_customer().is_none());
                 assert!(!UsageRecorder::current().unwrap().is_attached());
                 hello(req).await
             }));
@@ -449,6 +464,112 @@ mod tests {
         }
         let hits = engine.stats().rule_hits;
         assert_eq!(hits, vec![("credits".to_owned(), true, 2)]);
+        assert_eq!(used(&engine, "acme", "calls"), 2);
+    }
+
+    /// Count and reported meters only: nothing reads the body.
+    fn head_only_engine() -> Engine {
+        Engine::new(
+            Config::builder()
+                .meter(MeterConfig::count("calls").route("/v1/*").status("2xx"))
+                .meter(MeterConfig::sum(
+                    "tokens",
+                    ValueConfig::Reported("tokens".into()),
+                ))
+                .build(),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn without_body_meters_the_head_is_metered_and_the_body_passed_through() {
+        let engine = head_only_engine();
+        let svc = MonetizeLayer::new(engine.clone(), ApiKey::new(keys())).layer_fn_service(
+            service_fn(|req: Request<Full<Bytes>>| async move {
+                let rec = UsageRecorder::current().unwrap();
+                rec.add("tokens", 7);
+                let mut res = Response::new(Full::from("hello"));
+                if req.uri().path() == "/v1/ext" {
+                    let mut r = ReportedUsage::new();
+                    r.add("tokens", 100);
+                    res.extensions_mut().insert(r);
+                }
+                Ok::<_, Infallible>(res)
+            }),
+        );
+        let res = svc
+            .clone()
+            .oneshot(get("/v1/x", Some("acme")))
+            .await
+            .unwrap();
+        // Metered before the body is read, and the body is the handler's own.
+        assert_eq!(used(&engine, "acme", "calls"), 1);
+        assert_eq!(used(&engine, "acme", "tokens"), 7);
+        let body = res.into_body();
+        assert!(!body.meters_at_end());
+        let inner = body.into_inner().expect("passed through");
+        assert_eq!(&inner.collect().await.unwrap().to_bytes()[..], b"hello");
+        // Response-extension usage and the recorder's, summed.
+        let res = svc.oneshot(get("/v1/ext", Some("acme"))).await.unwrap();
+        drop(res);
+        assert_eq!(used(&engine, "acme", "tokens"), 7 + 107);
+        assert_eq!(used(&engine, "acme", "calls"), 2);
+    }
+
+    /// A body that reports tokens through a recorder as it streams.
+    struct Reporting {
+        chunks: VecDeque<Bytes>,
+        recorder: Option<UsageRecorder>,
+    }
+
+    impl Body for Reporting {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            let next = self.chunks.pop_front();
+            match (&next, &self.recorder) {
+                (Some(_), Some(r)) => r.add("tokens", 10),
+                // Done: let go of the recorder, as a finished stream would.
+                (None, _) => self.recorder = None,
+                _ => {}
+            }
+            Poll::Ready(next.map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_recorder_alive_in_the_body_defers_metering_to_its_end() {
+        let engine = head_only_engine();
+        let svc = MonetizeLayer::new(engine.clone(), ApiKey::new(keys())).layer_fn_service(
+            service_fn(|_req: Request<Full<Bytes>>| async {
+                let recorder = UsageRecorder::current();
+                recorder.as_ref().unwrap().add("tokens", 1);
+                let chunks = (0..3).map(|_| Bytes::from_static(b"xx")).collect();
+                Ok::<_, Infallible>(Response::new(Reporting { chunks, recorder }))
+            }),
+        );
+        let res = svc
+            .clone()
+            .oneshot(get("/v1/stream", Some("acme")))
+            .await
+            .unwrap();
+        assert_eq!(used(&engine, "acme", "calls"), 0, "waits for the body");
+        let body = res.into_body();
+        assert!(body.meters_at_end());
+        let all = body.collect().await.unwrap().to_bytes();
+        assert_eq!(all.len(), 6);
+        assert_eq!(used(&engine, "acme", "calls"), 1);
+        assert_eq!(used(&engine, "acme", "tokens"), 31);
+        // Dropped mid-body: what was added so far.
+        let res = svc.oneshot(get("/v1/stream", Some("acme"))).await.unwrap();
+        let mut body = res.into_body();
+        body.frame().await.unwrap().unwrap();
+        drop(body);
+        assert_eq!(used(&engine, "acme", "tokens"), 31 + 11);
         assert_eq!(used(&engine, "acme", "calls"), 2);
     }
 
@@ -592,7 +713,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn handle_is_in_request_extensions_and_route_templates_are_used() {
+    async fn the_customer_is_in_scope_and_route_templates_are_used() {
         let engine = engine();
         let svc = ServiceBuilder::new()
             .map_request(|mut req: Request<Full<Bytes>>| {
@@ -602,8 +723,14 @@ mod tests {
             })
             .layer(MonetizeLayer::new(engine.clone(), ApiKey::new(keys())))
             .service(service_fn(|req: Request<Full<Bytes>>| async move {
-                let h = req.extensions().get::<CustomerHandle>().expect("handle");
+                let h = current_customer().expect("in the layer's scope");
                 assert_eq!(h.id().as_str(), "initech");
+                tokio::task::yield_now().await;
+                assert_eq!(current_customer().unwrap().id().as_str(), "initech");
+                assert!(
+                    req.extensions().get::<CustomerHandle>().is_none(),
+                    "not in the extensions unless asked"
+                );
                 hello(req).await
             }));
         for id in [1, 2, 3] {
@@ -615,6 +742,24 @@ mod tests {
             res.into_body().collect().await.unwrap();
         }
         assert_eq!(used(&engine, "initech", "user_reads"), 3);
+        assert!(current_customer().is_none(), "outside the layer");
+    }
+
+    #[tokio::test]
+    async fn the_handle_goes_into_the_extensions_when_asked() {
+        let engine = engine();
+        let svc = MonetizeLayer::new(engine.clone(), ApiKey::new(keys()))
+            .customer_extension(true)
+            .layer_fn_service(service_fn(|req: Request<Full<Bytes>>| {
+                // Read in `call`, outside the layer's scope.
+                let h = req.extensions().get::<CustomerHandle>().cloned();
+                async move {
+                    assert_eq!(h.expect("handle").id().as_str(), "globex");
+                    hello(req).await
+                }
+            }));
+        let res = svc.oneshot(get("/v1/x", Some("globex"))).await.unwrap();
+        assert_eq!(res.status(), 200);
     }
 
     #[tokio::test]
@@ -625,7 +770,7 @@ mod tests {
             .exempt("/v1/usage*")
             .unwrap()
             .layer_fn_service(service_fn(|req: Request<Full<Bytes>>| async move {
-                assert!(req.extensions().get::<CustomerHandle>().is_some());
+                assert_eq!(current_customer().unwrap().id().as_str(), "acme");
                 hello(req).await
             }));
         let res = svc
@@ -743,6 +888,14 @@ mod tests {
         allocs() - before
     }
 
+    fn layered_request() -> Request<Full<Bytes>> {
+        let mut r = get("/v1/x", Some("acme"));
+        // Shared, as a server's parsed URI and header values are.
+        let _ = r.uri().clone();
+        r.extensions_mut().insert(RouteTemplate::new("/v1/x"));
+        r
+    }
+
     #[test]
     fn allocations_on_the_allow_path() {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -755,26 +908,99 @@ mod tests {
             });
             let layered =
                 MonetizeLayer::new(engine.clone(), ApiKey::new(keys())).layer_fn_service(inner);
-            let mk = || {
-                let mut r = get("/v1/x", Some("acme"));
-                // Shared, as a server's parsed URI and header values are.
-                let _ = r.uri().clone();
-                r.extensions_mut().insert(RouteTemplate::new("/v1/x"));
-                r
-            };
             // Warm up: admit the customer.
-            allocations_of(&layered, mk()).await;
-            let base = allocations_of(&inner, mk()).await;
-            let with = allocations_of(&layered, mk()).await;
+            allocations_of(&layered, layered_request()).await;
+            let base = allocations_of(&inner, layered_request()).await;
+            let with = allocations_of(&layered, layered_request()).await;
             let extra = with - base;
             eprintln!(
                 "allocations per request: inner alone {base}, with the layer {with} (+{extra})"
             );
             assert_eq!(used(&engine, "acme", "calls"), 2);
-            // The handle's extension slot, plus one copy each of the request and response
-            // header maps until monetize-core says which meters read headers.
-            assert!(extra <= 6, "{extra} allocations added by the layer");
+            // No header copies (no meter reads headers), no extension slot, no box.
+            assert_eq!(extra, 0, "{extra} allocations added by the layer");
         });
+    }
+
+    /// The benchmark's setup: a prepaid customer (an `X-Credits-Remaining` header on every
+    /// response), a count and a reported meter, a handler reporting through a recorder.
+    #[test]
+    fn allocations_with_credits_and_a_recorder() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let engine = Engine::new(
+                Config::builder()
+                    .meter(MeterConfig::count("calls").route("/v1/*").status("2xx"))
+                    .meter(MeterConfig::sum(
+                        "tokens",
+                        ValueConfig::Reported("tokens".into()),
+                    ))
+                    .plan(
+                        PlanConfig::new("prepaid")
+                            .prepaid(1_000_000_000)
+                            .price("calls", 1),
+                    )
+                    .default_plan("prepaid")
+                    .build(),
+            )
+            .unwrap();
+            // Responses with a header already, as real ones have (the first header of an
+            // empty map allocates it).
+            fn text() -> Response<Full<Bytes>> {
+                let mut r = Response::new(Full::new(Bytes::from_static(b"hello")));
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("text/plain"),
+                );
+                r
+            }
+            let plain =
+                service_fn(|_req: Request<Full<Bytes>>| async { Ok::<_, Infallible>(text()) });
+            let reporting = service_fn(|_req: Request<Full<Bytes>>| async {
+                UsageRecorder::current().unwrap().add("tokens", 3);
+                Ok::<_, Infallible>(text())
+            });
+            let layer = MonetizeLayer::new(engine.clone(), ApiKey::new(keys()));
+            let (layered, layered_reporting) = (
+                layer.layer_fn_service(plain),
+                layer.layer_fn_service(reporting),
+            );
+            // Warm up: admit the customer, fill the recorder pool.
+            allocations_of(&layered_reporting, layered_request()).await;
+            let n: u32 = 200;
+            let (mut base, mut with, mut reported) = (0, 0, 0);
+            for _ in 0..n {
+                base += allocations_of(&plain, layered_request()).await;
+                with += allocations_of(&layered, layered_request()).await;
+                reported += allocations_of(&layered_reporting, layered_request()).await;
+            }
+            let per = |a: u64| a as f64 / f64::from(n);
+            eprintln!(
+                "allocations per request: inner alone {}, with the layer {}, reporting {}",
+                per(base),
+                per(with),
+                per(reported)
+            );
+            assert_eq!(used(&engine, "acme", "calls"), 2 * u64::from(n) + 1);
+            assert_eq!(used(&engine, "acme", "tokens"), 3 * (u64::from(n) + 1));
+            // `X-Credits-Remaining` values come from a shared chunk: one allocation per
+            // few dozen responses.
+            assert!(per(with - base) < 0.1, "{}", per(with - base));
+            // The recorder's slot is pooled; its first `add` allocates the list of
+            // reported quantities (`ReportedUsage` cannot be cleared in place yet).
+            assert!(per(reported - base) < 1.1, "{}", per(reported - base));
+        });
+    }
+
+    #[test]
+    fn per_request_state_stays_small() {
+        // Moved a few times per request by tower and axum (memcpy), so kept small.
+        let pending = std::mem::size_of::<crate::future::Pending<RouteTemplate>>();
+        let future = std::mem::size_of::<crate::ResponseFuture<std::future::Ready<()>>>();
+        assert!(pending <= 208, "{pending}");
+        assert!(future <= 256, "{future}");
     }
 
     impl<R: crate::RouteSource> MonetizeLayer<R> {

@@ -1,18 +1,21 @@
-//! A directory of API keys that stores only their SHA-256 digests.
+//! A directory of API keys: SHA-256 digests as the stored form, and a keyed MAC index so
+//! that a lookup does not compute a SHA-256.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwap;
 use monetize_core::CustomerId;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::Error;
 
-/// The SHA-256 digest of an API key: the only form in which a [`KeyDirectory`] keeps keys.
+/// The SHA-256 digest of an API key: the form in which keys are stored and exchanged
+/// with a [`KeyDirectory`].
 ///
 /// Store digests (for example as the hex from [`KeyDigest::to_hex`]) in your database or
 /// configuration, never the keys. Its `Debug` shows only the first four bytes.
@@ -69,7 +72,85 @@ impl fmt::Debug for KeyDigest {
     }
 }
 
-/// A hasher for keys that are already uniformly distributed (a digest prefix).
+/// A 128-bit SipHash-2-4 MAC of a key under the directory's secret key.
+type Mac = u128;
+
+/// The directory's secret MAC key: 128 bits drawn from the operating system's random
+/// source when the directory is made. It never leaves the process and is never shown.
+struct MacKey([u64; 2]);
+
+impl MacKey {
+    fn random() -> Self {
+        // `RandomState` keys come from the OS random source; two distinct inputs through
+        // its keyed SipHash give 128 secret bits.
+        let s = RandomState::new();
+        Self([
+            s.hash_one(0x6d6f_6e65_7469_7a65_u64),
+            s.hash_one(0x6b65_7964_6972_6563_u64),
+        ])
+    }
+
+    #[inline]
+    fn mac(&self, data: &[u8]) -> Mac {
+        siphash_2_4_128(self.0, data)
+    }
+}
+
+/// SipHash-2-4 with its 128-bit output (the reference `siphash` with `outlen = 16`).
+#[inline]
+fn siphash_2_4_128(k: [u64; 2], data: &[u8]) -> u128 {
+    let mut v0 = k[0] ^ 0x736f_6d65_7073_6575;
+    let mut v1 = k[1] ^ 0x646f_7261_6e64_6f6d ^ 0xee;
+    let mut v2 = k[0] ^ 0x6c79_6765_6e65_7261;
+    let mut v3 = k[1] ^ 0x7465_6462_7974_6573;
+    macro_rules! round {
+        () => {
+            v0 = v0.wrapping_add(v1);
+            v1 = v1.rotate_left(13) ^ v0;
+            v0 = v0.rotate_left(32);
+            v2 = v2.wrapping_add(v3);
+            v3 = v3.rotate_left(16) ^ v2;
+            v0 = v0.wrapping_add(v3);
+            v3 = v3.rotate_left(21) ^ v0;
+            v2 = v2.wrapping_add(v1);
+            v1 = v1.rotate_left(17) ^ v2;
+            v2 = v2.rotate_left(32);
+        };
+    }
+    let mut chunks = data.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        let m = u64::from_le_bytes(w);
+        v3 ^= m;
+        round!();
+        round!();
+        v0 ^= m;
+    }
+    let rest = chunks.remainder();
+    let mut w = [0u8; 8];
+    w[..rest.len()].copy_from_slice(rest);
+    let b = u64::from_le_bytes(w) | ((data.len() as u64) << 56);
+    v3 ^= b;
+    round!();
+    round!();
+    v0 ^= b;
+    v2 ^= 0xee;
+    round!();
+    round!();
+    round!();
+    round!();
+    let lo = v0 ^ v1 ^ v2 ^ v3;
+    v1 ^= 0xdd;
+    round!();
+    round!();
+    round!();
+    round!();
+    let hi = v0 ^ v1 ^ v2 ^ v3;
+    (u128::from(hi) << 64) | u128::from(lo)
+}
+
+/// A hasher for keys that are already uniformly distributed (a digest prefix, a MAC).
 #[derive(Default)]
 struct PrefixHasher(u64);
 
@@ -87,94 +168,223 @@ impl Hasher for PrefixHasher {
     fn write_u64(&mut self, n: u64) {
         self.0 = n;
     }
+
+    fn write_u128(&mut self, n: u128) {
+        self.0 = n as u64;
+    }
 }
+
+type Uniform = BuildHasherDefault<PrefixHasher>;
+
+/// No entry (end of a prefix chain).
+const NONE: u32 = u32::MAX;
 
 struct Entry {
     digest: KeyDigest,
     /// The digest as words, for the constant-time comparison.
     words: [u64; 4],
+    /// The key's MAC, when the key itself was given (not only its digest).
+    mac: Option<Mac>,
     customer: CustomerId,
+    /// The next entry whose digest has the same first 8 bytes, or [`NONE`].
+    next: u32,
 }
 
-#[derive(Default)]
+/// One version of the directory; changes copy it and swap the copy in.
 struct Table {
-    /// By the first 8 bytes of the digest; the full digest is compared in constant time.
-    by_prefix: HashMap<u64, Vec<Entry>, BuildHasherDefault<PrefixHasher>>,
-    len: usize,
-    /// Bumped by every change, so that cached verifications of an older table are ignored.
-    generation: u64,
+    entries: Vec<Entry>,
+    /// The first entry by the first 8 bytes of the digest (then `Entry::next`).
+    by_prefix: HashMap<u64, u32, Uniform>,
+    /// Entries by the MAC of their key, for keys given as keys.
+    by_mac: HashMap<Mac, u32, Uniform>,
+    /// How many keys are known only by their digest.
+    digest_only: usize,
+    /// Digest-only keys verified against this table's contents, by MAC. Shared with the
+    /// next table when a change only adds keys (entry indices stay valid); a fresh one
+    /// when a key is revoked or changes customer, so that no verification outlives the
+    /// mapping it checked.
+    verified: Arc<VerifiedCache>,
 }
 
 impl Table {
-    fn find(&self, digest: &KeyDigest) -> Option<&CustomerId> {
+    fn new(slots: usize) -> Self {
+        Table {
+            entries: Vec::new(),
+            by_prefix: HashMap::default(),
+            by_mac: HashMap::default(),
+            digest_only: 0,
+            verified: Arc::new(VerifiedCache::new(slots)),
+        }
+    }
+
+    /// The entry with this digest, comparing every entry that shares its prefix in
+    /// constant time.
+    fn find(&self, digest: &KeyDigest) -> Option<u32> {
         let words = digest.words();
+        let mut i = *self.by_prefix.get(&words[0])?;
         let mut found = None;
-        for e in self.by_prefix.get(&words[0])? {
+        while i != NONE {
+            let e = &self.entries[i as usize];
             if bool::from(e.words[..].ct_eq(&words[..])) {
-                found = Some(&e.customer);
+                found = Some(i);
             }
+            i = e.next;
         }
         found
     }
 
+    fn customer(&self, i: u32) -> Option<&CustomerId> {
+        self.entries.get(i as usize).map(|e| &e.customer)
+    }
+
     fn copy(&self) -> Table {
         Table {
-            by_prefix: self
-                .by_prefix
+            entries: self
+                .entries
                 .iter()
-                .map(|(k, v)| {
-                    let v = v
-                        .iter()
-                        .map(|e| Entry {
-                            digest: e.digest,
-                            words: e.words,
-                            customer: e.customer.clone(),
-                        })
-                        .collect();
-                    (*k, v)
+                .map(|e| Entry {
+                    digest: e.digest,
+                    words: e.words,
+                    mac: e.mac,
+                    customer: e.customer.clone(),
+                    next: e.next,
                 })
                 .collect(),
-            len: self.len,
-            generation: self.generation + 1,
+            by_prefix: self.by_prefix.clone(),
+            by_mac: self.by_mac.clone(),
+            digest_only: self.digest_only,
+            verified: self.verified.clone(),
         }
     }
 
-    fn insert(&mut self, digest: KeyDigest, customer: CustomerId) -> Option<CustomerId> {
-        let list = self.by_prefix.entry(digest.prefix()).or_default();
-        if let Some(e) = list.iter_mut().find(|e| e.digest == digest) {
-            return Some(std::mem::replace(&mut e.customer, customer));
+    /// Rebuilds the indexes after entries were removed (indices moved).
+    fn reindex(&mut self) {
+        self.by_prefix.clear();
+        self.by_mac.clear();
+        self.digest_only = 0;
+        for (i, e) in self.entries.iter_mut().enumerate() {
+            let i = i as u32;
+            e.next = self.by_prefix.insert(e.digest.prefix(), i).unwrap_or(NONE);
+            match e.mac {
+                Some(m) => {
+                    self.by_mac.insert(m, i);
+                }
+                None => self.digest_only += 1,
+            }
         }
-        list.push(Entry {
+    }
+
+    /// After a change: a fresh verified cache when `invalidate` (a key was revoked or
+    /// changed customer), else a larger one (keeping its entries) when digest-only keys
+    /// outgrew it. `fixed` is the size the directory was made with, if any.
+    fn settle(&mut self, invalidate: bool, fixed: Option<usize>) {
+        let want = fixed.unwrap_or(self.digest_only.saturating_mul(2));
+        if invalidate {
+            self.verified = Arc::new(VerifiedCache::new(want));
+        } else if fixed.is_none() && want > self.verified.slots.len() {
+            let grown = VerifiedCache::new(want);
+            self.verified.for_each(|mac, i| grown.put(mac, i));
+            self.verified = Arc::new(grown);
+        }
+    }
+
+    /// Adds or re-assigns a key; returns the previous customer, and whether the change
+    /// invalidates verifications (the key changed customer).
+    fn insert(
+        &mut self,
+        digest: KeyDigest,
+        mac: Option<Mac>,
+        customer: CustomerId,
+    ) -> (Option<CustomerId>, bool) {
+        if let Some(i) = self.find(&digest) {
+            let e = &mut self.entries[i as usize];
+            let moved = e.customer != customer;
+            if e.mac.is_none()
+                && let Some(m) = mac
+            {
+                e.mac = Some(m);
+                self.by_mac.insert(m, i);
+                self.digest_only -= 1;
+            }
+            return (Some(std::mem::replace(&mut e.customer, customer)), moved);
+        }
+        let i = u32::try_from(self.entries.len()).expect("fewer than 2^32 keys");
+        match mac {
+            Some(m) => {
+                self.by_mac.insert(m, i);
+            }
+            None => self.digest_only += 1,
+        }
+        let next = self.by_prefix.insert(digest.prefix(), i).unwrap_or(NONE);
+        self.entries.push(Entry {
             digest,
             words: digest.words(),
+            mac,
             customer,
+            next,
         });
-        self.len += 1;
-        None
+        (None, false)
     }
 
     fn remove(&mut self, digest: &KeyDigest) -> Option<CustomerId> {
-        let prefix = digest.prefix();
-        let list = self.by_prefix.get_mut(&prefix)?;
-        let pos = list.iter().position(|e| e.digest == *digest)?;
-        let e = list.swap_remove(pos);
-        if list.is_empty() {
-            self.by_prefix.remove(&prefix);
-        }
-        self.len -= 1;
+        let i = self.find(digest)?;
+        let e = self.entries.swap_remove(i as usize);
+        self.reindex();
         Some(e.customer)
+    }
+
+    fn remove_customer(&mut self, customer: &str) -> usize {
+        let before = self.entries.len();
+        self.entries.retain(|e| e.customer.as_str() != customer);
+        let removed = before - self.entries.len();
+        if removed > 0 {
+            self.reindex();
+        }
+        removed
     }
 }
 
-/// API keys (by their SHA-256 digest) and the customer each belongs to.
+/// API keys and the customer each belongs to, stored as SHA-256 digests, found by a keyed
+/// MAC.
 ///
-/// Lookups are lock-free (one atomic load of the current table, one SHA-256 of the key
-/// sent, one map read by digest prefix and a constant-time comparison of the full digest).
+/// # Cost
+///
+/// A lookup computes one 128-bit MAC of the key sent (SipHash-2-4 under a secret key drawn
+/// when the directory is made, about 300 instructions for a 32-byte key) and reads one
+/// map: no SHA-256, no lock, no allocation. Keys given as keys ([`insert`](Self::insert),
+/// [`extend`](Self::extend), `collect`) are in that map from the start. Keys given only as
+/// digests ([`insert_digest`](Self::insert_digest), [`extend_digests`](Self::extend_digests),
+/// for example from your database) are verified once: the first request with such a key
+/// computes its SHA-256, compares it in constant time with the stored digests, and caches
+/// the MAC in a bounded cache (twice as many slots as digest-only keys, at most 2^20; or
+/// a fixed size with [`with_verified_cache`](Self::with_verified_cache)); later requests
+/// with it cost the MAC and the cache read. Unknown keys always cost a SHA-256 and are
+/// never cached.
+///
 /// Changes copy the table and swap it in atomically, so they suit provisioning and
-/// rotation, not per-request writes. Clones share the same directory: keep one to add and
-/// revoke keys while the layer serves.
+/// rotation, not per-request writes. Revoking a key or moving it to another customer
+/// invalidates every cached verification at once (each key is verified again on its next
+/// request); adding keys invalidates nothing. Clones share the same directory: keep one to
+/// add and revoke keys while the layer serves.
 ///
-/// The directory never stores or prints a key; its `Debug` shows only the number of keys.
+/// # Secrecy
+///
+/// The directory never stores or prints a key; its `Debug` shows only counts. What it
+/// holds per key is the SHA-256 digest (the storage and import format) and, for keys it
+/// was given or has verified, a 128-bit MAC of the key under a 128-bit secret drawn from
+/// the operating system's random source, held only in this process's memory.
+///
+/// The MAC is at least as safe in memory as the digest next to it: whoever can read the
+/// MACs can read the digests, and an unkeyed SHA-256 already lets them test guesses of a
+/// key offline; the MAC adds no shortcut (SipHash-2-4 is a pseudo-random function: without
+/// the secret its outputs say nothing about the key, and with it, testing a guess is no
+/// cheaper than with SHA-256 — for keys of 128 random bits or more, neither can be
+/// searched). Unlike a digest, a leaked MAC without the process's secret (a log line, a
+/// copied table) cannot be used to test guesses at all, and the secret is never exported.
+/// A forged match needs another key with the same 128-bit MAC: about 2^128 requests. The
+/// map read by MAC is not constant-time, but the timing it could leak is about the MAC of
+/// the key the client sent, which without the secret tells nothing about any stored key;
+/// the first verification of a digest-only key compares full digests in constant time.
 ///
 /// ```
 /// use monetize_core::CustomerId;
@@ -190,88 +400,148 @@ impl Table {
 /// assert_eq!(keys.lookup("sk_live_456").unwrap().as_str(), "globex");
 /// assert!(keys.lookup("sk_live_789").is_none());
 /// ```
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct KeyDirectory {
     inner: Arc<Inner>,
 }
 
-#[derive(Default)]
+impl Default for KeyDirectory {
+    fn default() -> Self {
+        Self::make(None)
+    }
+}
+
+/// The smallest verified cache (slots).
+const MIN_SLOTS: usize = 64;
+
+/// The largest verified cache (slots of 24 bytes: 24 MiB).
+const MAX_SLOTS: usize = 1 << 20;
+
+/// Slots a key may sit in: four from where each half of its MAC points.
+const PROBES: usize = 8;
+
+/// The `p`-th slot a MAC may sit in.
+#[inline]
+fn probe(lo: u64, hi: u64, p: usize) -> usize {
+    let base = if p < PROBES / 2 { lo } else { hi };
+    (base as usize).wrapping_add(p % (PROBES / 2))
+}
+
 struct Inner {
     table: ArcSwap<Table>,
-    cache: Option<VerifiedCache>,
+    key: MacKey,
+    /// The verified cache size given to `with_verified_cache`; else it follows the number
+    /// of digest-only keys.
+    fixed_slots: Option<usize>,
 }
 
-/// A key verified against a table generation, found again by its MAC.
-struct Verified {
-    mac: [u64; 2],
-    generation: u64,
-    customer: CustomerId,
+/// One verified key: its MAC and its entry, under a sequence number (odd while being
+/// written, 0 while never written) so that readers never take a half-written slot.
+#[derive(Default)]
+struct VerifiedSlot {
+    seq: AtomicU32,
+    entry: AtomicU32,
+    lo: AtomicU64,
+    hi: AtomicU64,
 }
 
-/// Keys already verified, by a 128-bit MAC (two SipHash-2-4 with secret random keys drawn
-/// when the directory is made): a hit costs two SipHash runs instead of one SHA-256.
-/// Holds neither keys nor anything that helps recover one; only keys that verified are
-/// cached, so unknown keys cannot fill it. Each key may sit in one of two slots; keys
-/// that find both taken evict one (correct, only slower).
+/// Digest-only keys already verified: MAC → entry, in an open-addressing table of
+/// [`VerifiedSlot`]s read without locks or reference counts. Holds no keys; only keys
+/// that verified are put in, so unknown keys cannot fill it. A key whose [`PROBES`] slots
+/// are all taken evicts one (correct, only slower).
 struct VerifiedCache {
-    keys: [u64; 4],
-    slots: Box<[ArcSwapOption<Verified>]>,
+    slots: Box<[VerifiedSlot]>,
     mask: usize,
 }
 
 impl VerifiedCache {
     fn new(slots: usize) -> Self {
-        let n = slots.clamp(16, 1 << 20).next_power_of_two();
-        let seed = RandomState::new();
-        let keys = [0u64, 1, 2, 3].map(|i| seed.hash_one(i ^ 0x6d6f_6e65_7469_7a65));
+        let n = slots.clamp(MIN_SLOTS, MAX_SLOTS).next_power_of_two();
         Self {
-            keys,
-            slots: (0..n).map(|_| ArcSwapOption::empty()).collect(),
+            slots: (0..n).map(|_| VerifiedSlot::default()).collect(),
             mask: n - 1,
         }
     }
 
     #[inline]
-    fn mac(&self, key: &[u8]) -> [u64; 2] {
-        #[allow(deprecated)] // SipHash-2-4 with our own keys; std has no other keyed MAC.
-        let (mut a, mut b) = (
-            std::hash::SipHasher::new_with_keys(self.keys[0], self.keys[1]),
-            std::hash::SipHasher::new_with_keys(self.keys[2], self.keys[3]),
-        );
-        a.write(key);
-        b.write(key);
-        [a.finish(), b.finish()]
-    }
-
-    fn lookup(&self, table: &Table, key: &[u8]) -> Option<CustomerId> {
-        let mac = self.mac(key);
-        let gen_ = table.generation;
-        let two = [mac[0] as usize & self.mask, mac[1] as usize & self.mask];
-        // Whether each of the key's two slots is free (empty or from an older table).
-        let mut free = [false; 2];
-        for (i, pos) in two.iter().enumerate() {
-            match &*self.slots[*pos].load() {
-                Some(v) if v.generation == gen_ => {
-                    if v.mac == mac {
-                        return Some(v.customer.clone());
-                    }
-                }
-                _ => free[i] = true,
+    fn get(&self, mac: Mac) -> Option<u32> {
+        let (lo, hi) = (mac as u64, (mac >> 64) as u64);
+        for p in 0..PROBES {
+            let s = &self.slots[probe(lo, hi, p) & self.mask];
+            let seq = s.seq.load(Ordering::Acquire);
+            if seq == 0 {
+                // Slots are never emptied: the key is not further on.
+                return None;
+            }
+            let (l, h, entry) = (
+                s.lo.load(Ordering::Relaxed),
+                s.hi.load(Ordering::Relaxed),
+                s.entry.load(Ordering::Relaxed),
+            );
+            fence(Ordering::Acquire);
+            if seq & 1 == 0 && s.seq.load(Ordering::Relaxed) == seq && l == lo && h == hi {
+                return Some(entry);
             }
         }
-        let customer = table.find(&KeyDigest::of(key))?.clone();
-        // Prefer a free slot; else evict one of the two, picked by the MAC.
-        let pos = match free {
-            [true, _] => two[0],
-            [false, true] => two[1],
-            _ => two[(mac[0] >> 63) as usize],
-        };
-        self.slots[pos].store(Some(Arc::new(Verified {
-            mac,
-            generation: gen_,
-            customer: customer.clone(),
-        })));
-        Some(customer)
+        None
+    }
+
+    #[cold]
+    fn put(&self, mac: Mac, entry: u32) {
+        let (lo, hi) = (mac as u64, (mac >> 64) as u64);
+        let at = |p: usize| &self.slots[probe(lo, hi, p) & self.mask];
+        // The first free slot (or this key's), else evict one picked by the MAC.
+        let pick = (0..PROBES)
+            .map(at)
+            .find(|s| {
+                let seq = s.seq.load(Ordering::Relaxed);
+                seq == 0
+                    || (seq & 1 == 0
+                        && s.lo.load(Ordering::Relaxed) == lo
+                        && s.hi.load(Ordering::Relaxed) == hi)
+            })
+            .unwrap_or_else(|| at(hi as usize % PROBES));
+        let seq = pick.seq.load(Ordering::Relaxed);
+        // Another writer is at it: leave the slot to it (the key is verified again later).
+        if seq & 1 == 1
+            || pick
+                .seq
+                .compare_exchange(
+                    seq,
+                    seq.wrapping_add(1),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+        {
+            return;
+        }
+        fence(Ordering::Release);
+        pick.lo.store(lo, Ordering::Relaxed);
+        pick.hi.store(hi, Ordering::Relaxed);
+        pick.entry.store(entry, Ordering::Relaxed);
+        // Skip 0 (never written) when the sequence wraps.
+        let done = seq.wrapping_add(2).max(2);
+        pick.seq.store(done, Ordering::Release);
+    }
+
+    /// Every verified key, for moving them into a larger cache.
+    fn for_each(&self, mut f: impl FnMut(Mac, u32)) {
+        for s in &self.slots {
+            let seq = s.seq.load(Ordering::Acquire);
+            if seq == 0 || seq & 1 == 1 {
+                continue;
+            }
+            let (l, h, entry) = (
+                s.lo.load(Ordering::Relaxed),
+                s.hi.load(Ordering::Relaxed),
+                s.entry.load(Ordering::Relaxed),
+            );
+            fence(Ordering::Acquire);
+            if s.seq.load(Ordering::Relaxed) == seq {
+                f((u128::from(h) << 64) | u128::from(l), entry);
+            }
+        }
     }
 }
 
@@ -281,49 +551,77 @@ impl KeyDirectory {
         Self::default()
     }
 
-    /// An empty directory that also remembers keys it has verified, in `slots` slots
-    /// (rounded up to a power of two; give about twice the number of keys in use).
-    ///
-    /// Without it every lookup computes the SHA-256 of the key sent (about 65 ns with the
-    /// CPU's SHA extensions, a few thousand instructions without). With it, a key seen
-    /// before costs two SipHash-2-4 runs and an atomic load. The cache holds, per slot, a
-    /// 128-bit MAC of a verified key under secret keys drawn at start-up and the customer:
-    /// no key, and nothing that helps recover one beyond what the stored digests already
-    /// allow. Any change to the directory invalidates it.
+    /// An empty directory whose cache of verified digest-only keys has a fixed number of
+    /// slots (rounded up to a power of two, between 64 and 2^20; give about twice the
+    /// number of digest-only keys in use at once). By default the cache follows the
+    /// directory: twice the number of digest-only keys. Keys given as keys do not need it.
     pub fn with_verified_cache(slots: usize) -> Self {
+        Self::make(Some(slots))
+    }
+
+    fn make(fixed_slots: Option<usize>) -> Self {
+        let table = Table::new(fixed_slots.unwrap_or(MIN_SLOTS));
         Self {
             inner: Arc::new(Inner {
-                table: ArcSwap::default(),
-                cache: Some(VerifiedCache::new(slots)),
+                table: ArcSwap::from_pointee(table),
+                key: MacKey::random(),
+                fixed_slots,
             }),
         }
     }
 
-    /// Adds (or re-assigns) a key, hashing it first. Returns the customer it belonged to.
+    /// Applies a change to a copy of the table and swaps it in.
+    fn change<T>(&self, mut f: impl FnMut(&mut Table) -> (T, bool)) -> T {
+        let mut out = None;
+        self.inner.table.rcu(|t| {
+            let mut t = t.copy();
+            let (r, invalidate) = f(&mut t);
+            t.settle(invalidate, self.inner.fixed_slots);
+            out = Some(r);
+            t
+        });
+        out.expect("rcu runs the change at least once")
+    }
+
+    /// Adds (or re-assigns) a key. Returns the customer it belonged to.
     pub fn insert(&self, key: impl AsRef<[u8]>, customer: CustomerId) -> Option<CustomerId> {
-        self.insert_digest(KeyDigest::of(key), customer)
+        let key = key.as_ref();
+        let (digest, mac) = (KeyDigest::of(key), self.inner.key.mac(key));
+        self.change(|t| t.insert(digest, Some(mac), customer.clone()))
+    }
+
+    /// Adds many keys in one change (one table copy, rather than one per key).
+    pub fn extend<K: AsRef<[u8]>>(&self, keys: impl IntoIterator<Item = (K, CustomerId)>) {
+        let keys: Vec<(KeyDigest, Mac, CustomerId)> = keys
+            .into_iter()
+            .map(|(k, c)| {
+                let k = k.as_ref();
+                (KeyDigest::of(k), self.inner.key.mac(k), c)
+            })
+            .collect();
+        self.change(|t| {
+            let mut invalidate = false;
+            for (d, m, c) in &keys {
+                invalidate |= t.insert(*d, Some(*m), c.clone()).1;
+            }
+            ((), invalidate)
+        });
     }
 
     /// Adds (or re-assigns) a key by its digest. Returns the customer it belonged to.
     pub fn insert_digest(&self, digest: KeyDigest, customer: CustomerId) -> Option<CustomerId> {
-        let mut previous = None;
-        self.inner.table.rcu(|t| {
-            let mut t = t.copy();
-            previous = t.insert(digest, customer.clone());
-            t
-        });
-        previous
+        self.change(|t| t.insert(digest, None, customer.clone()))
     }
 
     /// Adds many keys by digest in one change (one table copy, rather than one per key).
     pub fn extend_digests(&self, keys: impl IntoIterator<Item = (KeyDigest, CustomerId)>) {
         let keys: Vec<(KeyDigest, CustomerId)> = keys.into_iter().collect();
-        self.inner.table.rcu(|t| {
-            let mut t = t.copy();
+        self.change(|t| {
+            let mut invalidate = false;
             for (d, c) in &keys {
-                t.insert(*d, c.clone());
+                invalidate |= t.insert(*d, None, c.clone()).1;
             }
-            t
+            ((), invalidate)
         });
     }
 
@@ -334,51 +632,55 @@ impl KeyDirectory {
 
     /// Revokes a key by its digest. Returns the customer it belonged to.
     pub fn remove_digest(&self, digest: &KeyDigest) -> Option<CustomerId> {
-        let mut previous = None;
-        self.inner.table.rcu(|t| {
-            let mut t = t.copy();
-            previous = t.remove(digest);
-            t
-        });
-        previous
+        self.change(|t| {
+            let removed = t.remove(digest);
+            let invalidate = removed.is_some();
+            (removed, invalidate)
+        })
     }
 
     /// Revokes every key of a customer. Returns how many were revoked.
     pub fn remove_customer(&self, customer: &str) -> usize {
-        let mut removed = 0;
-        self.inner.table.rcu(|t| {
-            let mut t = t.copy();
-            removed = 0;
-            t.by_prefix.retain(|_, list| {
-                let before = list.len();
-                list.retain(|e| e.customer.as_str() != customer);
-                removed += before - list.len();
-                !list.is_empty()
-            });
-            t.len -= removed;
-            t
-        });
-        removed
+        self.change(|t| {
+            let n = t.remove_customer(customer);
+            (n, n > 0)
+        })
     }
 
     /// The customer a key belongs to.
+    #[inline]
     pub fn lookup(&self, key: impl AsRef<[u8]>) -> Option<CustomerId> {
         let key = key.as_ref();
         let table = self.inner.table.load();
-        match &self.inner.cache {
-            Some(cache) => cache.lookup(&table, key),
-            None => table.find(&KeyDigest::of(key)).cloned(),
+        let mac = self.inner.key.mac(key);
+        let found = match table.by_mac.get(&mac) {
+            Some(&i) => Some(i),
+            None => table.verified.get(mac),
+        };
+        match found.and_then(|i| table.customer(i)) {
+            Some(c) => Some(c.clone()),
+            None => Self::verify(&table, key, mac),
         }
+    }
+
+    /// A key neither given as a key nor verified yet: its SHA-256, compared in constant
+    /// time with the stored digests; remembered by MAC when it verifies.
+    #[cold]
+    fn verify(table: &Table, key: &[u8], mac: Mac) -> Option<CustomerId> {
+        let i = table.find(&KeyDigest::of(key))?;
+        table.verified.put(mac, i);
+        table.customer(i).cloned()
     }
 
     /// The customer a key digest belongs to.
     pub fn lookup_digest(&self, digest: &KeyDigest) -> Option<CustomerId> {
-        self.inner.table.load().find(digest).cloned()
+        let table = self.inner.table.load();
+        table.find(digest).and_then(|i| table.customer(i)).cloned()
     }
 
     /// How many keys are known.
     pub fn len(&self) -> usize {
-        self.inner.table.load().len
+        self.inner.table.load().entries.len()
     }
 
     /// Whether no key is known.
@@ -393,7 +695,7 @@ impl fmt::Debug for KeyDirectory {
             .field("keys", &self.len())
             .field(
                 "verified_cache",
-                &self.inner.cache.as_ref().map(|c| c.slots.len()),
+                &self.inner.table.load().verified.slots.len(),
             )
             .finish()
     }
@@ -401,16 +703,9 @@ impl fmt::Debug for KeyDirectory {
 
 impl<K: AsRef<[u8]>> FromIterator<(K, CustomerId)> for KeyDirectory {
     fn from_iter<T: IntoIterator<Item = (K, CustomerId)>>(iter: T) -> Self {
-        let mut t = Table::default();
-        for (k, c) in iter {
-            t.insert(KeyDigest::of(k), c);
-        }
-        Self {
-            inner: Arc::new(Inner {
-                table: ArcSwap::from_pointee(t),
-                cache: None,
-            }),
-        }
+        let d = KeyDirectory::new();
+        d.extend(iter);
+        d
     }
 }
 
@@ -435,11 +730,37 @@ mod tests {
         // Re-assigning a key returns the old owner.
         assert_eq!(d.insert("k3", id("c")), Some(id("b")));
         assert_eq!(d.len(), 3);
+        assert_eq!(d.lookup("k3"), Some(id("c")));
         assert_eq!(d.remove("k1"), Some(id("a")));
         assert_eq!(d.lookup("k1"), None);
         assert_eq!(d.remove_customer("a"), 1);
+        assert_eq!(d.lookup("k2"), None);
         assert_eq!(d.len(), 1);
         assert_eq!(d.lookup("k3"), Some(id("c")));
+        // Removing by digest drops the key's MAC too.
+        assert_eq!(d.remove_digest(&KeyDigest::of("k3")), Some(id("c")));
+        assert_eq!(d.lookup("k3"), None);
+        assert!(d.is_empty());
+        let t = d.inner.table.load();
+        assert!(t.by_mac.is_empty() && t.by_prefix.is_empty() && t.entries.is_empty());
+    }
+
+    #[test]
+    fn rotation_keeps_the_old_key_until_revoked() {
+        let d = KeyDirectory::new();
+        d.insert("sk_old", id("acme"));
+        assert_eq!(d.lookup("sk_old"), Some(id("acme")));
+        // Rotate: the new key works at once, the old one until it is revoked.
+        d.insert("sk_new", id("acme"));
+        assert_eq!(d.lookup("sk_new"), Some(id("acme")));
+        assert_eq!(d.lookup("sk_old"), Some(id("acme")));
+        d.remove("sk_old");
+        assert_eq!(d.lookup("sk_old"), None);
+        assert_eq!(d.lookup("sk_new"), Some(id("acme")));
+        // A key that differs in one byte, a prefix, an extension: unknown.
+        for wrong in ["sk_nex", "sk_ne", "sk_new ", "SK_NEW", ""] {
+            assert_eq!(d.lookup(wrong), None, "{wrong:?}");
+        }
     }
 
     #[test]
@@ -448,27 +769,51 @@ mod tests {
         assert_eq!(KeyDigest::from_hex(&dg.to_hex()).unwrap(), dg);
         assert!(KeyDigest::from_hex("zz").is_err());
         let d: KeyDirectory = [("secret-key", id("a"))].into_iter().collect();
+        assert_eq!(d.lookup("secret-key"), Some(id("a")));
         let shown = format!("{d:?} {dg:?}");
         assert!(!shown.contains("secret-key"), "{shown}");
         assert!(!shown.contains(&dg.to_hex()), "{shown}");
+        let mac = d.inner.key.mac(b"secret-key");
+        assert!(!shown.contains(&format!("{mac:x}")), "{shown}");
+        assert!(!shown.contains(&(mac as u64).to_string()), "{shown}");
         assert_eq!(d.lookup_digest(&dg), Some(id("a")));
     }
 
     #[test]
-    fn verified_cache_follows_changes() {
+    fn digest_only_keys_are_verified_once_then_cached() {
         let d = KeyDirectory::with_verified_cache(4);
-        d.insert("k1", id("a"));
-        d.insert("k2", id("b"));
+        d.insert_digest(KeyDigest::of("k1"), id("a"));
+        d.insert_digest(KeyDigest::of("k2"), id("b"));
         for _ in 0..3 {
             assert_eq!(d.lookup("k1"), Some(id("a")));
             assert_eq!(d.lookup("k2"), Some(id("b")));
             assert_eq!(d.lookup("k3"), None);
         }
+        let cached = |k: &str| {
+            let t = d.inner.table.load();
+            t.verified
+                .get(d.inner.key.mac(k.as_bytes()))
+                .and_then(|i| t.customer(i).cloned())
+        };
+        assert_eq!(cached("k1"), Some(id("a")));
+        assert_eq!(cached("k3"), None, "unknown keys are not cached");
+        // Adding a key keeps cached verifications.
+        d.insert_digest(KeyDigest::of("k4"), id("d"));
+        assert_eq!(cached("k1"), Some(id("a")));
         // Re-assigned and revoked keys are not served from the cache.
-        d.insert("k1", id("c"));
+        d.insert_digest(KeyDigest::of("k1"), id("c"));
+        assert_eq!(cached("k1"), None);
         assert_eq!(d.lookup("k1"), Some(id("c")));
         d.remove("k2");
         assert_eq!(d.lookup("k2"), None);
+        assert_eq!(d.lookup("k1"), Some(id("c")));
+        d.remove_customer("c");
+        assert_eq!(d.lookup("k1"), None);
+        // Giving the key itself later puts it in the MAC index.
+        d.insert("k4", id("d"));
+        assert_eq!(d.inner.table.load().by_mac.len(), 1);
+        assert_eq!(d.inner.table.load().digest_only, 0);
+        assert_eq!(d.lookup("k4"), Some(id("d")));
         // Many keys through few slots: evictions stay correct.
         let many = KeyDirectory::with_verified_cache(16);
         many.extend_digests(
@@ -483,20 +828,140 @@ mod tests {
                 );
             }
         }
+        assert_eq!(many.inner.table.load().verified.slots.len(), 64, "fixed");
         assert!(!format!("{d:?}").contains("k1"));
     }
 
     #[test]
+    fn the_verified_cache_grows_with_digest_only_keys_and_keeps_them() {
+        let d = KeyDirectory::new();
+        let key = |i: usize| format!("sk_{i:04}");
+        d.extend_digests((0..100).map(|i| (KeyDigest::of(key(i)), id(&format!("c{i}")))));
+        for i in 0..100 {
+            assert_eq!(d.lookup(key(i)), Some(id(&format!("c{i}"))));
+        }
+        let verified = |d: &KeyDirectory| {
+            let t = d.inner.table.load();
+            let mut n = 0;
+            t.verified.for_each(|_, _| n += 1);
+            (n, t.verified.slots.len())
+        };
+        let (n, slots) = verified(&d);
+        assert_eq!(slots, 256);
+        assert!(n >= 95, "{n} of 100 cached");
+        // Growing keeps what was verified.
+        d.extend_digests((100..1_000).map(|i| (KeyDigest::of(key(i)), id(&format!("c{i}")))));
+        let (m, slots) = verified(&d);
+        assert_eq!(slots, 2_048);
+        assert_eq!(m, n);
+        for i in 0..1_000 {
+            assert_eq!(d.lookup(key(i)), Some(id(&format!("c{i}"))));
+        }
+        let (m, _) = verified(&d);
+        assert!(m >= 980, "{m} of 1000 cached");
+        // A revocation starts over, sized for what is left.
+        d.remove(key(0));
+        assert_eq!(verified(&d), (0, 2_048));
+        assert_eq!(d.lookup(key(0)), None);
+        assert_eq!(d.lookup(key(1)), Some(id("c1")));
+    }
+
+    #[test]
+    fn lookups_race_with_changes() {
+        let d = KeyDirectory::new();
+        d.extend_digests((0..64).map(|i| (KeyDigest::of(format!("k{i}")), id("a"))));
+        std::thread::scope(|s| {
+            for t in 0..3 {
+                let d = d.clone();
+                s.spawn(move || {
+                    for n in 0..3_000 {
+                        let i = (n * 7 + t) % 64;
+                        // Keys 0..32 are never touched; the others come and go.
+                        let got = d.lookup(format!("k{i}"));
+                        if i < 32 {
+                            assert_eq!(got, Some(id("a")), "k{i}");
+                        } else {
+                            assert!(got.is_none() || got == Some(id("a")) || got == Some(id("b")));
+                        }
+                    }
+                });
+            }
+            for n in 0..200 {
+                let i = 32 + n % 32;
+                match n % 3 {
+                    0 => drop(d.remove(format!("k{i}"))),
+                    1 => drop(d.insert_digest(KeyDigest::of(format!("k{i}")), id("b"))),
+                    _ => drop(d.insert(format!("k{i}"), id("a"))),
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn each_directory_has_its_own_secret() {
+        let (a, b) = (KeyDirectory::new(), KeyDirectory::new());
+        assert_ne!(a.inner.key.mac(b"k"), b.inner.key.mac(b"k"));
+        assert_ne!(a.inner.key.mac(b"k"), a.inner.key.mac(b"l"));
+        // Clones share the directory (and its secret).
+        let c = a.clone();
+        c.insert("k", id("x"));
+        assert_eq!(a.lookup("k"), Some(id("x")));
+    }
+
+    #[test]
+    fn siphash_matches_the_reference_vectors() {
+        // `vectors_sip128` of the SipHash reference implementation (key 00..0f, message
+        // 00..len-1), for a few lengths around the 8-byte blocks.
+        let vectors = [
+            (0, "a3817f04ba25a8e66df67214c7550293"),
+            (1, "da87c1d86b99af44347659119b22fc45"),
+            (7, "a1f1ebbed8dbc153c0b84aa61ff08239"),
+            (8, "3b62a9ba6258f5610f83e264f31497b4"),
+            (15, "5493e99933b0a8117e08ec0f97cfc3d9"),
+            (16, "6ee2a4ca67b054bbfd3315bf85230577"),
+            (31, "2939b0183223fafc1723de4f52c43d35"),
+            (32, "7c3956ca5eeafc3e363e9d556546eb68"),
+            (63, "5150d1772f50834a503e069a973fbd7c"),
+        ];
+        let key: [u8; 16] = std::array::from_fn(|i| i as u8);
+        let k = [
+            u64::from_le_bytes(key[..8].try_into().unwrap()),
+            u64::from_le_bytes(key[8..].try_into().unwrap()),
+        ];
+        let msg: [u8; 64] = std::array::from_fn(|i| i as u8);
+        for (len, want) in vectors {
+            let mut w = [0u8; 16];
+            hex::decode_to_slice(want, &mut w).unwrap();
+            assert_eq!(
+                siphash_2_4_128(k, &msg[..len]),
+                u128::from_le_bytes(w),
+                "len {len}"
+            );
+        }
+    }
+
+    #[test]
     fn entries_sharing_a_prefix_are_told_apart() {
-        let mut t = Table::default();
+        let mut t = Table::new(MIN_SLOTS);
         let mut a = [7u8; 32];
         let mut b = [7u8; 32];
+        let mut c = [7u8; 32];
         a[31] = 1;
         b[31] = 2;
-        t.insert(KeyDigest(a), id("a"));
-        t.insert(KeyDigest(b), id("b"));
-        assert_eq!(t.find(&KeyDigest(a)), Some(&id("a")));
-        assert_eq!(t.find(&KeyDigest(b)), Some(&id("b")));
-        assert_eq!(t.find(&KeyDigest([7u8; 32])), None);
+        c[31] = 3;
+        t.insert(KeyDigest(a), None, id("a"));
+        t.insert(KeyDigest(b), None, id("b"));
+        t.insert(KeyDigest(c), None, id("c"));
+        let of =
+            |t: &Table, d: [u8; 32]| t.find(&KeyDigest(d)).and_then(|i| t.customer(i)).cloned();
+        assert_eq!(of(&t, a), Some(id("a")));
+        assert_eq!(of(&t, b), Some(id("b")));
+        assert_eq!(of(&t, c), Some(id("c")));
+        assert_eq!(of(&t, [7u8; 32]), None);
+        // Removing from the middle of a chain keeps the others.
+        assert_eq!(t.remove(&KeyDigest(b)), Some(id("b")));
+        assert_eq!(of(&t, a), Some(id("a")));
+        assert_eq!(of(&t, b), None);
+        assert_eq!(of(&t, c), Some(id("c")));
     }
 }
