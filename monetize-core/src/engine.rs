@@ -50,6 +50,8 @@ struct Inner {
     epoch: Instant,
     /// Seconds since `epoch`, advanced by [`Engine::tick`]; used for idle tracking.
     coarse_secs: AtomicU32,
+    /// How many deltas the last checkpoint returned (a capacity hint for the next).
+    last_checkpoint_len: std::sync::atomic::AtomicUsize,
     /// Period numbers seen by the last tick, for quota resets.
     periods: Mutex<Option<[u64; 4]>>,
     predicates: Predicates,
@@ -89,6 +91,7 @@ impl EngineBuilder {
                 events_dropped: AtomicU64::new(0),
                 epoch: Instant::now(),
                 coarse_secs: AtomicU32::new(0),
+                last_checkpoint_len: std::sync::atomic::AtomicUsize::new(0),
                 periods: Mutex::new(None),
                 predicates: self.predicates,
             }),
@@ -523,8 +526,12 @@ impl Engine {
     /// a checkpoint lands in this checkpoint or the next, never both and never neither.
     pub fn checkpoint(&self) -> Vec<Delta> {
         let cfg = self.inner.config.load();
-        let mut out = Vec::new();
+        // Sized like the last checkpoint: under steady load, no regrowth of a large vector.
+        let mut out = Vec::with_capacity(self.inner.last_checkpoint_len.load(Ordering::Relaxed));
         self.inner.registry.checkpoint(&cfg.meters, &mut out);
+        self.inner
+            .last_checkpoint_len
+            .store(out.len(), Ordering::Relaxed);
         out
     }
 
