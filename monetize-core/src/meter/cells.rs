@@ -16,17 +16,32 @@ use super::{Aggregation, Measure, Sketch};
 /// period's usage is `base + cell` (for a count or sum) without a second atomic add per
 /// record. Between a checkpoint's swap and its fold (a few instructions) a reader sees the
 /// period's usage low by what that checkpoint took; never high.
+///
+/// The first [`INLINE`] meters' words live inside the customer's own allocation (one
+/// cache line with the rest of its state), so resolving a customer and recording touches
+/// no further memory; more meters spill into one extra allocation.
 pub(crate) struct UsageCells {
-    words: Box<[AtomicU64]>,
-    base: Box<[AtomicU64]>,
+    inline: [Cell; INLINE],
+    extra: Box<[Cell]>,
     sketches: Box<[Option<Sketch>]>,
+}
+
+/// Meters whose cells are stored inline.
+pub(crate) const INLINE: usize = 4;
+
+/// One meter's cell and base, side by side.
+#[derive(Default)]
+struct Cell {
+    word: AtomicU64,
+    base: AtomicU64,
 }
 
 impl UsageCells {
     /// Cells for the given meter aggregations.
     pub(crate) fn new(aggs: &[Aggregation]) -> Self {
-        let words = aggs.iter().map(|_| AtomicU64::new(0)).collect();
-        let base = aggs.iter().map(|_| AtomicU64::new(0)).collect();
+        let extra = (INLINE..aggs.len().max(INLINE))
+            .map(|_| Cell::default())
+            .collect();
         let sketches: Box<[Option<Sketch>]> = if aggs.contains(&Aggregation::UniqueCount) {
             aggs.iter()
                 .map(|a| (*a == Aggregation::UniqueCount).then(Sketch::new))
@@ -35,33 +50,44 @@ impl UsageCells {
             Box::new([])
         };
         Self {
-            words,
-            base,
+            inline: Default::default(),
+            extra,
             sketches,
+        }
+    }
+
+    #[inline]
+    fn cell(&self, i: usize) -> Option<&Cell> {
+        if i < INLINE {
+            self.inline.get(i)
+        } else {
+            self.extra.get(i - INLINE)
         }
     }
 
     /// Adds to a count or sum cell: one relaxed `fetch_add`. Returns what the cell held.
     #[inline]
     pub(crate) fn add(&self, i: usize, v: u64) -> u64 {
-        self.words
-            .get(i)
-            .map_or(0, |w| w.fetch_add(v, Ordering::Relaxed))
+        self.cell(i)
+            .map_or(0, |c| c.word.fetch_add(v, Ordering::Relaxed))
     }
 
     /// What earlier checkpoints took from cell `i` this quota period.
     #[inline]
     pub(crate) fn base(&self, i: usize) -> u64 {
-        self.base.get(i).map_or(0, |b| b.load(Ordering::Relaxed))
+        self.cell(i).map_or(0, |c| c.base.load(Ordering::Relaxed))
     }
 
     /// Usage of meter `i` in the current quota period.
     #[inline]
     pub(crate) fn period_used(&self, i: usize, agg: Aggregation) -> u64 {
-        let (Some(w), Some(b)) = (self.words.get(i), self.base.get(i)) else {
+        let Some(c) = self.cell(i) else {
             return 0;
         };
-        let (cell, base) = (w.load(Ordering::Relaxed), b.load(Ordering::Relaxed));
+        let (cell, base) = (
+            c.word.load(Ordering::Relaxed),
+            c.base.load(Ordering::Relaxed),
+        );
         match agg {
             Aggregation::Max => cell.max(base),
             Aggregation::Latest if cell != 0 => cell - 1,
@@ -82,24 +108,24 @@ impl UsageCells {
     /// Sets meter `i`'s checkpointed usage this period (0 when a period rolls over; the
     /// stored figure when a customer is restored).
     pub(crate) fn set_period(&self, i: usize, v: u64) {
-        if let Some(b) = self.base.get(i) {
-            b.store(v, Ordering::Relaxed);
+        if let Some(c) = self.cell(i) {
+            c.base.store(v, Ordering::Relaxed);
         }
     }
 
     /// Raises a max cell.
     #[inline]
     pub(crate) fn max(&self, i: usize, v: u64) {
-        if let Some(w) = self.words.get(i) {
-            w.fetch_max(v, Ordering::Relaxed);
+        if let Some(c) = self.cell(i) {
+            c.word.fetch_max(v, Ordering::Relaxed);
         }
     }
 
     /// Sets a latest cell (stored as `v + 1`, so that 0 means "no value this checkpoint").
     #[inline]
     pub(crate) fn set_latest(&self, i: usize, v: u64) {
-        if let Some(w) = self.words.get(i) {
-            w.store(v.saturating_add(1), Ordering::Relaxed);
+        if let Some(c) = self.cell(i) {
+            c.word.store(v.saturating_add(1), Ordering::Relaxed);
         }
     }
 
@@ -122,15 +148,15 @@ impl UsageCells {
                 _ => None,
             };
         }
-        let w = self.words.get(i)?;
-        if w.load(Ordering::Relaxed) == 0 {
+        let c = self.cell(i)?;
+        if c.word.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        let v = w.swap(0, Ordering::AcqRel);
+        let v = c.word.swap(0, Ordering::AcqRel);
         if v == 0 {
             return None;
         }
-        let base = self.base.get(i);
+        let base = Some(&c.base);
         Some(match agg {
             Aggregation::Max => {
                 if let Some(b) = base {
@@ -157,6 +183,21 @@ impl UsageCells {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn meters_past_the_inline_ones_spill_over() {
+        let aggs = [Aggregation::Sum; 7];
+        let c = UsageCells::new(&aggs);
+        for i in 0..7 {
+            c.add(i, i as u64 + 1);
+        }
+        for (i, a) in aggs.iter().enumerate() {
+            assert_eq!(c.take(i, *a), Some(Measure::Sum(i as u64 + 1)), "meter {i}");
+        }
+        assert_eq!(c.period_all(&aggs), vec![1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(c.add(7, 1), 0, "no cell past the last meter");
+        assert_eq!(c.take(7, Aggregation::Sum), None);
+    }
 
     #[test]
     fn take_per_aggregation() {
