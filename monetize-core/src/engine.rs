@@ -426,12 +426,7 @@ impl Engine {
     pub fn record(&self, handle: &CustomerHandle, meter: MeterIndex, quantity: u64) {
         let cfg = self.inner.config.load();
         if let Some(m) = cfg.meters.get(meter.get()) {
-            let sample = if m.aggregation == Aggregation::UniqueCount {
-                Sample::Distinct(crate::meter::mix64(quantity ^ 0x9e37_79b9_7f4a_7c15))
-            } else {
-                Sample::Quantity(quantity)
-            };
-            self.add(cfg, &handle.0, m, sample);
+            self.add(cfg, &handle.0, m, sample_of(m, quantity));
         }
     }
 
@@ -443,16 +438,24 @@ impl Engine {
         meter: &str,
         quantity: u64,
     ) -> Result<(), CoreError> {
-        let index = self
-            .inner
-            .config
-            .load()
+        let cfg = self.inner.config.load();
+        let m = cfg
             .meter_index
             .get(meter)
-            .copied()
+            .and_then(|i| cfg.meters.get(i.get()))
             .ok_or_else(|| CoreError::UnknownMeter(meter.to_owned()))?;
-        let h = self.resolve(customer)?;
-        self.record(&h, index, quantity);
+        let sample = sample_of(m, quantity);
+        let now = self.inner.coarse_secs.load(Ordering::Relaxed);
+        // Known customer: record under the map's read guard, without cloning the handle
+        // (three atomic operations: guard, add, release).
+        let recorded = self.inner.registry.with(customer, |s| {
+            s.touch(now);
+            self.add(cfg, s, m, sample);
+        });
+        if recorded.is_none() {
+            let h = self.admit(customer)?;
+            self.add(cfg, &h.0, m, sample);
+        }
         Ok(())
     }
 
@@ -846,6 +849,16 @@ impl std::fmt::Debug for Engine {
             .field("instance", &self.inner.instance)
             .field("customers", &self.inner.registry.len())
             .finish()
+    }
+}
+
+/// What a directly recorded quantity contributes to a meter.
+#[inline]
+fn sample_of(m: &Meter, quantity: u64) -> Sample {
+    if m.aggregation == Aggregation::UniqueCount {
+        Sample::Distinct(crate::meter::mix64(quantity ^ 0x9e37_79b9_7f4a_7c15))
+    } else {
+        Sample::Quantity(quantity)
     }
 }
 

@@ -15,22 +15,28 @@ pub(crate) const BLOCKED: u32 = 4;
 pub(crate) const NO_PLAN: u32 = u32::MAX;
 
 /// Everything a request needs about one customer; reached through a [`CustomerHandle`].
+///
+/// Laid out for the request path: what every request reads or writes comes first (status,
+/// plan, last seen, balance, then the usage cells), so deciding and recording touch as few
+/// cache lines as possible. (Aligning it to 64 bytes measured a little faster but pushed
+/// resident memory past 200 bytes per cell.)
+#[repr(C)]
 pub(crate) struct CustomerState {
-    pub(crate) id: CustomerId,
     pub(crate) flags: AtomicU32,
     pub(crate) plan: AtomicU32,
-    /// Prepaid balance in micro-credits.
-    pub(crate) balance: AtomicI64,
-    /// GCRA theoretical arrival time, nanoseconds on the engine's clock.
-    pub(crate) rate_tat: AtomicU64,
     /// Engine-clock seconds of the last request (coarse), for idle eviction.
     pub(crate) last_seen: AtomicU32,
+    /// Prepaid balance in micro-credits.
+    pub(crate) balance: AtomicI64,
+    /// Usage since the last checkpoint.
+    pub(crate) cells: UsageCells,
+    pub(crate) id: CustomerId,
+    /// GCRA theoretical arrival time, nanoseconds on the engine's clock.
+    pub(crate) rate_tat: AtomicU64,
     /// Engine-clock seconds (+1, 0 = never) of the last `Blocked` / `ShadowBlock` event, so
     /// a customer that keeps calling while blocked raises one event a minute, not one per
     /// request (which would crowd other customers' events out of the bounded queue).
     pub(crate) last_block_event: [AtomicU32; 2],
-    /// Usage since the last checkpoint.
-    pub(crate) cells: UsageCells,
     /// Accounts for customers admitted past the cap.
     pub(crate) is_overflow: bool,
 }

@@ -20,6 +20,7 @@ use super::{Aggregation, Measure, Sketch};
 /// The first [`INLINE`] meters' words live inside the customer's own allocation (one
 /// cache line with the rest of its state), so resolving a customer and recording touches
 /// no further memory; more meters spill into one extra allocation.
+#[repr(C)]
 pub(crate) struct UsageCells {
     inline: [Cell; INLINE],
     extra: Box<[Cell]>,
