@@ -1,6 +1,7 @@
 //! Shared test helpers.
 
 pub mod http;
+pub mod spool;
 
 /// The README's code examples, compiled (and the first one run) as doc tests.
 #[cfg(doctest)]

@@ -9,10 +9,10 @@ use async_trait::async_trait;
 use monetize_core::ledger::LedgerProvider;
 use monetize_core::provider::{BillingProvider, ProviderError, RecordOutcome, UsageRecord};
 use monetize_core::report::{
-    Acknowledged, DeadLetter, Delta, MemorySpool, PendingEntry, ProviderRoute, RedbSpool, Reporter,
-    ReporterOptions, Spool, SpoolError, SpoolRoute,
+    Delta, MemorySpool, ProviderRoute, RedbSpool, Reporter, ReporterOptions, Spool, SpoolError,
 };
 use monetize_core::{Engine, EventKind};
+use monetize_tests::spool::MergeHook;
 use tokio::time::Instant;
 
 /// A window so long that it never closes during a test: only shutdown or flush sends it.
@@ -324,80 +324,24 @@ async fn late_usage_for_a_sent_window_goes_to_a_new_part() {
     assert_eq!(ledger.conflicts(), 0);
 }
 
-/// A spool whose first `fail` merges fail.
-struct Flaky {
-    inner: MemorySpool,
-    fail: usize,
-    merges: AtomicUsize,
-}
-
-impl Spool for Flaky {
-    fn merge(
-        &self,
-        routes: &[SpoolRoute],
-        deltas: &[Delta],
-        now_unix: u64,
-        window_secs: u64,
-    ) -> Result<usize, SpoolError> {
-        if self.merges.fetch_add(1, Ordering::SeqCst) < self.fail {
-            return Err(SpoolError::Unavailable {
-                reason: "disk full".into(),
-            });
-        }
-        self.inner.merge(routes, deltas, now_unix, window_secs)
-    }
-
-    fn take_due(
-        &self,
-        provider: &str,
-        instance: &str,
-        now_unix: u64,
-        limit: usize,
-        include_open: bool,
-    ) -> Result<Vec<UsageRecord>, SpoolError> {
-        self.inner
-            .take_due(provider, instance, now_unix, limit, include_open)
-    }
-
-    fn ack(&self, records: &[UsageRecord], now_unix: u64) -> Result<usize, SpoolError> {
-        self.inner.ack(records, now_unix)
-    }
-
-    fn dead_letter(
-        &self,
-        records: &[UsageRecord],
-        reason: &str,
-        now_unix: u64,
-    ) -> Result<usize, SpoolError> {
-        self.inner.dead_letter(records, reason, now_unix)
-    }
-
-    fn pending(&self, provider: Option<&str>) -> Result<Vec<PendingEntry>, SpoolError> {
-        self.inner.pending(provider)
-    }
-
-    fn acknowledged(&self, provider: Option<&str>) -> Result<Vec<Acknowledged>, SpoolError> {
-        self.inner.acknowledged(provider)
-    }
-
-    fn dead_letters(&self, provider: Option<&str>) -> Result<Vec<DeadLetter>, SpoolError> {
-        self.inner.dead_letters(provider)
-    }
-
-    fn prune_acknowledged(&self, before_unix: u64) -> Result<usize, SpoolError> {
-        self.inner.prune_acknowledged(before_unix)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_merges_keep_the_deltas() {
     let engine = Engine::for_tests(&["meter_a", "meter_b"]);
     let ledger = Arc::new(LedgerProvider::new());
-    let spool = Arc::new(Flaky {
-        inner: MemorySpool::new(),
-        fail: 5,
-        merges: AtomicUsize::new(0),
-    });
+    // The first 5 merges fail, as on a full disk.
+    let merges = Arc::new(AtomicUsize::new(0));
+    let attempts = merges.clone();
+    let spool = Arc::new(MergeHook::new(
+        MemorySpool::new(),
+        move |inner: &MemorySpool, routes, deltas: &[Delta], now_unix, window_secs| {
+            if attempts.fetch_add(1, Ordering::SeqCst) < 5 {
+                return Err(SpoolError::Unavailable {
+                    reason: "disk full".into(),
+                });
+            }
+            inner.merge(routes, deltas, now_unix, window_secs)
+        },
+    ));
     engine.record_by_id("c1", "meter_a", 10).unwrap();
     let reporter = Reporter::start(
         engine.clone(),
@@ -407,13 +351,13 @@ async fn failed_merges_keep_the_deltas() {
     );
     // Record while merges fail; each failed merge keeps its deltas for the next one.
     let mut recorded = 10;
-    while spool.merges.load(Ordering::SeqCst) < 5 {
+    while merges.load(Ordering::SeqCst) < 5 {
         engine.record_by_id("c1", "meter_a", 1).unwrap();
         recorded += 1;
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     eventually("a merge to succeed", || {
-        pending_total(&spool.inner, "meter_a", "c1") == recorded
+        pending_total(spool.inner(), "meter_a", "c1") == recorded
     })
     .await;
     assert_eq!(reporter.stats().merge_failures, 5);

@@ -36,10 +36,8 @@ use async_trait::async_trait;
 use monetize_core::Engine;
 use monetize_core::ledger::LedgerProvider;
 use monetize_core::provider::{BillingProvider, ProviderError, RecordOutcome, UsageRecord};
-use monetize_core::report::{
-    Acknowledged, DeadLetter, Delta, PendingEntry, ProviderRoute, RedbSpool, Reporter,
-    ReporterOptions, Spool, SpoolError, SpoolRoute,
-};
+use monetize_core::report::{Delta, ProviderRoute, RedbSpool, Reporter, ReporterOptions, Spool};
+use monetize_tests::spool::MergeHook;
 
 /// What the test asked for.
 struct Params {
@@ -117,77 +115,6 @@ impl BillingProvider for HeldLedger {
     }
 }
 
-/// A spool that counts what it merged for one customer and writes it after each commit.
-struct ProgressSpool {
-    inner: RedbSpool,
-    customer: String,
-    merged: AtomicU64,
-    file: File,
-}
-
-impl Spool for ProgressSpool {
-    fn merge(
-        &self,
-        routes: &[SpoolRoute],
-        deltas: &[Delta],
-        now_unix: u64,
-        window_secs: u64,
-    ) -> Result<usize, SpoolError> {
-        let n = self.inner.merge(routes, deltas, now_unix, window_secs)?;
-        let ours: u64 = deltas
-            .iter()
-            .filter(|d| d.customer.as_str() == self.customer)
-            .map(|d| d.measure.quantity())
-            .sum();
-        let total = self.merged.fetch_add(ours, Ordering::SeqCst) + ours;
-        if let Err(e) = write_counter(&self.file, total) {
-            eprintln!("cannot write the merged counter: {e}");
-        }
-        Ok(n)
-    }
-
-    fn take_due(
-        &self,
-        provider: &str,
-        instance: &str,
-        now_unix: u64,
-        limit: usize,
-        include_open: bool,
-    ) -> Result<Vec<UsageRecord>, SpoolError> {
-        self.inner
-            .take_due(provider, instance, now_unix, limit, include_open)
-    }
-
-    fn ack(&self, records: &[UsageRecord], now_unix: u64) -> Result<usize, SpoolError> {
-        self.inner.ack(records, now_unix)
-    }
-
-    fn dead_letter(
-        &self,
-        records: &[UsageRecord],
-        reason: &str,
-        now_unix: u64,
-    ) -> Result<usize, SpoolError> {
-        self.inner.dead_letter(records, reason, now_unix)
-    }
-
-    fn pending(&self, provider: Option<&str>) -> Result<Vec<PendingEntry>, SpoolError> {
-        self.inner.pending(provider)
-    }
-
-    fn acknowledged(&self, provider: Option<&str>) -> Result<Vec<Acknowledged>, SpoolError> {
-        self.inner.acknowledged(provider)
-    }
-
-    fn dead_letters(&self, provider: Option<&str>) -> Result<Vec<DeadLetter>, SpoolError> {
-        self.inner.dead_letters(provider)
-    }
-
-    fn prune_acknowledged(&self, before_unix: u64) -> Result<usize, SpoolError> {
-        self.inner.prune_acknowledged(before_unix)
-    }
-}
-
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let Some(params) = parse(&args) else {
@@ -219,12 +146,26 @@ fn main() -> ExitCode {
 async fn child(p: Params) -> Result<(), Box<dyn std::error::Error>> {
     let (dir, run) = (&p.dir, &p.run);
     let customer = format!("run-{run}");
-    let spool = Arc::new(ProgressSpool {
-        inner: RedbSpool::open(dir.join("spool.redb"))?,
-        customer: customer.clone(),
-        merged: AtomicU64::new(0),
-        file: counter_file(&dir.join(format!("merged-{run}")))?,
-    });
+    // Counts what was merged for this run's customer and writes it after each commit.
+    let merged = AtomicU64::new(0);
+    let merged_file = counter_file(&dir.join(format!("merged-{run}")))?;
+    let ours = customer.clone();
+    let spool = Arc::new(MergeHook::new(
+        RedbSpool::open(dir.join("spool.redb"))?,
+        move |inner: &RedbSpool, routes, deltas: &[Delta], now_unix, window_secs| {
+            let n = inner.merge(routes, deltas, now_unix, window_secs)?;
+            let mine: u64 = deltas
+                .iter()
+                .filter(|d| d.customer.as_str() == ours)
+                .map(|d| d.measure.quantity())
+                .sum();
+            let total = merged.fetch_add(mine, Ordering::SeqCst) + mine;
+            if let Err(e) = write_counter(&merged_file, total) {
+                eprintln!("cannot write the merged counter: {e}");
+            }
+            Ok(n)
+        },
+    ));
     let recorded_file = counter_file(&dir.join(format!("recorded-{run}")))?;
     let ledger = Arc::new(LedgerProvider::open(dir.join("ledger.jsonl"))?);
     let engine = Engine::for_tests(&["meter_a", "meter_b"]);
