@@ -690,17 +690,9 @@ impl Engine {
     pub fn account(&self, customer: &str) -> Option<AccountState> {
         let cfg = self.inner.config.load();
         let now = unix_now();
-        self.inner.registry.with(customer, |s| {
-            let period = s.cells.period_all(&cfg.aggs);
-            account_of(
-                cfg,
-                s.flags.load(Ordering::Relaxed),
-                s.plan.load(Ordering::Relaxed),
-                s.balance.load(Ordering::Relaxed),
-                &period,
-                now,
-            )
-        })
+        self.inner
+            .registry
+            .with(customer, |s| live_account(cfg, s, now))
     }
 
     /// Every customer's durable state: those in memory and those evicted to dormant
@@ -714,18 +706,7 @@ impl Engine {
             if s.is_overflow {
                 return;
             }
-            let period = s.cells.period_all(&cfg.aggs);
-            out.push((
-                s.id.clone(),
-                account_of(
-                    cfg,
-                    s.flags.load(Ordering::Relaxed),
-                    s.plan.load(Ordering::Relaxed),
-                    s.balance.load(Ordering::Relaxed),
-                    &period,
-                    now,
-                ),
-            ));
+            out.push((s.id.clone(), live_account(cfg, s, now)));
         });
         self.inner.registry.for_each_dormant(|id, d| {
             out.push((
@@ -860,6 +841,18 @@ fn sample_of(m: &Meter, quantity: u64) -> Sample {
     } else {
         Sample::Quantity(quantity)
     }
+}
+
+/// The durable state of a customer in memory.
+fn live_account(cfg: &Compiled, s: &CustomerState, now: u64) -> AccountState {
+    account_of(
+        cfg,
+        s.flags.load(Ordering::Relaxed),
+        s.plan.load(Ordering::Relaxed),
+        s.balance.load(Ordering::Relaxed),
+        &s.cells.period_all(&cfg.aggs),
+        now,
+    )
 }
 
 /// The durable state of one customer, from its parts.
