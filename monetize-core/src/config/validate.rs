@@ -10,7 +10,7 @@ use crate::customer::handle_flags::NO_PLAN;
 use crate::error::ConfigError;
 use crate::govern::{Predicate, QuietCheck, Rule};
 use crate::id::{CustomerId, MeterIndex, PlanId};
-use crate::meter::{Aggregation, Meter};
+use crate::meter::{Aggregation, Meter, MeterPhases};
 
 /// Predicates registered in code, by name.
 pub(crate) type Predicates = HashMap<String, Arc<dyn Predicate>>;
@@ -33,6 +33,9 @@ pub(crate) struct Compiled {
     pub(crate) json_capture: (Option<usize>, Option<usize>),
     /// What meters look at.
     pub(crate) needs: crate::meter::ExchangeNeeds,
+    /// Which meters are tested at the request and which whole at the response, for
+    /// two-phase metering.
+    pub(crate) phases: MeterPhases,
     /// The rules' fast "nothing can fire" check, when the rule set allows one.
     pub(crate) quiet: Option<QuietCheck>,
 }
@@ -220,7 +223,9 @@ pub(crate) fn compile(cfg: &Config, predicates: &Predicates) -> Result<Compiled,
     };
     for m in &meters {
         m.note_needs(&mut needs);
+        needs.request_at_response |= m.request_at_response();
     }
+    let phases = MeterPhases::of(&meters);
 
     let meter_index = by_name.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
     let plan_index = plan_names
@@ -240,6 +245,7 @@ pub(crate) fn compile(cfg: &Config, predicates: &Predicates) -> Result<Compiled,
         reporting: cfg.reporting.clone(),
         json_capture,
         needs,
+        phases,
         quiet: QuietCheck::of(&rules),
         rules,
     })

@@ -38,6 +38,11 @@ pub struct Exchange<'a> {
 /// Rules are evaluated before the response and see the request's method, path, route
 /// template, query and headers, never its body size: a layer may skip reading
 /// `Content-Length` when `request_bytes` is false.
+///
+/// With two-phase metering ([`crate::Engine::meter_request`] at the request,
+/// [`crate::Engine::meter_response`] at the response) the request-side filters are done
+/// before the response; [`ExchangeNeeds::request_at_response`] says whether the response
+/// half still reads the request's method, route, path, query or headers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ExchangeNeeds {
@@ -55,6 +60,20 @@ pub struct ExchangeNeeds {
     pub reported: bool,
     /// Request / response body prefixes JSON-field meters read (the largest cap).
     pub json_capture: (Option<usize>, Option<usize>),
+    /// [`crate::Engine::meter_response`] reads the request's method, route template, path,
+    /// query or headers from the exchange it is given, which must then carry them as they
+    /// were at the request. Set when some meter's filter is evaluated whole at the
+    /// response and reads the request (a mixed filter: an `any` or `not` over both request
+    /// and response tests; or, in a config with more than 64 meters, a meter from index 64
+    /// on whose filter reads the request), or when a meter's value is a request header.
+    ///
+    /// When `false`, the layer may pass placeholders for those fields at the response
+    /// (method `GET`, path `""`, no route, no query, an empty header map). Request body
+    /// bytes (`request_bytes`) and the request body prefix for JSON-field meters
+    /// (`request_body`) are not covered by this flag: the response half reads them from
+    /// its exchange whenever [`ExchangeNeeds::request_bytes`] or
+    /// [`ExchangeNeeds::json_capture`] asks for them.
+    pub request_at_response: bool,
 }
 
 impl ExchangeNeeds {

@@ -110,6 +110,57 @@ impl Filter {
         }
     }
 
+    /// Which side of the exchange this filter reads.
+    pub(crate) fn side(&self) -> Side {
+        match self {
+            Filter::True => Side::Neither,
+            Filter::Method(_)
+            | Filter::Route(_)
+            | Filter::RouteOne(_)
+            | Filter::RequestHeader(..)
+            | Filter::Query(..) => Side::Request,
+            Filter::Status(_)
+            | Filter::StatusRange(..)
+            | Filter::ResponseHeader(..)
+            | Filter::Reported(_) => Side::Response,
+            Filter::All(fs) | Filter::Any(fs) => {
+                fs.iter().fold(Side::Neither, |s, f| s.join(f.side()))
+            }
+            Filter::Not(f) => f.side(),
+        }
+    }
+
+    /// Splits the filter into a request-side part and a response-side part whose
+    /// conjunction matches exactly the exchanges this filter matches: the request part
+    /// reads only the request (method, route, path, query, request headers), the response
+    /// part only the response (status, response headers, reported usage).
+    ///
+    /// Leaves go to their side; an `All` hands each child to its side, splitting a child
+    /// `All` recursively; `True` goes nowhere; a part that reads nothing (a constant) goes
+    /// to the request side. `None` when an `Any` or a `Not` reads both sides (a "mixed"
+    /// filter, which only the whole exchange can decide).
+    pub(crate) fn split(&self) -> Option<(Filter, Filter)> {
+        let (mut request, mut response) = (Vec::new(), Vec::new());
+        self.split_into(&mut request, &mut response)
+            .then(|| (conjunction(request), conjunction(response)))
+    }
+
+    fn split_into(&self, request: &mut Vec<Filter>, response: &mut Vec<Filter>) -> bool {
+        match (self, self.side()) {
+            (Filter::True, _) => true,
+            (_, Side::Neither | Side::Request) => {
+                request.push(self.clone());
+                true
+            }
+            (_, Side::Response) => {
+                response.push(self.clone());
+                true
+            }
+            (Filter::All(fs), Side::Both) => fs.iter().all(|f| f.split_into(request, response)),
+            (_, Side::Both) => false,
+        }
+    }
+
     /// Records in `needs` what this filter looks at.
     pub(crate) fn note_needs(&self, needs: &mut super::ExchangeNeeds) {
         match self {
@@ -257,6 +308,39 @@ impl Filter {
     }
 }
 
+/// Which side of an exchange a filter reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// Nothing (`True`, or a constant).
+    Neither,
+    /// Only the request: method, route, path, query, request headers.
+    Request,
+    /// Only the response: status, response headers, reported usage.
+    Response,
+    /// Both.
+    Both,
+}
+
+impl Side {
+    fn join(self, other: Side) -> Side {
+        match (self, other) {
+            (Side::Neither, s) | (s, Side::Neither) => s,
+            (a, b) if a == b => a,
+            _ => Side::Both,
+        }
+    }
+}
+
+/// The `All` of `parts` (cheapest first), `True` when there are none.
+fn conjunction(mut parts: Vec<Filter>) -> Filter {
+    parts.sort_by_key(Filter::cost);
+    match parts.len() {
+        0 => Filter::True,
+        1 => parts.pop().unwrap_or(Filter::True),
+        _ => Filter::All(parts),
+    }
+}
+
 fn header_matches(
     headers: &http::HeaderMap,
     name: &HeaderName,
@@ -373,5 +457,128 @@ mod tests {
         assert!(!f.matches(&Exchange::new(&m, "/", &h).query(Some("a=2&dry_run=1"))));
         assert!(f.matches(&Exchange::new(&m, "/", &h).query(Some("dry_run=0"))));
         assert!(f.matches(&Exchange::new(&m, "/", &h)));
+    }
+
+    fn compile(cfg: FilterConfig) -> Filter {
+        match Filter::compile(&cfg, "f") {
+            Ok(f) => f,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn split_all_by_side() {
+        let f = compile(
+            FilterConfig::new()
+                .method("POST")
+                .route("/v1/*")
+                .status("2xx")
+                .header("x-a", None)
+                .response_header("x-r", Some("1"))
+                .query("q", None)
+                .reported("tokens"),
+        );
+        assert_eq!(f.side(), Side::Both);
+        let Some((req, resp)) = f.split() else {
+            panic!("an `all` of leaves splits");
+        };
+        assert_eq!(req.side(), Side::Request);
+        assert_eq!(resp.side(), Side::Response);
+        let Filter::All(rs) = &req else {
+            panic!("request part: {req:?}");
+        };
+        assert_eq!(rs.len(), 4, "method, route, query, header: {rs:?}");
+        let Filter::All(ps) = &resp else {
+            panic!("response part: {resp:?}");
+        };
+        assert_eq!(ps.len(), 3, "status, response header, reported: {ps:?}");
+    }
+
+    #[test]
+    fn split_nested_all_and_pure_composites() {
+        // all: [ method, all: [status, any: [route, header]], not: reported ]
+        let mut cfg = FilterConfig::new().method("GET");
+        cfg.all = vec![
+            FilterConfig::new().status("200").any(vec![
+                FilterConfig::new().route("/a"),
+                FilterConfig::new().header("x-a", None),
+            ]),
+            FilterConfig::new().not(FilterConfig::new().reported("tokens")),
+        ];
+        let f = compile(cfg);
+        let Some((req, resp)) = f.split() else {
+            panic!("every `any`/`not` is one-sided: {f:?}");
+        };
+        assert_eq!(req.side(), Side::Request);
+        assert_eq!(resp.side(), Side::Response);
+        let Filter::All(rs) = &req else {
+            panic!("request part: {req:?}");
+        };
+        assert!(matches!(rs[0], Filter::Method(_)));
+        assert!(matches!(rs[1], Filter::Any(_)));
+        let Filter::All(ps) = &resp else {
+            panic!("response part: {resp:?}");
+        };
+        assert!(matches!(ps[0], Filter::StatusRange(200, 200)));
+        assert!(matches!(ps[1], Filter::Not(_)));
+    }
+
+    #[test]
+    fn split_one_sided_and_true() {
+        assert!(matches!(
+            Filter::True.split(),
+            Some((Filter::True, Filter::True))
+        ));
+        let f = compile(FilterConfig::new().route("/v1/*"));
+        assert!(matches!(
+            f.split(),
+            Some((Filter::RouteOne(_), Filter::True))
+        ));
+        let f = compile(FilterConfig::new().status("5xx"));
+        assert!(matches!(
+            f.split(),
+            Some((Filter::True, Filter::StatusRange(500, 599)))
+        ));
+        let f = compile(FilterConfig::new().not(FilterConfig::new().query("dry_run", None)));
+        assert!(matches!(f.split(), Some((Filter::Not(_), Filter::True))));
+    }
+
+    #[test]
+    fn mixed_any_and_not_do_not_split() {
+        let any = compile(FilterConfig::new().any(vec![
+            FilterConfig::new().route("/a"),
+            FilterConfig::new().status("2xx"),
+        ]));
+        assert_eq!(any.side(), Side::Both);
+        assert!(any.split().is_none());
+        // Inside an `all`, one mixed child makes the whole filter mixed.
+        let all = compile(FilterConfig::new().method("GET").any(vec![
+            FilterConfig::new().header("x-a", None),
+            FilterConfig::new().reported("tokens"),
+        ]));
+        assert!(all.split().is_none());
+        let not = compile(FilterConfig::new().not(FilterConfig::new().method("GET").status("200")));
+        assert!(not.split().is_none());
+    }
+
+    #[test]
+    fn split_parts_agree_with_whole() {
+        let f = compile(FilterConfig::new().method("GET").status("2xx"));
+        let Some((req, resp)) = f.split() else {
+            panic!("splits");
+        };
+        let h = HeaderMap::new();
+        let (get, post) = (Method::GET, Method::POST);
+        for (m, status) in [(&get, 200), (&get, 404), (&post, 200)] {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            let ex = Exchange::new(m, "/", &h).response(status, &h, 0);
+            let only_request = Exchange::new(m, "/", &h);
+            let placeholder = Method::DELETE;
+            let only_response = Exchange::new(&placeholder, "", &h).response(status, &h, 0);
+            assert_eq!(
+                f.matches(&ex),
+                req.matches(&only_request) && resp.matches(&only_response)
+            );
+        }
     }
 }

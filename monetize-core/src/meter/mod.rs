@@ -5,6 +5,7 @@ mod aggregation;
 mod cells;
 mod exchange;
 mod filter;
+mod meter_match;
 mod reported;
 mod value;
 
@@ -12,7 +13,9 @@ pub use aggregation::{Aggregation, Measure};
 pub(crate) use aggregation::{Sketch, mix64, stable_hash};
 pub(crate) use cells::UsageCells;
 pub use exchange::{Exchange, ExchangeNeeds, ResponseView};
-pub(crate) use filter::Filter;
+pub(crate) use filter::{Filter, Side};
+pub use meter_match::MeterMatch;
+pub(crate) use meter_match::MeterPhases;
 pub use reported::ReportedUsage;
 pub(crate) use value::{Scale, ValueSource};
 
@@ -26,7 +29,17 @@ pub(crate) struct Meter {
     pub(crate) id: MeterId,
     pub(crate) index: MeterIndex,
     pub(crate) aggregation: Aggregation,
+    /// The whole filter, as [`crate::Engine::meter`] evaluates it.
     pub(crate) filter: Filter,
+    /// The request-side part of `filter`, evaluated by [`crate::Engine::meter_request`]
+    /// (`True` when the filter is mixed).
+    pub(crate) request_filter: Filter,
+    /// The response-side part of `filter`, evaluated by [`crate::Engine::meter_response`]
+    /// (the whole filter when it is mixed).
+    pub(crate) response_filter: Filter,
+    /// The filter does not split into a request part and a response part (an `any` or a
+    /// `not` reads both sides): it is evaluated whole at the response.
+    pub(crate) mixed: bool,
     pub(crate) value: ValueSource,
     pub(crate) scale: Scale,
 }
@@ -56,11 +69,18 @@ impl Meter {
             ));
         }
         let scale = Scale::compile(&cfg.scale, &format!("{field}.scale"))?;
+        let (request_filter, response_filter, mixed) = match filter.split() {
+            Some((request, response)) => (request, response, false),
+            None => (Filter::True, filter.clone(), true),
+        };
         Ok(Meter {
             id,
             index,
             aggregation: cfg.aggregation,
             filter,
+            request_filter,
+            response_filter,
+            mixed,
             value,
             scale,
         })
@@ -72,6 +92,13 @@ impl Meter {
         if !self.filter.matches(ex) {
             return None;
         }
+        self.value_of(ex)
+    }
+
+    /// What a matching exchange contributes, if the value is present (the filter is not
+    /// looked at).
+    #[inline]
+    pub(crate) fn value_of(&self, ex: &Exchange<'_>) -> Option<Sample> {
         if self.aggregation == Aggregation::Count {
             return Some(Sample::Quantity(1));
         }
@@ -89,6 +116,24 @@ impl Meter {
             self.value.note_needs(needs);
         }
         self.filter.note_needs(needs);
+    }
+
+    /// Whether the two-phase path evaluates this meter's whole filter at the response:
+    /// its filter is mixed, or its index does not fit in a [`MeterMatch`] (64 and up).
+    pub(crate) fn whole_at_response(&self) -> bool {
+        self.mixed || self.index.get() >= MeterMatch::CAPACITY
+    }
+
+    /// Whether [`crate::Engine::meter_response`] reads this meter's request side (method,
+    /// route, path, query, request headers) from the response-time exchange: its whole
+    /// filter is evaluated there and reads the request, or its value is a request header.
+    /// Request bytes and the request body prefix do not count: the layer passes those at
+    /// the response anyway.
+    pub(crate) fn request_at_response(&self) -> bool {
+        let filter =
+            self.whole_at_response() && matches!(self.filter.side(), Side::Request | Side::Both);
+        let value = self.aggregation != Aggregation::Count && self.value.reads_request_side();
+        filter || value
     }
 
     /// The body capture this meter needs.

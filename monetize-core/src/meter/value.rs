@@ -94,6 +94,21 @@ impl ValueSource {
         }
     }
 
+    /// Whether the value reads the request's method, route, path, query or headers (a
+    /// request header). Request bytes and the request body prefix are not counted: the
+    /// HTTP layer carries those to the response on its own.
+    pub(crate) fn reads_request_side(&self) -> bool {
+        match self {
+            ValueSource::RequestHeader(_) => true,
+            ValueSource::One
+            | ValueSource::RequestBytes
+            | ValueSource::ResponseBytes
+            | ValueSource::ResponseHeader(_)
+            | ValueSource::Reported(_)
+            | ValueSource::Json { .. } => false,
+        }
+    }
+
     /// The raw quantity, before scaling; `None` when the exchange does not carry it.
     #[inline]
     pub(crate) fn raw(&self, ex: &Exchange<'_>) -> Option<Raw> {
