@@ -136,6 +136,7 @@ async fn main() -> Result<(), Error> {
     // 4. The API, monetized with one layer.
     let usage_routes = UsageRoutes::new(engine.clone());
     let layer = MonetizeLayer::new(engine.clone(), ApiKey::new(keys))
+        .credits_header(true)
         .exempt(&usage_routes.exempt_pattern())?;
     let app = Router::new()
         .route("/v1/hello", get(hello))

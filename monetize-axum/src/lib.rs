@@ -58,14 +58,45 @@
 //! axum sets `MatchedPath` only after routing, so [`RouterExt::monetize`] applies the
 //! layer with `Router::route_layer`: it wraps every route added before the call, and sees
 //! the template. Requests to paths that match no route get the router's `404` without
-//! being identified, governed or metered. Applied with `Router::layer` instead, the layer
-//! still works but meters route filters against the raw path.
+//! being identified, governed or metered.
+//!
+//! [`RouterExt::monetize_router`] wraps the whole router instead: one service around the
+//! app, which saves what axum charges for any route layer (a boxed route and a boxed
+//! future per request). The layer then runs before routing, so it matches route templates
+//! itself, from a [`RouteTable`](monetize_tower::RouteTable) of the app's routes (the
+//! same matcher and syntax as axum's router); serve it with
+//! `axum::serve(listener, app.into_make_service())`.
+//!
+//! ```
+//! use axum::{Router, routing::get};
+//! use monetize_axum::RouterExt;
+//! use monetize_core::{Engine, config::{Config, MeterConfig}};
+//! use monetize_tower::{MonetizeLayer, RouteTable};
+//! use monetize_tower::identify::{ApiKey, KeyDirectory};
+//!
+//! let engine = Engine::new(
+//!     Config::builder().meter(MeterConfig::count("user_reads").route("/v1/users/{id}")).build(),
+//! )
+//! .unwrap();
+//! let routes = RouteTable::new(["/v1/users/{id}", "/v1/users/me"]).unwrap();
+//! let layer = MonetizeLayer::new(engine, ApiKey::new(KeyDirectory::new())).route_table(routes);
+//! let app = Router::new()
+//!     .route("/v1/users/{id}", get(|| async { "a user" }))
+//!     .route("/v1/users/me", get(|| async { "me" }))
+//!     .monetize_router(layer);
+//! # async fn serve(app: monetize_axum::AxumMonetize<Router, RouteTable>) {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+//! axum::serve(listener, app.into_make_service()).await.unwrap();
+//! # }
+//! # drop(serve(app));
+//! ```
 //!
 //! ## Cost
 //!
 //! What the layer does per request is described in `monetize_tower`'s
-//! [crate docs](monetize_tower#cost). On top of it, axum boxes every layered route's
-//! future (any `route_layer` does, about 850 instructions a request); when no meter reads
+//! [crate docs](monetize_tower#cost). On top of it, with [`RouterExt::monetize`] axum
+//! boxes every layered route's future (any `route_layer` does, about 880 instructions a
+//! request; [`RouterExt::monetize_router`] avoids it); when no meter reads
 //! the body, [`AxumMonetize`] hands the handler's body on unboxed, and the [`Customer`] and
 //! [`Usage`] extractors read the layer's per-request scope (nothing is inserted into the
 //! request). Finalize the router with `Router::with_state` (as `axum::serve` does) when
@@ -82,7 +113,7 @@ mod usage_route;
 pub use extract::{Customer, CustomerRejection, Usage, UsageRejection};
 pub use response::BlockResponse;
 pub use router::{
-    AxumMonetize, AxumMonetizeLayer, AxumResponseFuture, FromMatchedPath, MatchedRoute, RouterExt,
+    AxumMonetize, AxumMonetizeLayer, AxumResponseFuture, FromMatchedPath, IntoAxumBody, RouterExt,
     TapRequest,
 };
 pub use usage_route::{UsageRoutes, usage_routes};

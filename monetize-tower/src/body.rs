@@ -9,10 +9,9 @@ use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use monetize_core::{CustomerHandle, Engine, Exchange, ReportedUsage};
+use monetize_core::{CustomerHandle, Engine, Exchange, MeterMatch, ReportedUsage};
 use pin_project_lite::pin_project;
 
-use crate::route::RouteTemplate;
 use crate::usage::{Slots, with_reported};
 
 /// A body prefix kept for JSON-field meters, up to a cap. Past the cap it is dropped:
@@ -133,23 +132,58 @@ impl<B: Body<Data = Bytes>> Body for TapBody<B> {
     }
 }
 
+/// What the layer hands on as the response body: its own [`ResponseBody`] ([`KeepBody`],
+/// the default), or a framework's body type made from it, so that the service answers
+/// with the type the framework expects without a future wrapped around the layer's
+/// (`monetize-axum` converts to `axum::body::Body`, unboxing the handler's own body when
+/// the layer only passes it through). Set with [`Monetize::map_body`](crate::Monetize::map_body).
+pub trait MapBody<B>: 'static {
+    /// The body type the service answers with.
+    type Body;
+
+    /// Converts the layer's body (called once per response).
+    fn map_body(body: ResponseBody<B>) -> Self::Body;
+}
+
+/// Answer with the layer's own [`ResponseBody`] (the default [`MapBody`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KeepBody;
+
+impl<B> MapBody<B> for KeepBody {
+    type Body = ResponseBody<B>;
+
+    #[inline]
+    fn map_body(body: ResponseBody<B>) -> ResponseBody<B> {
+        body
+    }
+}
+
 /// The header map of exchanges whose headers no meter reads.
 fn empty_headers() -> &'static HeaderMap {
     static EMPTY: std::sync::OnceLock<HeaderMap> = std::sync::OnceLock::new();
     EMPTY.get_or_init(HeaderMap::new)
 }
 
-/// What the layer keeps from the request until the response is metered.
-pub(crate) struct RequestSide<Rt> {
+/// What the layer keeps from the request until the response is metered: which meters'
+/// request-side filters matched, and the request side itself only when a meter needs it
+/// again ([`Keep::request_at_response`](crate::layer::Keep)).
+pub(crate) struct RequestSide {
     pub(crate) engine: Engine,
+    pub(crate) matched: MeterMatch,
+    pub(crate) bytes: u64,
+    pub(crate) tap: Option<RequestTap>,
+    pub(crate) kept: Option<Box<KeptRequest>>,
+}
+
+/// The request side, kept for meters whose filters mix request and response tests or
+/// whose values read request headers (one allocation per request, only for those).
+pub(crate) struct KeptRequest {
     pub(crate) method: Method,
     /// The URI's path and query (`None` for an authority-form or empty URI).
     pub(crate) path_and_query: Option<PathAndQuery>,
-    pub(crate) route: Option<Rt>,
+    pub(crate) route: Option<Box<str>>,
     /// A copy of the request headers, only when a meter reads them.
-    pub(crate) headers: Option<Box<HeaderMap>>,
-    pub(crate) bytes: u64,
-    pub(crate) tap: Option<RequestTap>,
+    pub(crate) headers: Option<HeaderMap>,
 }
 
 /// The response side of an exchange, as metered.
@@ -162,10 +196,9 @@ pub(crate) struct ResponseSide<'a> {
     pub(crate) body: Option<&'a [u8]>,
 }
 
-impl<Rt: AsRef<str>> RequestSide<Rt> {
-    /// Runs the meters on the exchange.
+impl RequestSide {
+    /// Runs the response-side half of the meters on the exchange.
     pub(crate) fn meter(&self, handle: &CustomerHandle, res: &ResponseSide<'_>) {
-        let req_headers = self.headers.as_deref().unwrap_or_else(|| empty_headers());
         let tapped = self
             .tap
             .as_ref()
@@ -173,22 +206,33 @@ impl<Rt: AsRef<str>> RequestSide<Rt> {
         let (tap_bytes, req_body) = tapped
             .as_deref()
             .map_or((0, None), |t| (t.bytes, t.capture.get()));
-        let pq = self.path_and_query.as_ref();
-        let ex = Exchange::new(&self.method, pq.map_or("", PathAndQuery::path), req_headers)
-            .route(self.route.as_ref().map(AsRef::as_ref))
-            .query(pq.and_then(PathAndQuery::query))
+        let ex = match self.kept.as_deref() {
+            Some(k) => {
+                let pq = k.path_and_query.as_ref();
+                Exchange::new(
+                    &k.method,
+                    pq.map_or("", PathAndQuery::path),
+                    k.headers.as_ref().unwrap_or_else(|| empty_headers()),
+                )
+                .route(k.route.as_deref())
+                .query(pq.and_then(PathAndQuery::query))
+            }
+            // No meter reads the request side any more: placeholders.
+            None => Exchange::new(&Method::GET, "", empty_headers()),
+        };
+        let ex = ex
             .request_bytes(self.bytes.max(tap_bytes))
             .response(res.status, res.headers, res.bytes)
             .reported(res.reported)
             .bodies(req_body, res.body);
-        self.engine.meter(handle, &ex);
+        self.engine.meter_response(handle, self.matched, &ex);
     }
 }
 
 /// Everything needed to meter one exchange at the end of its response body; meters when
 /// dropped (end of body, error, or the body dropped early by a disconnecting client).
-pub(crate) struct MeterState<Rt: AsRef<str>> {
-    pub(crate) req: RequestSide<Rt>,
+pub(crate) struct MeterState {
+    pub(crate) req: RequestSide,
     pub(crate) handle: CustomerHandle,
     pub(crate) status: StatusCode,
     /// A copy of the response headers, only when a meter reads them.
@@ -199,7 +243,7 @@ pub(crate) struct MeterState<Rt: AsRef<str>> {
     pub(crate) capture: Option<Capture>,
 }
 
-impl<Rt: AsRef<str>> MeterState<Rt> {
+impl MeterState {
     #[inline]
     fn sent(&mut self, data: &Bytes) {
         self.bytes += data.len() as u64;
@@ -209,7 +253,7 @@ impl<Rt: AsRef<str>> MeterState<Rt> {
     }
 }
 
-impl<Rt: AsRef<str>> Drop for MeterState<Rt> {
+impl Drop for MeterState {
     fn drop(&mut self) {
         with_reported(self.reported.take(), &self.slots, |reported| {
             self.req.meter(
@@ -246,15 +290,15 @@ pin_project! {
     /// disconnects mid-body is therefore metered for the bytes handed to the server so far
     /// (including what the socket buffered but the client never read). Otherwise it was
     /// metered when the response head arrived, and the body is passed through untouched.
-    pub struct ResponseBody<B, Rt: AsRef<str> = RouteTemplate> {
+    pub struct ResponseBody<B> {
         #[pin]
         kind: Kind<B>,
-        meter: Option<MeterState<Rt>>,
+        meter: Option<MeterState>,
     }
 }
 
-impl<B, Rt: AsRef<str>> ResponseBody<B, Rt> {
-    pub(crate) fn metered(body: B, meter: MeterState<Rt>) -> Self {
+impl<B> ResponseBody<B> {
+    pub(crate) fn metered(body: B, meter: MeterState) -> Self {
         Self {
             kind: Kind::Inner { body },
             meter: Some(meter),
@@ -308,10 +352,9 @@ impl<B, Rt: AsRef<str>> ResponseBody<B, Rt> {
     }
 }
 
-impl<B, Rt> Body for ResponseBody<B, Rt>
+impl<B> Body for ResponseBody<B>
 where
     B: Body<Data = Bytes>,
-    Rt: AsRef<str>,
 {
     type Data = Bytes;
     type Error = B::Error;
@@ -357,7 +400,7 @@ where
     }
 }
 
-impl<B, Rt: AsRef<str>> std::fmt::Debug for ResponseBody<B, Rt> {
+impl<B> std::fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseBody")
             .field("refusal", &self.is_refusal())

@@ -13,4 +13,13 @@ pub enum Error {
     /// An exempt route does not start with `/`, or has `*` elsewhere than at the end.
     #[error("exempt route `{0}` must start with `/` and may only end with `*`")]
     InvalidRoute(String),
+    /// A route template of a [`RouteTable`](crate::RouteTable) is not valid or conflicts
+    /// with another one (the syntax is axum's: `/users/{id}`, `/files/{*path}`).
+    #[error("route template `{template}`: {problem}")]
+    InvalidTemplate {
+        /// The template as given.
+        template: String,
+        /// What is wrong with it.
+        problem: String,
+    },
 }

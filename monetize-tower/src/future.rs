@@ -2,6 +2,7 @@
 
 use std::cell::RefCell;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -11,27 +12,28 @@ use http_body::Body;
 use monetize_core::{Allow, CustomerHandle, ReportedUsage};
 use pin_project_lite::pin_project;
 
-use crate::body::{Capture, MeterState, RequestSide, ResponseBody, ResponseSide};
+use crate::body::{
+    Capture, KeepBody, MapBody, MeterState, RequestSide, ResponseBody, ResponseSide,
+};
 use crate::layer::AtResponse;
 use crate::response::{BlockParts, apply_allow};
-use crate::route::RouteTemplate;
 use crate::scope::{self, Frame};
 use crate::usage::{Slots, with_reported};
 
 /// What a metered request carries from `call` to its response.
-pub(crate) struct Pending<Rt> {
-    pub(crate) side: RequestSide<Rt>,
+pub(crate) struct Pending {
+    pub(crate) side: RequestSide,
     pub(crate) allow: Allow,
     pub(crate) keep: AtResponse,
 }
 
 pin_project! {
     #[project = KindProj]
-    enum Kind<F, Rt> {
+    enum Kind<F> {
         Inner {
             #[pin]
             future: F,
-            pending: Option<Pending<Rt>>,
+            pending: Option<Pending>,
             // In the thread's scope while the inner future is polled.
             customer: Option<CustomerHandle>,
             slots: Slots,
@@ -45,14 +47,16 @@ pin_project! {
 pin_project! {
     /// The response future of [`Monetize`](crate::Monetize): the inner service's call, or
     /// the layer's own response for a refused request.
-    pub struct ResponseFuture<F, Rt = RouteTemplate> {
+    pub struct ResponseFuture<F, M = KeepBody> {
         #[pin]
-        kind: Kind<F, Rt>,
+        kind: Kind<F>,
+        body: PhantomData<fn() -> M>,
     }
 }
 
-impl<F, Rt> ResponseFuture<F, Rt> {
-    pub(crate) fn metered(future: F, customer: CustomerHandle, pending: Pending<Rt>) -> Self {
+impl<F, M> ResponseFuture<F, M> {
+    #[inline]
+    pub(crate) fn metered(future: F, customer: CustomerHandle, pending: Pending) -> Self {
         Self {
             kind: Kind::Inner {
                 future,
@@ -60,10 +64,12 @@ impl<F, Rt> ResponseFuture<F, Rt> {
                 customer: Some(customer),
                 slots: Slots::default(),
             },
+            body: PhantomData,
         }
     }
 
     /// An anonymous (no customer) or exempt request.
+    #[inline]
     pub(crate) fn unmetered(future: F, customer: Option<CustomerHandle>) -> Self {
         Self {
             kind: Kind::Inner {
@@ -72,6 +78,7 @@ impl<F, Rt> ResponseFuture<F, Rt> {
                 customer,
                 slots: Slots::default(),
             },
+            body: PhantomData,
         }
     }
 
@@ -80,17 +87,18 @@ impl<F, Rt> ResponseFuture<F, Rt> {
             kind: Kind::Early {
                 parts: Some(Box::new(parts)),
             },
+            body: PhantomData,
         }
     }
 }
 
-impl<F, B, E, Rt> Future for ResponseFuture<F, Rt>
+impl<F, B, E, M> Future for ResponseFuture<F, M>
 where
     F: Future<Output = Result<Response<B>, E>>,
     B: Body<Data = Bytes>,
-    Rt: AsRef<str>,
+    M: MapBody<B>,
 {
-    type Output = Result<Response<ResponseBody<B, Rt>>, E>;
+    type Output = Result<Response<M::Body>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
@@ -98,7 +106,7 @@ where
                 let p = parts
                     .take()
                     .expect("ResponseFuture polled after completion");
-                let mut res = Response::new(ResponseBody::full(p.body));
+                let mut res = Response::new(M::map_body(ResponseBody::full(p.body)));
                 *res.status_mut() = p.status;
                 *res.headers_mut() = p.headers;
                 Poll::Ready(Ok(res))
@@ -123,7 +131,7 @@ where
                 *slots = attached.into_inner();
                 let res = ready!(polled)?;
                 let (Some(p), Some(handle)) = (pending.take(), customer.take()) else {
-                    return Poll::Ready(Ok(res.map(ResponseBody::plain)));
+                    return Poll::Ready(Ok(res.map(|b| M::map_body(ResponseBody::plain(b)))));
                 };
                 let (mut parts, body) = res.into_parts();
                 apply_allow(&p.allow, &mut parts.headers);
@@ -151,7 +159,10 @@ where
                         );
                     });
                     slots.recycle();
-                    return Poll::Ready(Ok(Response::from_parts(parts, ResponseBody::plain(body))));
+                    return Poll::Ready(Ok(Response::from_parts(
+                        parts,
+                        M::map_body(ResponseBody::plain(body)),
+                    )));
                 }
                 let capture = keep
                     .capture
@@ -174,14 +185,14 @@ where
                 };
                 Poll::Ready(Ok(Response::from_parts(
                     parts,
-                    ResponseBody::metered(body, meter),
+                    M::map_body(ResponseBody::metered(body, meter)),
                 )))
             }
         }
     }
 }
 
-impl<F, Rt> std::fmt::Debug for ResponseFuture<F, Rt> {
+impl<F, M> std::fmt::Debug for ResponseFuture<F, M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match &self.kind {
             Kind::Inner { pending, .. } if pending.is_some() => "metered",

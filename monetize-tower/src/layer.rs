@@ -6,11 +6,11 @@ use std::sync::Arc;
 use monetize_core::{CustomerHandle, CustomerId, Engine};
 use tower_layer::Layer;
 
-use crate::Error;
 use crate::identify::{Identify, Identity};
 use crate::response::resolve_refusal;
 use crate::route::{FromRouteTemplate, RouteSource};
 use crate::service::Monetize;
+use crate::{Error, RequestHead};
 
 /// What to do with a request whose customer cannot be told: no credentials
 /// ([`MonetizeLayer::on_missing`]) or credentials that name no customer
@@ -33,7 +33,11 @@ pub enum MissingPolicy {
 /// (a reload with other meters is refused), so this is computed once per layer.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Keep {
-    /// A meter reads request headers: keep a copy of the map until metering.
+    /// Some meter needs the request side again at the response (its filter mixes request
+    /// and response tests, or its value reads a request header): keep the method, path,
+    /// query, route template (and headers, when `request_headers`) until metering.
+    pub(crate) request_at_response: bool,
+    /// A meter reads request headers.
     pub(crate) request_headers: bool,
     /// A meter counts request body bytes: read `Content-Length`.
     pub(crate) request_bytes: bool,
@@ -71,6 +75,7 @@ impl Keep {
         let needs = engine.exchange_needs();
         let (request_capture, response_capture) = needs.json_capture;
         Keep {
+            request_at_response: needs.request_at_response,
             request_headers: needs.request_headers,
             request_bytes: needs.request_bytes,
             request_capture,
@@ -127,6 +132,8 @@ pub(crate) struct Settings<R> {
     pub(crate) keep: Keep,
     /// Also put the customer handle into the request extensions.
     pub(crate) customer_extension: bool,
+    /// Add `X-Credits-Remaining` to allowed responses too (blocks always carry it).
+    pub(crate) credits_header: bool,
 }
 
 /// Who a request belongs to, after identification and the missing-credentials policy.
@@ -138,8 +145,8 @@ pub(crate) enum Who {
 
 impl<R> Settings<R> {
     #[inline]
-    pub(crate) fn who(&self, parts: &http::request::Parts) -> Who {
-        let resolved = match self.identify.identify(parts) {
+    pub(crate) fn who(&self, head: &RequestHead<'_>) -> Who {
+        let resolved = match self.identify.identify(head) {
             Identity::Id(id) => self.engine.resolve(id),
             Identity::Customer(id) => self.engine.resolve(id.as_str()),
             Identity::Missing => return self.fallback(&self.on_missing, true),
@@ -192,6 +199,7 @@ impl MonetizeLayer<FromRouteTemplate> {
                 route: FromRouteTemplate,
                 keep,
                 customer_extension: false,
+                credits_header: false,
             }),
         }
     }
@@ -235,6 +243,23 @@ impl<R: RouteSource> MonetizeLayer<R> {
         self.edit(|s| s.customer_extension = on)
     }
 
+    /// Also adds `X-Credits-Remaining` (the prepaid balance after the decision, in
+    /// micro-credits) to every allowed response of a prepaid customer (default off).
+    ///
+    /// Blocks always carry it. On allowed responses it tells clients their balance as
+    /// they spend it, at the cost of one more header per response (a header map insert:
+    /// a few hundred instructions).
+    pub fn credits_header(self, on: bool) -> Self {
+        self.edit(|s| s.credits_header = on)
+    }
+
+    /// Matches route templates against this table of the app's routes (see
+    /// [`RouteTable`](crate::RouteTable)): for a layer around a whole router or a service
+    /// that sets no templates. Shorthand for `route_source(table)`.
+    pub fn route_table(self, table: crate::RouteTable) -> MonetizeLayer<crate::RouteTable> {
+        self.route_source(table)
+    }
+
     /// Reads route templates with another [`RouteSource`] (`monetize-axum` uses axum's
     /// `MatchedPath`).
     pub fn route_source<R2: RouteSource>(self, route: R2) -> MonetizeLayer<R2> {
@@ -249,6 +274,7 @@ impl<R: RouteSource> MonetizeLayer<R> {
                 route,
                 keep: s.keep,
                 customer_extension: s.customer_extension,
+                credits_header: s.credits_header,
             }),
         }
     }

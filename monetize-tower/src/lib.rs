@@ -69,9 +69,10 @@
 //!    the request's customer is in scope on the running thread ([`current_customer`],
 //!    what `monetize-axum`'s `Customer` extractor reads; or in the request extensions too,
 //!    with [`MonetizeLayer::customer_extension`]). The decision's headers are added to the
-//!    response.
-//! 4. **Meter** the exchange: method, route template ([`RouteTemplate`] /
-//!    [`RouteSource`]), status, headers, the response bytes handed to the server,
+//!    response (`RateLimit-*`; `X-Credits-Remaining` with
+//!    [`MonetizeLayer::credits_header`]).
+//! 4. **Meter** the exchange: method, route template ([`RouteTemplate`],
+//!    [`RouteTable`] or another [`RouteSource`]), status, headers, the response bytes handed to the server,
 //!    handler-reported quantities ([`usage`]), and body prefixes for JSON-field meters
 //!    (captured up to the meter's cap, only when a meter asks; the client receives the
 //!    body unchanged). When, see below.
@@ -101,13 +102,21 @@
 //!
 //! ## Cost
 //!
-//! Nothing on the allow path waits, locks or touches the network. Per metered request the
-//! layer keeps the method, the path and query (reference-counted), the route template,
-//! the customer handle and the decision until it meters; it copies header maps only for
-//! meters that read headers and wraps the response body only when metering waits for its
-//! end. It allocates nothing of its own on that path (number header values such as
-//! `X-Credits-Remaining` are cut from a per-thread chunk); a usage recorder reuses a
-//! pooled slot, and its first `add` allocates the list of reported quantities.
+//! Nothing on the allow path waits, locks or touches the network. The layer reads the
+//! request through a borrowed [`RequestHead`] and hands it on untouched. Metering is
+//! split in two ([`Engine::meter_request`](monetize_core::Engine::meter_request) /
+//! [`meter_response`](monetize_core::Engine::meter_response)): the request-side tests of
+//! every meter (method, route template, path, query, request headers) run in `call`, so
+//! until the response the layer keeps only a 16-byte mask of the meters still in play,
+//! the customer handle and the decision. Only meters whose filters mix request and
+//! response tests under `any`/`not`, or whose values read a request header, make it keep
+//! the request side (one allocation per request). It wraps the response body only when
+//! metering waits for its end, and allocates nothing of its own otherwise; a usage
+//! recorder reuses a pooled slot and its list of reported quantities.
+//!
+//! Allowed responses carry `RateLimit-*` when a rate limit was checked, and
+//! `X-Credits-Remaining` only with [`MonetizeLayer::credits_header`] (a header insert is a
+//! few hundred instructions); blocks always carry both.
 //!
 //! Identification by key costs one keyed 128-bit MAC of the key sent (SipHash-2-4, about
 //! 300 instructions for a 32-byte key) and one map read:
@@ -121,6 +130,7 @@
 mod body;
 mod error;
 mod future;
+mod head;
 pub mod identify;
 mod layer;
 mod response;
@@ -129,12 +139,13 @@ mod scope;
 mod service;
 pub mod usage;
 
-pub use body::{RequestTap, ResponseBody, TapBody};
+pub use body::{KeepBody, MapBody, RequestTap, ResponseBody, TapBody};
 pub use error::Error;
 pub use future::ResponseFuture;
+pub use head::RequestHead;
 pub use layer::{MissingPolicy, MonetizeLayer};
 pub use response::BlockParts;
-pub use route::{FromRouteTemplate, RouteSource, RouteTemplate};
+pub use route::{FromRouteTemplate, RouteSource, RouteTable, RouteTemplate};
 pub use scope::current_customer;
 pub use service::Monetize;
 pub use usage::UsageRecorder;

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::RequestHead;
+
 /// The route template of a request, as a request extension.
 ///
 /// A router that knows the template puts it into the request extensions before the
@@ -37,15 +39,13 @@ impl fmt::Debug for RouteTemplate {
 
 /// Where the layer finds a request's route template.
 ///
-/// The template is kept (cloned out of the request) until the response is metered, so
-/// [`RouteSource::Route`] should be cheap to clone out of the extensions: an `Arc`, not a
-/// `String`.
+/// The layer reads the template in `call`, where it decides and picks the meters whose
+/// request-side filters match; it keeps nothing of it afterwards (except for meters whose
+/// filters mix request and response tests, see
+/// [`ExchangeNeeds`](monetize_core::ExchangeNeeds)).
 pub trait RouteSource: Clone + Send + Sync + 'static {
-    /// The template, as kept until metering.
-    type Route: AsRef<str> + Send + Sync + 'static;
-
     /// The template of this request, if known.
-    fn route(&self, extensions: &http::Extensions) -> Option<Self::Route>;
+    fn route<'a>(&'a self, request: &RequestHead<'a>) -> Option<&'a str>;
 }
 
 /// Reads a [`RouteTemplate`] request extension (the default).
@@ -53,10 +53,80 @@ pub trait RouteSource: Clone + Send + Sync + 'static {
 pub struct FromRouteTemplate;
 
 impl RouteSource for FromRouteTemplate {
-    type Route = RouteTemplate;
-
     #[inline]
-    fn route(&self, extensions: &http::Extensions) -> Option<RouteTemplate> {
-        extensions.get::<RouteTemplate>().cloned()
+    fn route<'a>(&'a self, request: &RequestHead<'a>) -> Option<&'a str> {
+        request
+            .extensions
+            .get::<RouteTemplate>()
+            .map(RouteTemplate::as_str)
+    }
+}
+
+/// Route templates matched by the layer itself, from a list of the app's routes: for a
+/// layer wrapped around a whole router (rather than placed on each route), or a service
+/// that knows no templates.
+///
+/// Matching uses `matchit`, the router axum uses, with its syntax (`/users/{id}`,
+/// `/files/{*path}`) and its priorities (a static segment wins over a parameter): given
+/// the same templates, a path gets the template axum's `MatchedPath` would name. List
+/// every route of the app whose paths a metered template could also match (`/users/me`
+/// next to `/users/{id}`), or list them all. A path that matches no listed template
+/// has no template: filters then match against the path itself.
+///
+/// ```
+/// use monetize_tower::RouteTable;
+///
+/// let routes = RouteTable::new(["/v1/users/{id}", "/v1/users/me", "/v1/files/{*path}"]).unwrap();
+/// assert_eq!(routes.template("/v1/users/42"), Some("/v1/users/{id}"));
+/// assert_eq!(routes.template("/v1/users/me"), Some("/v1/users/me"));
+/// assert_eq!(routes.template("/v1/files/a/b.txt"), Some("/v1/files/{*path}"));
+/// assert_eq!(routes.template("/v2/other"), None);
+/// assert!(RouteTable::new(["users"]).is_err());
+/// ```
+#[derive(Clone)]
+pub struct RouteTable(Arc<matchit::Router<Arc<str>>>);
+
+impl RouteTable {
+    /// A table of these templates. Fails on a template that does not start with `/`, is
+    /// not valid matchit/axum syntax, or conflicts with another.
+    pub fn new<I>(templates: I) -> Result<Self, crate::Error>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let mut router = matchit::Router::new();
+        for t in templates {
+            let t = t.as_ref();
+            let invalid = |problem: String| crate::Error::InvalidTemplate {
+                template: t.to_owned(),
+                problem,
+            };
+            if !t.starts_with('/') {
+                return Err(invalid("a route template starts with `/`".to_owned()));
+            }
+            router
+                .insert(t, Arc::<str>::from(t))
+                .map_err(|e| invalid(e.to_string()))?;
+        }
+        Ok(Self(Arc::new(router)))
+    }
+
+    /// The template `path` matches, if any.
+    #[inline]
+    pub fn template(&self, path: &str) -> Option<&str> {
+        self.0.at(path).ok().map(|m| &**m.value)
+    }
+}
+
+impl fmt::Debug for RouteTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteTable").finish_non_exhaustive()
+    }
+}
+
+impl RouteSource for RouteTable {
+    #[inline]
+    fn route<'a>(&'a self, request: &RequestHead<'a>) -> Option<&'a str> {
+        self.template(request.uri.path())
     }
 }

@@ -1,6 +1,7 @@
 //! [`Monetize`]: the service.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -10,7 +11,8 @@ use http_body::Body;
 use monetize_core::{Allow, Decision, Exchange};
 use tower_service::Service;
 
-use crate::body::{RequestSide, RequestTap, ResponseBody};
+use crate::RequestHead;
+use crate::body::{KeepBody, KeptRequest, MapBody, RequestSide, RequestTap};
 use crate::future::{Pending, ResponseFuture};
 use crate::layer::{Settings, Who};
 use crate::response::BlockParts;
@@ -32,14 +34,27 @@ use crate::route::{FromRouteTemplate, RouteSource};
 ///
 /// On the allow path nothing is awaited, locked or allocated by the layer itself (see
 /// the [crate docs](crate#cost)).
-pub struct Monetize<S, R = FromRouteTemplate> {
+pub struct Monetize<S, R = FromRouteTemplate, M = KeepBody> {
     inner: S,
     settings: Arc<Settings<R>>,
+    _body: PhantomData<fn() -> M>,
 }
 
-impl<S, R> Monetize<S, R> {
+impl<S, R, M> Monetize<S, R, M> {
     pub(crate) fn from_parts(inner: S, settings: Arc<Settings<R>>) -> Self {
-        Self { inner, settings }
+        Self {
+            inner,
+            settings,
+            _body: PhantomData,
+        }
+    }
+
+    /// The same service, answering with the body type `M2` makes of the layer's
+    /// [`ResponseBody`](crate::ResponseBody) (for example a framework's own body type; see
+    /// [`MapBody`]). The conversion happens inside the layer's response future, with no
+    /// future wrapped around it.
+    pub fn map_body<M2>(self) -> Monetize<S, R, M2> {
+        Monetize::from_parts(self.inner, self.settings)
     }
 
     /// The inner service.
@@ -58,16 +73,13 @@ impl<S, R> Monetize<S, R> {
     }
 }
 
-impl<S: Clone, R> Clone for Monetize<S, R> {
+impl<S: Clone, R, M> Clone for Monetize<S, R, M> {
     fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            settings: self.settings.clone(),
-        }
+        Self::from_parts(self.inner.clone(), self.settings.clone())
     }
 }
 
-impl<S: fmt::Debug, R> fmt::Debug for Monetize<S, R> {
+impl<S: fmt::Debug, R, M> fmt::Debug for Monetize<S, R, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Monetize")
             .field("inner", &self.inner)
@@ -84,82 +96,86 @@ fn content_length(h: &HeaderMap) -> u64 {
         .unwrap_or(0)
 }
 
-impl<S, R, ReqBody, ResBody> Service<Request<ReqBody>> for Monetize<S, R>
+impl<S, R, M, ReqBody, ResBody> Service<Request<ReqBody>> for Monetize<S, R, M>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     R: RouteSource,
+    M: MapBody<ResBody>,
     ResBody: Body<Data = Bytes>,
 {
-    type Response = Response<ResponseBody<ResBody, R::Route>>;
+    type Response = Response<M::Body>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, R::Route>;
+    type Future = ResponseFuture<S::Future, M>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+    #[inline]
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let settings = &*self.settings;
-        let (mut parts, body) = req.into_parts();
-        let handle = match settings.who(&parts) {
+        // The request is read through a borrowed view and handed on as it came.
+        let head = RequestHead::of(&req);
+        let handle = match settings.who(&head) {
             Who::Customer(h) => h,
-            Who::Anonymous => {
-                let fut = self.inner.call(Request::from_parts(parts, body));
-                return ResponseFuture::unmetered(fut, None);
-            }
+            Who::Anonymous => return ResponseFuture::unmetered(self.inner.call(req), None),
             Who::Refused(block) => return ResponseFuture::early(BlockParts::new(&block)),
         };
-        let route = settings.route.route(&parts.extensions);
-        if settings.is_exempt(route.as_ref().map_or(parts.uri.path(), AsRef::as_ref)) {
+        let route = settings.route.route(&head);
+        if settings.is_exempt(route.unwrap_or(head.uri.path())) {
             if settings.customer_extension {
-                parts.extensions.insert(handle.clone());
+                req.extensions_mut().insert(handle.clone());
             }
-            let fut = self.inner.call(Request::from_parts(parts, body));
-            return ResponseFuture::unmetered(fut, Some(handle));
+            return ResponseFuture::unmetered(self.inner.call(req), Some(handle));
         }
         let keep = settings.keep;
         // Only meters read request bytes (rules do not).
         let request_bytes = if keep.request_bytes || keep.request_capture.is_some() {
-            content_length(&parts.headers)
+            content_length(head.headers)
         } else {
             0
         };
-        let decision = settings.engine.decide(
-            &handle,
-            &Exchange::new(&parts.method, parts.uri.path(), &parts.headers)
-                .route(route.as_ref().map(AsRef::as_ref))
-                .query(parts.uri.query())
-                .request_bytes(request_bytes),
-        );
-        let allow = match decision {
+        let ex = Exchange::new(head.method, head.uri.path(), head.headers)
+            .route(route)
+            .query(head.uri.query())
+            .request_bytes(request_bytes);
+        let mut allow = match settings.engine.decide(&handle, &ex) {
             Decision::Allow(a) => a,
             Decision::Block(block) => return ResponseFuture::early(BlockParts::new(&block)),
             // A decision kind this layer does not know yet: serve the request.
             _ => Allow::default(),
         };
+        if !settings.credits_header {
+            allow.credits_remaining = None;
+        }
+        // The request-side half of every meter's filter, now; the rest at the response.
+        let matched = settings.engine.meter_request(&ex);
+        let kept = keep.request_at_response.then(|| {
+            Box::new(KeptRequest {
+                method: head.method.clone(),
+                path_and_query: head.uri.path_and_query().cloned(),
+                route: route.map(Box::from),
+                headers: keep.request_headers.then(|| head.headers.clone()),
+            })
+        });
         let tap = keep.request_capture.map(|cap| {
             let t = RequestTap::new(cap, (request_bytes > 0).then_some(request_bytes));
-            parts.extensions.insert(t.clone());
+            req.extensions_mut().insert(t.clone());
             t
         });
+        if settings.customer_extension {
+            req.extensions_mut().insert(handle.clone());
+        }
         let side = RequestSide {
             engine: settings.engine.clone(),
-            method: parts.method.clone(),
-            path_and_query: parts.uri.path_and_query().cloned(),
-            route,
-            headers: keep
-                .request_headers
-                .then(|| Box::new(parts.headers.clone())),
+            matched,
             bytes: request_bytes,
             tap,
+            kept,
         };
-        if settings.customer_extension {
-            parts.extensions.insert(handle.clone());
-        }
-        let fut = self.inner.call(Request::from_parts(parts, body));
         ResponseFuture::metered(
-            fut,
+            self.inner.call(req),
             handle,
             Pending {
                 side,
@@ -285,7 +301,14 @@ mod tests {
         engine
             .apply("acme", StateChange::SetBalance(3_000))
             .unwrap();
+        // By default allowed responses carry no balance.
+        let quiet = MonetizeLayer::new(engine.clone(), ApiKey::new(keys()))
+            .layer_fn_service(service_fn(hello));
+        let res = quiet.oneshot(get("/other", Some("acme"))).await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert!(res.headers().get("x-credits-remaining").is_none());
         let svc = MonetizeLayer::new(engine.clone(), ApiKey::new(keys()))
+            .credits_header(true)
             .layer_fn_service(service_fn(hello));
         for i in 0..3 {
             let res = svc
@@ -994,17 +1017,66 @@ mod tests {
         });
     }
 
+    #[tokio::test]
+    async fn mixed_filters_and_request_header_values_see_the_request_at_the_response() {
+        use monetize_core::config::FilterConfig;
+        let cfg = Config::builder()
+            // Mixed: a request test or a response test, decided only at the response.
+            .meter(
+                MeterConfig::count("slow_or_failed").filter(FilterConfig::new().any(vec![
+                    FilterConfig::new().route("/v1/slow/*"),
+                    FilterConfig::new().status("5xx"),
+                ])),
+            )
+            // A value read from a request header, with a query filter split off at `call`.
+            .meter(
+                MeterConfig::sum("units", ValueConfig::Header("x-units".into()))
+                    .filter(FilterConfig::new().query("bill", Some("yes"))),
+            )
+            .build();
+        let engine = Engine::new(cfg).unwrap();
+        assert!(engine.exchange_needs().request_at_response);
+        let svc = MonetizeLayer::new(engine.clone(), ApiKey::new(keys())).layer_fn_service(
+            service_fn(|req: Request<Full<Bytes>>| async move {
+                let mut r = Response::new(Full::from("x"));
+                if req.uri().path() == "/v1/fail" {
+                    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                Ok::<_, Infallible>(r)
+            }),
+        );
+        let call = |path: &'static str, units: Option<&'static str>| {
+            let svc = svc.clone();
+            async move {
+                let mut b = Request::get(path).header("x-api-key", "key-acme");
+                if let Some(u) = units {
+                    b = b.header("x-units", u);
+                }
+                let res = svc.oneshot(b.body(Full::default()).unwrap()).await.unwrap();
+                res.into_body().collect().await.unwrap();
+            }
+        };
+        call("/v1/slow/a", None).await;
+        call("/v1/fail", None).await;
+        call("/v1/ok", None).await;
+        call("/v1/ok?bill=yes", Some("7")).await;
+        call("/v1/ok?bill=no", Some("100")).await;
+        call("/v1/ok?x=1&bill=yes", Some("5")).await;
+        assert_eq!(used(&engine, "acme", "slow_or_failed"), 2);
+        assert_eq!(used(&engine, "acme", "units"), 12);
+    }
+
     #[test]
     fn per_request_state_stays_small() {
         // Moved a few times per request by tower and axum (memcpy), so kept small.
-        let pending = std::mem::size_of::<crate::future::Pending<RouteTemplate>>();
+        let pending = std::mem::size_of::<crate::future::Pending>();
         let future = std::mem::size_of::<crate::ResponseFuture<std::future::Ready<()>>>();
         assert!(pending <= 208, "{pending}");
         assert!(future <= 256, "{future}");
     }
 
     impl<R: crate::RouteSource> MonetizeLayer<R> {
-        fn layer_fn_service<S>(&self, s: S) -> super::Monetize<S, R> {
+        fn layer_fn_service<S>(&self, s: S) -> super::Monetize<S, R, crate::KeepBody> {
             tower_layer::Layer::layer(self, s)
         }
     }

@@ -68,9 +68,8 @@ impl Slots {
                     && let Some(m) = Arc::get_mut(&mut slot)
                     && let Ok(usage) = m.get_mut()
                 {
-                    // `ReportedUsage` cannot be cleared in place (yet): its items vector
-                    // is freed here and allocated again by the next `add`.
-                    *usage = ReportedUsage::new();
+                    // Cleared in place: the next request's `add` reuses the list.
+                    usage.clear();
                     pool.push(slot);
                 }
             }

@@ -77,7 +77,7 @@ impl App {
                     }
                 }),
             )
-            .monetize(api_key_layer(&engine, &CUSTOMERS));
+            .monetize(api_key_layer(&engine, &CUSTOMERS).credits_header(true));
         let server = TestServer::start(router).await;
         let client = server.client();
         App {

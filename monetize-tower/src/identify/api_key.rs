@@ -2,8 +2,8 @@
 
 use std::fmt;
 
-use http::request::Parts;
-use http::{HeaderName, StatusCode};
+use crate::RequestHead;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use monetize_core::Block;
 
 use super::{Identify, Identity, KeyDirectory};
@@ -19,14 +19,15 @@ use crate::Error;
 ///
 /// ```
 /// use monetize_core::CustomerId;
+/// use monetize_tower::RequestHead;
 /// use monetize_tower::identify::{ApiKey, Identify, Identity, KeyDirectory};
 ///
 /// let keys = KeyDirectory::new();
 /// keys.insert("sk_1", CustomerId::new("acme").unwrap());
 /// let api_key = ApiKey::new(keys).header("x-acme-key").unwrap();
 ///
-/// let (parts, ()) = http::Request::get("/v1/x").header("x-acme-key", "sk_1").body(()).unwrap().into_parts();
-/// assert_eq!(api_key.identify(&parts), Identity::Customer(CustomerId::new("acme").unwrap()));
+/// let req = http::Request::get("/v1/x").header("x-acme-key", "sk_1").body(()).unwrap();
+/// assert_eq!(api_key.identify(&RequestHead::of(&req)), Identity::Customer(CustomerId::new("acme").unwrap()));
 /// ```
 #[derive(Clone)]
 pub struct ApiKey {
@@ -62,8 +63,8 @@ impl ApiKey {
 }
 
 impl Identify for ApiKey {
-    fn identify<'a>(&'a self, request: &'a Parts) -> Identity<'a> {
-        match request.headers.get(&self.header) {
+    fn identify<'a>(&'a self, request: &RequestHead<'a>) -> Identity<'a> {
+        match first_value(request.headers, &self.header) {
             Some(v) if !v.is_empty() => match self.keys.lookup(v.as_bytes()) {
                 Some(id) => Identity::Customer(id),
                 None => Identity::Unknown,
@@ -92,6 +93,27 @@ impl Identify for ApiKey {
     }
 }
 
+/// Headers up to which a linear scan beats hashing a custom header name.
+const SCAN: usize = 12;
+
+/// The first value of header `name`, as [`HeaderMap::get`] answers. Requests carry few
+/// headers: comparing names beats hashing a non-standard name (`x-api-key`), which costs
+/// `HeaderMap::get` about 150 instructions.
+#[inline]
+fn first_value<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
+    if headers.len() > SCAN {
+        return headers.get(name);
+    }
+    let want = name.as_str().as_bytes();
+    headers
+        .iter()
+        .find(|(k, _)| {
+            let k = k.as_str().as_bytes();
+            k.len() == want.len() && k.iter().zip(want).all(|(a, b)| a == b)
+        })
+        .map(|(_, v)| v)
+}
+
 impl fmt::Debug for ApiKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ApiKey")
@@ -104,9 +126,37 @@ impl fmt::Debug for ApiKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_scan_finds_what_get_finds() {
+        let name = HeaderName::from_static("x-api-key");
+        for n in [0usize, 1, 3, SCAN - 1, SCAN, SCAN + 1, 40] {
+            for at in [None, Some(0), Some(n / 2), Some(n.saturating_sub(1))] {
+                let mut h = HeaderMap::new();
+                for i in 0..n {
+                    if Some(i) == at {
+                        h.append(name.clone(), HeaderValue::from_static("first"));
+                        h.append(name.clone(), HeaderValue::from_static("second"));
+                    }
+                    h.append(
+                        HeaderName::from_bytes(format!("x-other-{i}").as_bytes()).unwrap(),
+                        HeaderValue::from_static("v"),
+                    );
+                }
+                assert_eq!(
+                    first_value(&h, &name),
+                    h.get(&name),
+                    "{n} headers, key at {at:?}"
+                );
+                // Names differing only in length or one byte do not match.
+                assert_eq!(first_value(&h, &HeaderName::from_static("x-api-ke")), None);
+                assert_eq!(first_value(&h, &HeaderName::from_static("x-api-kex")), None);
+            }
+        }
+    }
     use monetize_core::CustomerId;
 
-    fn parts(h: Option<(&str, &str)>) -> Parts {
+    fn parts(h: Option<(&str, &str)>) -> http::request::Parts {
         let mut b = http::Request::get("/");
         if let Some((k, v)) = h {
             b = b.header(k, v);
@@ -119,17 +169,23 @@ mod tests {
         let keys = KeyDirectory::new();
         keys.insert("k1", CustomerId::new("a").unwrap());
         let ak = ApiKey::new(keys);
-        assert_eq!(ak.identify(&parts(None)), Identity::Missing);
         assert_eq!(
-            ak.identify(&parts(Some(("x-api-key", "")))),
+            ak.identify(&RequestHead::from_parts(&parts(None))),
             Identity::Missing
         );
         assert_eq!(
-            ak.identify(&parts(Some(("x-api-key", "nope")))),
+            ak.identify(&RequestHead::from_parts(&parts(Some(("x-api-key", ""))))),
+            Identity::Missing
+        );
+        assert_eq!(
+            ak.identify(&RequestHead::from_parts(&parts(Some((
+                "x-api-key",
+                "nope"
+            ))))),
             Identity::Unknown
         );
         assert_eq!(
-            ak.identify(&parts(Some(("x-api-key", "k1")))),
+            ak.identify(&RequestHead::from_parts(&parts(Some(("x-api-key", "k1"))))),
             Identity::Customer(CustomerId::new("a").unwrap())
         );
         assert!(

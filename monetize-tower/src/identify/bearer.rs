@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use http::request::Parts;
+use crate::RequestHead;
 use http::{HeaderValue, StatusCode, header};
 use monetize_core::Block;
 
@@ -43,7 +43,7 @@ fn token(value: &HeaderValue) -> Option<&[u8]> {
 }
 
 impl Identify for Bearer {
-    fn identify<'a>(&'a self, request: &'a Parts) -> Identity<'a> {
+    fn identify<'a>(&'a self, request: &RequestHead<'a>) -> Identity<'a> {
         let Some(t) = request.headers.get(header::AUTHORIZATION).and_then(token) else {
             return Identity::Missing;
         };
@@ -77,7 +77,7 @@ mod tests {
     use super::*;
     use monetize_core::CustomerId;
 
-    fn parts(auth: Option<&str>) -> Parts {
+    fn parts(auth: Option<&str>) -> http::request::Parts {
         let mut b = http::Request::get("/");
         if let Some(a) = auth {
             b = b.header("authorization", a);
@@ -90,15 +90,24 @@ mod tests {
         let keys = KeyDirectory::new();
         keys.insert("tok", CustomerId::new("a").unwrap());
         let b = Bearer::new(keys);
-        assert_eq!(b.identify(&parts(None)), Identity::Missing);
         assert_eq!(
-            b.identify(&parts(Some("Basic dG9rOg=="))),
+            b.identify(&RequestHead::from_parts(&parts(None))),
             Identity::Missing
         );
-        assert_eq!(b.identify(&parts(Some("Bearer "))), Identity::Missing);
-        assert_eq!(b.identify(&parts(Some("Bearer nope"))), Identity::Unknown);
         assert_eq!(
-            b.identify(&parts(Some("bearer  tok "))),
+            b.identify(&RequestHead::from_parts(&parts(Some("Basic dG9rOg==")))),
+            Identity::Missing
+        );
+        assert_eq!(
+            b.identify(&RequestHead::from_parts(&parts(Some("Bearer ")))),
+            Identity::Missing
+        );
+        assert_eq!(
+            b.identify(&RequestHead::from_parts(&parts(Some("Bearer nope")))),
+            Identity::Unknown
+        );
+        assert_eq!(
+            b.identify(&RequestHead::from_parts(&parts(Some("bearer  tok ")))),
             Identity::Customer(CustomerId::new("a").unwrap())
         );
         let r = b.unauthorized(false);

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use http::request::Parts;
+use crate::RequestHead;
 
 use super::{Identify, Identity};
 
@@ -15,6 +15,7 @@ pub struct IdentifyFn<F> {
 /// Identifies customers with a closure from the request head to an [`Identity`].
 ///
 /// ```
+/// use monetize_tower::RequestHead;
 /// use monetize_tower::identify::{Identify, Identity, identify_fn};
 ///
 /// // Customers are identified by a header set by a trusted gateway.
@@ -22,21 +23,21 @@ pub struct IdentifyFn<F> {
 ///     Some(v) => v.to_str().map_or(Identity::Unknown, Identity::Id),
 ///     None => Identity::Missing,
 /// });
-/// let (parts, ()) = http::Request::get("/").header("x-gateway-customer", "acme").body(()).unwrap().into_parts();
-/// assert_eq!(by_gateway.identify(&parts), Identity::Id("acme"));
+/// let req = http::Request::get("/").header("x-gateway-customer", "acme").body(()).unwrap();
+/// assert_eq!(by_gateway.identify(&RequestHead::of(&req)), Identity::Id("acme"));
 /// ```
 pub fn identify_fn<F>(f: F) -> IdentifyFn<F>
 where
-    F: for<'a> Fn(&'a Parts) -> Identity<'a> + Send + Sync + 'static,
+    F: for<'a> Fn(&RequestHead<'a>) -> Identity<'a> + Send + Sync + 'static,
 {
     IdentifyFn { f }
 }
 
 impl<F> Identify for IdentifyFn<F>
 where
-    F: for<'a> Fn(&'a Parts) -> Identity<'a> + Send + Sync + 'static,
+    F: for<'a> Fn(&RequestHead<'a>) -> Identity<'a> + Send + Sync + 'static,
 {
-    fn identify<'a>(&'a self, request: &'a Parts) -> Identity<'a> {
+    fn identify<'a>(&'a self, request: &RequestHead<'a>) -> Identity<'a> {
         (self.f)(request)
     }
 }

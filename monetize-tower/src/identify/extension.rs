@@ -3,7 +3,7 @@
 use std::fmt;
 use std::marker::PhantomData;
 
-use http::request::Parts;
+use crate::RequestHead;
 use monetize_core::CustomerId;
 
 use super::{Identify, Identity};
@@ -16,12 +16,12 @@ use super::{Identify, Identity};
 ///
 /// ```
 /// use monetize_core::CustomerId;
+/// use monetize_tower::RequestHead;
 /// use monetize_tower::identify::{FromExtension, Identify, Identity};
 ///
 /// let mut req = http::Request::get("/").body(()).unwrap();
 /// req.extensions_mut().insert(CustomerId::new("acme").unwrap());
-/// let (parts, ()) = req.into_parts();
-/// assert_eq!(FromExtension::new().identify(&parts), Identity::Id("acme"));
+/// assert_eq!(FromExtension::new().identify(&RequestHead::of(&req)), Identity::Id("acme"));
 /// ```
 pub struct FromExtension<T = CustomerId> {
     _t: PhantomData<fn() -> T>,
@@ -65,7 +65,7 @@ impl<T> Identify for FromExtension<T>
 where
     T: AsRef<str> + Clone + Send + Sync + 'static,
 {
-    fn identify<'a>(&'a self, request: &'a Parts) -> Identity<'a> {
+    fn identify<'a>(&'a self, request: &RequestHead<'a>) -> Identity<'a> {
         match request.extensions.get::<T>() {
             Some(id) => Identity::Id(id.as_ref()),
             None => Identity::Missing,

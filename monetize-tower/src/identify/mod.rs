@@ -20,8 +20,8 @@ mod closure;
 mod extension;
 mod key_directory;
 
+use crate::RequestHead;
 use http::StatusCode;
-use http::request::Parts;
 use monetize_core::{Block, CustomerId};
 
 pub use api_key::ApiKey;
@@ -50,7 +50,7 @@ pub enum Identity<'a> {
 pub trait Identify: Send + Sync + 'static {
     /// Identifies the customer from the request head. Runs on every request: keep it
     /// cheap, and never block.
-    fn identify<'a>(&'a self, request: &'a Parts) -> Identity<'a>;
+    fn identify<'a>(&'a self, request: &RequestHead<'a>) -> Identity<'a>;
 
     /// The refusal sent when the layer's policy rejects a request without credentials
     /// (`missing` is true) or with unknown ones. The default is a `401` with reason
@@ -73,7 +73,7 @@ pub trait Identify: Send + Sync + 'static {
 }
 
 impl<T: Identify + ?Sized> Identify for std::sync::Arc<T> {
-    fn identify<'a>(&'a self, request: &'a Parts) -> Identity<'a> {
+    fn identify<'a>(&'a self, request: &RequestHead<'a>) -> Identity<'a> {
         (**self).identify(request)
     }
 
@@ -83,7 +83,7 @@ impl<T: Identify + ?Sized> Identify for std::sync::Arc<T> {
 }
 
 impl<T: Identify + ?Sized> Identify for Box<T> {
-    fn identify<'a>(&'a self, request: &'a Parts) -> Identity<'a> {
+    fn identify<'a>(&'a self, request: &RequestHead<'a>) -> Identity<'a> {
         (**self).identify(request)
     }
 
