@@ -17,25 +17,20 @@
 
 use std::hint::black_box;
 
-use axum::Router;
 use axum::body::Body;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::Request;
 use http_body_util::BodyExt;
-use tower::ServiceExt;
 
 #[path = "../src/http_app.rs"]
 #[allow(dead_code)] // the command-line helpers serve the bins
 mod http_app;
 
-use http_app::{BODY, CUSTOMERS, Variant};
+use http_app::{App, BODY, CUSTOMERS, Variant};
 
 /// Serves one request and reads the body to the end; returns the body length.
-async fn serve(app: &Router, req: Request<Body>) -> usize {
-    let res = match app.clone().oneshot(req).await {
-        Ok(res) => res,
-        Err(never) => match never {},
-    };
+async fn serve(app: &App, req: Request<Body>) -> usize {
+    let res = app.serve(req).await;
     debug_assert_eq!(res.status(), http::StatusCode::OK);
     match res.into_body().collect().await {
         Ok(b) => b.to_bytes().len(),

@@ -13,7 +13,10 @@
 //!   on `/v1/*` 2xx, priced, and the sum of the handler-reported `tokens`), all customers
 //!   on a prepaid plan with a balance nothing can spend; the handler adds [`TOKENS`] tokens
 //!   through the `Usage` extractor;
-//! - `monetize-cached`: the same with `KeyDirectory::with_verified_cache` (a key seen
+//! - `monetize-router`: the same layer wrapped around the whole router
+//!   (`RouterExt::monetize_router`, one service for the app, no per-route box) with a
+//!   `RouteTable` of the app's one route, so `/v1/*` still matches the template;
+//! - `monetize-cached`: the same as `monetize` with `KeyDirectory::with_verified_cache` (a key seen
 //!   before costs two SipHash runs instead of a SHA-256);
 //! - `governor`: `tower_governor` alone, keyed per client on the `x-api-key` header (a
 //!   custom `KeyExtractor`: 0.8 ships only IP-based and global ones), with a quota that
@@ -28,7 +31,8 @@
 //!   which the monetize and governor variants pay too.
 //!
 //! Layers are applied with `Router::route_layer` (what `RouterExt::monetize` does), so all
-//! peers sit at the same place: on the route, after routing. Every router is finalized with
+//! peers sit at the same place: on the route, after routing; `monetize-router` is the
+//! exception, around the router. Every router is finalized with
 //! `with_state(())`, as `axum::serve` does per connection (without it axum converts the
 //! handler into a route, boxing it, on every request).
 
@@ -37,13 +41,15 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
+use axum::response::Response;
 use axum::routing::get;
 use http::{HeaderName, HeaderValue, Request};
-use monetize_axum::{RouterExt, Usage};
+use monetize_axum::{AxumMonetize, RouterExt, Usage};
 use monetize_core::config::{Config, MeterConfig, PlanConfig, ValueConfig};
 use monetize_core::{CustomerId, Engine};
-use monetize_tower::MonetizeLayer;
 use monetize_tower::identify::{ApiKey, KeyDigest, KeyDirectory};
+use monetize_tower::{MonetizeLayer, RouteTable};
+use tower::ServiceExt;
 use tower_governor::GovernorError;
 use tower_governor::GovernorLayer;
 use tower_governor::governor::GovernorConfigBuilder;
@@ -77,6 +83,8 @@ pub enum Variant {
     Monetize,
     /// The full monetize layer, key directory with the verified-key cache.
     MonetizeCached,
+    /// The full monetize layer around the whole router, templates from a `RouteTable`.
+    MonetizeRouter,
     /// `tower_governor` alone, keyed on `x-api-key`.
     Governor,
     /// `tower_governor` alone, keyed on the peer IP (`ConnectInfo`).
@@ -89,10 +97,11 @@ pub enum Variant {
 
 impl Variant {
     /// Every variant, in the order they are reported.
-    pub const ALL: [Variant; 7] = [
+    pub const ALL: [Variant; 8] = [
         Variant::Plain,
         Variant::NoopLayer,
         Variant::Monetize,
+        Variant::MonetizeRouter,
         Variant::MonetizeCached,
         Variant::Governor,
         Variant::PlainCi,
@@ -105,6 +114,7 @@ impl Variant {
             Variant::Plain => "plain",
             Variant::Monetize => "monetize",
             Variant::MonetizeCached => "monetize-cached",
+            Variant::MonetizeRouter => "monetize-router",
             Variant::Governor => "governor",
             Variant::GovernorIp => "governor-ip",
             Variant::PlainCi => "plain-ci",
@@ -223,10 +233,44 @@ impl KeyExtractor for ApiKeyHeader {
     }
 }
 
+/// A variant's app: a router (possibly with route layers), or the monetize service
+/// wrapped around one.
+#[derive(Clone)]
+pub enum App {
+    /// A finalized router.
+    Routed(Router),
+    /// The monetize layer around the whole router.
+    Wrapped(AxumMonetize<Router, RouteTable>),
+}
+
+impl App {
+    /// Serves one request (`oneshot` on a clone, as a server does per request).
+    pub async fn serve(&self, req: Request<Body>) -> Response {
+        let res = match self {
+            App::Routed(r) => r.clone().oneshot(req).await,
+            App::Wrapped(s) => s.clone().oneshot(req).await,
+        };
+        match res {
+            Ok(res) => res,
+            Err(never) => match never {},
+        }
+    }
+}
+
 /// The app of `variant`, and the engine when the variant has one.
-pub fn app(variant: Variant) -> (Router, Option<Engine>) {
+pub fn app(variant: Variant) -> (App, Option<Engine>) {
+    if variant == Variant::MonetizeRouter {
+        let (engine, keys) = engine_and_keys(false);
+        let routes = RouteTable::new([PATH]).expect("route table");
+        let layer = MonetizeLayer::new(engine.clone(), ApiKey::new(keys)).route_table(routes);
+        let app = Router::new()
+            .route(PATH, get(hello_metered))
+            .with_state(())
+            .monetize_router(layer);
+        return (App::Wrapped(app), Some(engine));
+    }
     let (app, engine) = unfinalized(variant);
-    (app.with_state(()), engine)
+    (App::Routed(app.with_state(())), engine)
 }
 
 fn unfinalized(variant: Variant) -> (Router, Option<Engine>) {
@@ -238,7 +282,7 @@ fn unfinalized(variant: Variant) -> (Router, Option<Engine>) {
                 .route_layer(tower::layer::util::Identity::new());
             (app, None)
         }
-        Variant::Monetize | Variant::MonetizeCached => {
+        Variant::Monetize | Variant::MonetizeCached | Variant::MonetizeRouter => {
             let (engine, keys) = engine_and_keys(variant == Variant::MonetizeCached);
             let layer = MonetizeLayer::new(engine.clone(), ApiKey::new(keys));
             let app = Router::new()

@@ -20,29 +20,24 @@
 
 use std::process::ExitCode;
 
-use axum::Router;
 use http_body_util::BodyExt;
 use tokio::runtime::Runtime;
-use tower::ServiceExt;
 
 #[path = "../http_app.rs"]
 mod http_app;
 
 use http::HeaderValue;
-use http_app::{BODY, CUSTOMERS, TOKENS, Variant};
+use http_app::{App, BODY, CUSTOMERS, TOKENS, Variant};
 
 /// Serves `n` requests, rotating over the keys from `keys[0]`; returns how many were
 /// answered `200 hello`.
-async fn serve_n(app: &Router, variant: Variant, keys: &[HeaderValue], n: u64) -> u64 {
+async fn serve_n(app: &App, variant: Variant, keys: &[HeaderValue], n: u64) -> u64 {
     let mut ok = 0u64;
     let mut k = 0;
     for _ in 0..n {
         let req = http_app::request(variant, &keys[k]);
         k = if k + 1 == keys.len() { 0 } else { k + 1 };
-        let res = match app.clone().oneshot(req).await {
-            Ok(res) => res,
-            Err(never) => match never {},
-        };
+        let res = app.serve(req).await;
         let status = res.status();
         let body = res.into_body().collect().await.map(|b| b.to_bytes());
         if status == http::StatusCode::OK && body.is_ok_and(|b| b == BODY) {
@@ -55,7 +50,7 @@ async fn serve_n(app: &Router, variant: Variant, keys: &[HeaderValue], n: u64) -
 /// The measured part: callgrind counts only inside this function when run with
 /// `--collect-atstart=no --toggle-collect=*http_driver::measured*`.
 #[inline(never)]
-fn measured(rt: &Runtime, app: &Router, variant: Variant, keys: &[HeaderValue], n: u64) -> u64 {
+fn measured(rt: &Runtime, app: &App, variant: Variant, keys: &[HeaderValue], n: u64) -> u64 {
     rt.block_on(serve_n(app, variant, keys, n))
 }
 

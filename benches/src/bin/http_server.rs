@@ -42,15 +42,23 @@ fn main() -> ExitCode {
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        if variant.connect_info() {
-            let app = app.into_make_service_with_connect_info::<SocketAddr>();
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown())
-                .await
-        } else {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown())
-                .await
+        match app {
+            http_app::App::Routed(app) if variant.connect_info() => {
+                let app = app.into_make_service_with_connect_info::<SocketAddr>();
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown())
+                    .await
+            }
+            http_app::App::Routed(app) => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown())
+                    .await
+            }
+            http_app::App::Wrapped(app) => {
+                axum::serve(listener, app.into_make_service())
+                    .with_graceful_shutdown(shutdown())
+                    .await
+            }
         }
     });
     if let Err(e) = served {
