@@ -21,7 +21,7 @@ use crate::config::validate::{Compiled, Predicates, compile};
 use crate::config::{Config, Mode, Period};
 use crate::customer::handle_flags::{BLOCKED, CANCELLED, DELINQUENT, NO_PLAN};
 use crate::customer::registry_admission::Admission;
-use crate::customer::{CustomerHandle, CustomerState, CustomerStatus, Registry, StateChange};
+use crate::customer::{CustomerHandle, CustomerState, CustomerStatus, Plan, Registry, StateChange};
 use crate::error::{ConfigError, CoreError};
 use crate::event::{Event, EventKind};
 use crate::govern::{Allow, Block, Ctx, Decision, Facts, Predicate, QuotaInfo, RuleAction};
@@ -300,8 +300,45 @@ impl Engine {
     }
 
     /// Evaluates the rules for a request. Allocation-free when it allows.
+    ///
+    /// When the rules only look at the customer's state (the default rules do) and none
+    /// of it is set, this is a few loads; otherwise the rules are walked out of line.
+    #[inline]
     pub fn decide(&self, handle: &CustomerHandle, ex: &Exchange<'_>) -> Decision {
         let cfg = self.inner.config.load();
+        match quiet_allow(cfg, &handle.0) {
+            Some(allow) => Decision::Allow(allow),
+            None => self.decide_rules(cfg, handle, ex),
+        }
+    }
+
+    /// [`Engine::decide`] and [`Engine::meter_request`] on one configuration load: the
+    /// decision for the request and which meters' request-side filters it passed. The
+    /// match is computed whatever the decision; a layer that answers a blocked request
+    /// itself just drops it.
+    ///
+    /// Both halves see the same configuration, even across a concurrent
+    /// [`Engine::reload`].
+    #[inline]
+    pub fn decide_and_match(
+        &self,
+        handle: &CustomerHandle,
+        ex: &Exchange<'_>,
+    ) -> (Decision, MeterMatch) {
+        let cfg = self.inner.config.load();
+        // The match first (it reads only the request and the config), so that the
+        // decision is built in place in the returned pair rather than moved into it.
+        let matched = request_match(cfg, ex);
+        let decision = match quiet_allow(cfg, &handle.0) {
+            Some(allow) => Decision::Allow(allow),
+            None => self.decide_rules(cfg, handle, ex),
+        };
+        (decision, matched)
+    }
+
+    /// [`Engine::decide`] past the quiet check: walks the rules.
+    #[inline(never)]
+    fn decide_rules(&self, cfg: &Compiled, handle: &CustomerHandle, ex: &Exchange<'_>) -> Decision {
         let s: &CustomerState = &handle.0;
         let plan = cfg.plan(s.plan.load(Ordering::Relaxed));
         let epoch = self.inner.epoch;
@@ -313,22 +350,6 @@ impl Engine {
             aggs: &cfg.aggs,
             clock: &clock,
         };
-        if let Some(q) = cfg.quiet {
-            // Nothing any rule looks at is set: allow without walking the rules.
-            let flags = s.flags.load(Ordering::Relaxed);
-            let prepaid = plan.is_some_and(|p| p.prepaid);
-            let quiet = flags & q.flag_mask == 0
-                && !(q.credits && prepaid && s.balance.load(Ordering::Relaxed) <= 0)
-                && !(q.quota && plan.is_some_and(|p| p.any_quota_reached(&s.cells, &cfg.aggs)))
-                && !(q.rate && plan.is_some_and(|p| p.rate_limit.is_some()));
-            if quiet {
-                return Decision::Allow(Allow {
-                    credits_remaining: prepaid.then(|| handle.balance()),
-                    rate_limit: None,
-                    headers: None,
-                });
-            }
-        }
         let mut facts = Facts::default();
         for rule in &cfg.rules {
             if let Some(f) = &rule.request
@@ -415,9 +436,12 @@ impl Engine {
     /// Runs every meter against a completed exchange and records what matches.
     pub fn meter(&self, handle: &CustomerHandle, ex: &Exchange<'_>) {
         let cfg = self.inner.config.load();
+        let s: &CustomerState = &handle.0;
+        // The plan is read once for the exchange, as `meter_response` does.
+        let plan = cfg.plan(s.plan.load(Ordering::Relaxed));
         for m in &cfg.meters {
             if let Some(sample) = m.sample(ex) {
-                self.add(cfg, &handle.0, m, sample);
+                self.add_on(plan, s, m, sample);
             }
         }
     }
@@ -436,22 +460,7 @@ impl Engine {
     /// allocation, no lock.
     #[inline]
     pub fn meter_request(&self, ex: &Exchange<'_>) -> MeterMatch {
-        let cfg = self.inner.config.load();
-        let phases = &cfg.phases;
-        let mut bits = phases.always;
-        let mut todo = phases.checked;
-        while todo != 0 {
-            let i = todo.trailing_zeros() as usize;
-            todo &= todo - 1;
-            if cfg
-                .meters
-                .get(i)
-                .is_some_and(|m| m.request_filter.matches(ex))
-            {
-                bits |= 1 << i;
-            }
-        }
-        MeterMatch::new(bits, phases.whole)
+        request_match(self.inner.config.load(), ex)
     }
 
     /// The response half of two-phase metering: for each meter whose request-side filter
@@ -478,18 +487,32 @@ impl Engine {
         let phases = &cfg.phases;
         // A mixed meter's response-side filter is its whole filter.
         let mut todo = (m.bits() & phases.split()) | phases.mixed;
-        while todo != 0 {
-            let i = todo.trailing_zeros() as usize;
-            todo &= todo - 1;
-            let Some(meter) = cfg.meters.get(i) else {
-                break;
-            };
-            if meter.response_filter.matches(ex)
-                && let Some(sample) = meter.value_of(ex)
-            {
-                self.add(cfg, &handle.0, meter, sample);
+        if todo != 0 {
+            let s: &CustomerState = &handle.0;
+            // The plan is read once for the exchange (`add` reads it per meter).
+            let plan = cfg.plan(s.plan.load(Ordering::Relaxed));
+            while todo != 0 {
+                let i = todo.trailing_zeros() as usize;
+                todo &= todo - 1;
+                let Some(meter) = cfg.meters.get(i) else {
+                    break;
+                };
+                if meter.response_filter.matches(ex)
+                    && let Some(sample) = meter.value_of(ex)
+                {
+                    self.add_on(plan, s, meter, sample);
+                }
             }
         }
+        if cfg.meters.len() > MeterMatch::CAPACITY {
+            self.meter_past_capacity(cfg, handle, ex);
+        }
+    }
+
+    /// The meters from index 64 on, which [`Engine::meter_response`] decides whole.
+    #[cold]
+    #[inline(never)]
+    fn meter_past_capacity(&self, cfg: &Compiled, handle: &CustomerHandle, ex: &Exchange<'_>) {
         if let Some(rest) = cfg.meters.get(MeterMatch::CAPACITY..) {
             for meter in rest {
                 if let Some(sample) = meter.sample(ex) {
@@ -538,8 +561,17 @@ impl Engine {
         Ok(())
     }
 
+    /// Records a sample under the customer's current plan.
     #[inline]
     fn add(&self, cfg: &Compiled, s: &CustomerState, m: &Meter, sample: Sample) {
+        self.add_on(cfg.plan(s.plan.load(Ordering::Relaxed)), s, m, sample);
+    }
+
+    /// Records a sample: one atomic operation on the meter's cell; then, for a count or
+    /// sum, the quota test when `plan` limits this meter and one atomic subtraction from
+    /// the balance when it prices it. Events are raised out of line.
+    #[inline]
+    fn add_on(&self, plan: Option<&Plan>, s: &CustomerState, m: &Meter, sample: Sample) {
         let i = m.index.get();
         let q = match sample {
             Sample::Distinct(h) => {
@@ -559,49 +591,56 @@ impl Engine {
             }
             _ => s.cells.add(i, q),
         };
-        let Some(plan) = cfg.plan(s.plan.load(Ordering::Relaxed)) else {
+        let Some(plan) = plan else {
             return;
         };
-        if let Some(Some(quota)) = plan.quotas.get(i) {
+        let Some(terms) = plan.terms.get(i) else {
+            return;
+        };
+        if let Some(quota) = &terms.quota {
             let prev = s.cells.base(i).saturating_add(prev_cell);
             let now = prev.saturating_add(q);
             if prev < quota.limit && now >= quota.limit {
-                self.emit(Event::new(
-                    Some(s.id.clone()),
-                    EventKind::QuotaReached {
-                        meter: m.id.clone(),
-                        used: now,
-                        limit: quota.limit,
-                    },
-                ));
+                self.quota_event(s, m, now, quota.limit, true);
             } else if prev < quota.warn_at && now >= quota.warn_at {
-                self.emit(Event::new(
-                    Some(s.id.clone()),
-                    EventKind::QuotaWarning {
-                        meter: m.id.clone(),
-                        used: now,
-                        limit: quota.limit,
-                    },
-                ));
+                self.quota_event(s, m, now, quota.limit, false);
             }
         }
-        let price = plan.prices.get(i).copied().unwrap_or(0);
-        if price > 0 {
-            let cost = i64::try_from(q.saturating_mul(price)).unwrap_or(i64::MAX);
+        if terms.price > 0 {
+            let cost = i64::try_from(q.saturating_mul(terms.price)).unwrap_or(i64::MAX);
             let before = s.balance.fetch_sub(cost, Ordering::Relaxed);
             let after = before.saturating_sub(cost);
             if before > 0 && after <= 0 {
-                self.emit(Event::new(
-                    Some(s.id.clone()),
-                    EventKind::CreditsExhausted { balance: after },
-                ));
+                self.credits_event(s, after, true);
             } else if before > plan.credits_low_at && after <= plan.credits_low_at {
-                self.emit(Event::new(
-                    Some(s.id.clone()),
-                    EventKind::CreditsLow { balance: after },
-                ));
+                self.credits_event(s, after, false);
             }
         }
+    }
+
+    /// Raises `QuotaReached` (`reached`) or `QuotaWarning`.
+    #[cold]
+    #[inline(never)]
+    fn quota_event(&self, s: &CustomerState, m: &Meter, used: u64, limit: u64, reached: bool) {
+        let meter = m.id.clone();
+        let kind = if reached {
+            EventKind::QuotaReached { meter, used, limit }
+        } else {
+            EventKind::QuotaWarning { meter, used, limit }
+        };
+        self.emit(Event::new(Some(s.id.clone()), kind));
+    }
+
+    /// Raises `CreditsExhausted` (`exhausted`) or `CreditsLow`.
+    #[cold]
+    #[inline(never)]
+    fn credits_event(&self, s: &CustomerState, balance: i64, exhausted: bool) {
+        let kind = if exhausted {
+            EventKind::CreditsExhausted { balance }
+        } else {
+            EventKind::CreditsLow { balance }
+        };
+        self.emit(Event::new(Some(s.id.clone()), kind));
     }
 
     /// Swaps every non-zero usage cell to zero and returns the deltas. An add racing with
@@ -910,6 +949,53 @@ impl std::fmt::Debug for Engine {
             .field("customers", &self.inner.registry.len())
             .finish()
     }
+}
+
+/// The decision when the rule set has a quiet check and nothing it looks at is set for
+/// this customer: allow, with the balance on prepaid plans. `None`: walk the rules.
+#[inline]
+fn quiet_allow(cfg: &Compiled, s: &CustomerState) -> Option<Allow> {
+    let q = cfg.quiet.as_ref()?;
+    let plan = cfg.plan(s.plan.load(Ordering::Relaxed));
+    if s.flags.load(Ordering::Relaxed) & q.flag_mask != 0 {
+        return None;
+    }
+    let prepaid = plan.is_some_and(|p| p.prepaid);
+    let balance = prepaid.then(|| s.balance.load(Ordering::Relaxed));
+    let out_of_credits = q.credits && balance.is_some_and(|b| b <= 0);
+    if out_of_credits {
+        return None;
+    }
+    let over_quota = q.quota && plan.is_some_and(|p| p.any_quota_reached(&s.cells, &cfg.aggs));
+    let rate_limited = q.rate && plan.is_some_and(|p| p.rate_limit.is_some());
+    if over_quota || rate_limited {
+        return None;
+    }
+    Some(Allow {
+        credits_remaining: balance,
+        rate_limit: None,
+        headers: None,
+    })
+}
+
+/// The request half of two-phase metering (see [`Engine::meter_request`]).
+#[inline]
+fn request_match(cfg: &Compiled, ex: &Exchange<'_>) -> MeterMatch {
+    let phases = &cfg.phases;
+    let mut bits = phases.always;
+    let mut todo = phases.checked;
+    while todo != 0 {
+        let i = todo.trailing_zeros() as usize;
+        todo &= todo - 1;
+        if cfg
+            .meters
+            .get(i)
+            .is_some_and(|m| m.request_filter.matches(ex))
+        {
+            bits |= 1 << i;
+        }
+    }
+    MeterMatch::new(bits, phases.whole)
 }
 
 /// What a directly recorded quantity contributes to a meter.
@@ -1493,5 +1579,159 @@ mod two_phase_tests {
         );
         let used = engine.usage("c").map(|u| u.meters[64].used);
         assert_eq!(used, Some(1));
+    }
+}
+
+#[cfg(test)]
+mod decide_and_match_tests {
+    //! `decide_and_match` decides as `decide` does and matches as `meter_request` does.
+
+    use super::*;
+    use crate::config::{
+        BlockConfig, ConditionConfig, FilterConfig, MeterConfig, PlanConfig, QuotaConfig,
+        RateLimitConfig, RuleConfig, ValueConfig,
+    };
+    use crate::{PlanId, ReportedUsage};
+    use http::{HeaderMap, Method, StatusCode};
+    use proptest::prelude::*;
+    use proptest::sample::select;
+
+    /// Meters of each phase (request-tested, always, mixed), plans with a quota, prices
+    /// and a rate limit, and one of three rule sets: the defaults (quiet check), the
+    /// defaults after an allow rule limited to a route, or the defaults with a shadow
+    /// block on POST (both walk the rules).
+    fn config(rules: u8) -> Config {
+        let mut rule_set = RuleConfig::defaults();
+        match rules {
+            1 => rule_set.insert(
+                0,
+                RuleConfig::allow(
+                    "internal",
+                    ConditionConfig::PlanIn(vec!["plain".into()]),
+                    [("x-internal".to_owned(), "1".to_owned())].into(),
+                )
+                .request(FilterConfig::new().route("/internal/*")),
+            ),
+            2 => rule_set.push(
+                RuleConfig::block(
+                    "no_posts",
+                    ConditionConfig::Always,
+                    BlockConfig::new(403, "no_posts", "no posts"),
+                )
+                .request(FilterConfig::new().method("POST"))
+                .shadow(),
+            ),
+            _ => {}
+        }
+        let mut cfg = Config::builder()
+            .meter(MeterConfig::count("calls").route("/v1/*").status("2xx"))
+            .meter(MeterConfig::sum(
+                "tokens",
+                ValueConfig::Reported("tokens".into()),
+            ))
+            .meter(MeterConfig::count("posts").method("POST"))
+            .meter(
+                MeterConfig::count("mixed").filter(FilterConfig::new().any(vec![
+                    FilterConfig::new().route("/internal/*"),
+                    FilterConfig::new().status("5xx"),
+                ])),
+            )
+            .plan(PlanConfig::new("free").quota(QuotaConfig::new(
+                "calls",
+                3,
+                crate::config::Period::Month,
+            )))
+            .plan(PlanConfig::new("prepaid").prepaid(0).price("calls", 2))
+            .plan(PlanConfig::new("limited").rate_limit(RateLimitConfig::new(2, 3600)))
+            .plan(PlanConfig::new("plain"))
+            .build();
+        cfg.rules = Some(rule_set);
+        cfg
+    }
+
+    /// Status, reason and balance of a decision, and whether it carries a rate limit and
+    /// rule headers.
+    fn outcome(d: &Decision) -> (u16, String, Option<i64>, bool, bool) {
+        match d {
+            Decision::Allow(a) => (
+                200,
+                String::new(),
+                a.credits_remaining,
+                a.rate_limit.is_some(),
+                a.headers.is_some(),
+            ),
+            Decision::Block(b) => (
+                b.status.as_u16(),
+                b.reason.to_string(),
+                b.balance,
+                b.rate_limit.is_some(),
+                !b.headers.is_empty(),
+            ),
+        }
+    }
+
+    fn events(engine: &Engine) -> Vec<EventKind> {
+        engine
+            .drain_events(64)
+            .into_iter()
+            .map(|e| e.kind)
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        #[test]
+        fn decide_and_match_is_decide_then_meter_request(
+            rules in 0u8..3,
+            plan in select(vec!["free", "prepaid", "limited", "plain"]),
+            flags in (any::<bool>(), any::<bool>(), any::<bool>()),
+            balance in -3i64..6,
+            requests in proptest::collection::vec(
+                (
+                    select(vec![Method::GET, Method::POST]),
+                    select(vec!["/v1/x", "/v2/y", "/internal/z"]),
+                    select(vec![200u16, 404, 503]),
+                ),
+                1..6,
+            ),
+        ) {
+            let cfg = config(rules);
+            let mut engines = Vec::new();
+            for _ in 0..2 {
+                let engine = Engine::new(cfg.clone()).unwrap_or_else(|e| panic!("config: {e}"));
+                let h = engine.resolve("c").unwrap_or_else(|e| panic!("resolve: {e}"));
+                let apply = |c| engine.apply("c", c).unwrap_or_else(|e| panic!("apply: {e}"));
+                apply(StateChange::Plan(PlanId::new(plan).unwrap_or_else(|e| panic!("{e}"))));
+                apply(StateChange::Delinquent(flags.0));
+                apply(StateChange::Cancelled(flags.1));
+                apply(StateChange::Blocked(flags.2));
+                apply(StateChange::SetBalance(balance));
+                engines.push((engine, h));
+            }
+            let hs = HeaderMap::new();
+            let mut reported = ReportedUsage::new();
+            reported.add("tokens", 2);
+            for (method, path, status) in &requests {
+                let ex = Exchange::new(method, path, &hs);
+                let (one, h1) = &engines[0];
+                let (two, h2) = &engines[1];
+                let (d1, m1) = (one.decide(h1, &ex), one.meter_request(&ex));
+                let (d2, m2) = two.decide_and_match(h2, &ex);
+                prop_assert_eq!(outcome(&d1), outcome(&d2), "{} {}", method, path);
+                prop_assert_eq!(m1, m2, "{} {}", method, path);
+                prop_assert_eq!(events(one), events(two));
+                let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
+                let at_response = ex.response(status, &hs, 0).reported(Some(&reported));
+                one.meter_response(h1, m1, &at_response);
+                two.meter_response(h2, m2, &at_response);
+                prop_assert_eq!(events(one), events(two));
+            }
+            let used = |e: &Engine| e.usage("c").map(|u| {
+                (u.balance, u.meters.iter().map(|m| m.used).collect::<Vec<_>>())
+            });
+            prop_assert_eq!(used(&engines[0].0), used(&engines[1].0));
+            let hits = |e: &Engine| e.stats().rule_hits;
+            prop_assert_eq!(hits(&engines[0].0), hits(&engines[1].0));
+        }
     }
 }

@@ -15,13 +15,22 @@ pub(crate) struct Plan {
     pub(crate) prepaid: bool,
     pub(crate) initial_credits: i64,
     pub(crate) credits_low_at: i64,
-    /// Micro-credits per base unit, per meter (0: free).
-    pub(crate) prices: Box<[u64]>,
+    /// Price and quota per meter, side by side for recording (one bounds check).
+    pub(crate) terms: Box<[MeterTerms]>,
     /// Quota per meter.
     pub(crate) quotas: Box<[Option<Quota>]>,
     /// The meters that have a quota, for a quick scan.
     pub(crate) quota_meters: Box<[usize]>,
     pub(crate) rate_limit: Option<RateLimit>,
+}
+
+/// What recording on one meter involves under a plan.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct MeterTerms {
+    /// Micro-credits per base unit (0: free).
+    pub(crate) price: u64,
+    /// The meter's quota, if the plan has one.
+    pub(crate) quota: Option<Quota>,
 }
 
 impl Plan {
@@ -98,12 +107,20 @@ impl Plan {
             .map(|r| RateLimit::compile(r, &format!("{field}.rate_limit")))
             .transpose()?;
         let quota_meters = (0..n).filter(|i| quotas[*i].is_some()).collect();
+        let terms = prices
+            .iter()
+            .zip(&quotas)
+            .map(|(price, quota)| MeterTerms {
+                price: *price,
+                quota: *quota,
+            })
+            .collect();
         Ok(Plan {
             id,
             prepaid: cfg.prepaid,
             initial_credits: cfg.initial_credits,
             credits_low_at: cfg.credits_low_at,
-            prices,
+            terms,
             quotas,
             quota_meters,
             rate_limit,

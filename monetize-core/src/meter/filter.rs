@@ -2,7 +2,7 @@
 
 use http::{HeaderName, HeaderValue, Method};
 
-use super::Exchange;
+use super::{Exchange, NameKey};
 use crate::config::{FilterConfig, HeaderMatch, StatusSpec};
 use crate::error::ConfigError;
 
@@ -18,7 +18,7 @@ pub(crate) enum Filter {
     RequestHeader(HeaderName, Option<HeaderValue>),
     ResponseHeader(HeaderName, Option<HeaderValue>),
     Query(String, Option<String>),
-    Reported(String),
+    Reported(NameKey),
     All(Vec<Filter>),
     Any(Vec<Filter>),
     Not(Box<Filter>),
@@ -26,25 +26,52 @@ pub(crate) enum Filter {
 
 /// A route template to match: exact, or a prefix when it ends in `*`.
 #[derive(Clone, Debug)]
-pub(crate) enum RoutePattern {
-    Exact(String),
-    Prefix(String),
+pub(crate) struct RoutePattern {
+    /// The template, without the trailing `*` of a prefix.
+    pattern: Box<str>,
+    /// The route must be the pattern itself, not merely start with it.
+    exact: bool,
+    /// The pattern's first (up to) 8 bytes, little-endian, and the mask of those bytes in
+    /// a little-endian load of a route's first 8 bytes.
+    head: u64,
+    mask: u64,
 }
 
 impl RoutePattern {
+    /// A pattern matching the route `p` exactly, or every route starting with it.
+    fn new(p: &str, exact: bool) -> Self {
+        let b = p.as_bytes();
+        let n = b.len().min(8);
+        let mut word = [0u8; 8];
+        word[..n].copy_from_slice(&b[..n]);
+        Self {
+            pattern: p.into(),
+            exact,
+            head: u64::from_le_bytes(word),
+            mask: u64::MAX.checked_shr(64 - 8 * n as u32).unwrap_or(0),
+        }
+    }
+
     #[inline]
     fn matches(&self, route: &str) -> bool {
-        // Byte loops instead of `==`/`starts_with`: route templates are short, and this
-        // avoids a `memcmp` call per meter per request.
-        let (p, exact) = match self {
-            RoutePattern::Exact(p) => (p.as_bytes(), true),
-            RoutePattern::Prefix(p) => (p.as_bytes(), false),
-        };
-        let r = route.as_bytes();
-        if r.len() < p.len() || (exact && r.len() != p.len()) {
+        // Word compares and byte loops instead of `==`/`starts_with`: route templates are
+        // short, and this avoids a `memcmp` call per meter per request.
+        let (r, p) = (route.as_bytes(), self.pattern.as_bytes());
+        if r.len() < p.len() || (self.exact && r.len() != p.len()) {
             return false;
         }
-        r.iter().zip(p).all(|(a, b)| a == b)
+        match r.first_chunk::<8>() {
+            // The first 8 bytes in one compare, then the pattern's bytes past them.
+            Some(w) => {
+                u64::from_le_bytes(*w) & self.mask == self.head
+                    && (p.len() <= 8
+                        || r.get(8..p.len())
+                            .zip(p.get(8..))
+                            .is_some_and(|(a, b)| a.iter().zip(b).all(|(x, y)| x == y)))
+            }
+            // A route shorter than 8 bytes (and so is the pattern).
+            None => r.iter().zip(p).all(|(a, b)| a == b),
+        }
     }
 }
 
@@ -58,12 +85,12 @@ impl Filter {
             Filter::StatusRange(lo, hi) => ex
                 .response
                 .is_some_and(|resp| (*lo..=*hi).contains(&resp.status.as_u16())),
-            Filter::Method(ms) => ms.iter().any(|m| m == ex.method),
             _ => self.matches_slow(ex),
         }
     }
 
-    /// The rarer and composite filters, kept out of line so the common leaves inline.
+    /// The other filters (a method test compares enums that may hold allocated extension
+    /// methods), kept out of line so that the cheap common leaves inline.
     #[inline(never)]
     fn matches_slow(&self, ex: &Exchange<'_>) -> bool {
         match self {
@@ -90,7 +117,7 @@ impl Filter {
                 (Some(v), Some(want)) => v == want,
                 (None, _) => false,
             },
-            Filter::Reported(name) => ex.reported.is_some_and(|r| r.get(name).is_some()),
+            Filter::Reported(name) => ex.reported.is_some_and(|r| name.find(r).is_some()),
             Filter::All(fs) => fs.iter().all(|f| f.matches(ex)),
             Filter::Any(fs) => fs.iter().any(|f| f.matches(ex)),
             Filter::Not(f) => !f.matches(ex),
@@ -209,10 +236,8 @@ impl Filter {
                     ));
                 }
                 match r.find('*') {
-                    None => ps.push(RoutePattern::Exact(r.clone())),
-                    Some(pos) if pos == r.len() - 1 => {
-                        ps.push(RoutePattern::Prefix(r[..pos].to_owned()))
-                    }
+                    None => ps.push(RoutePattern::new(r, true)),
+                    Some(pos) if pos == r.len() - 1 => ps.push(RoutePattern::new(&r[..pos], false)),
                     Some(_) => {
                         return Err(ConfigError::new(
                             f,
@@ -269,7 +294,7 @@ impl Filter {
                     "name the handler-reported quantity (for example `tokens`)",
                 ));
             }
-            parts.push(Filter::Reported(r.clone()));
+            parts.push(Filter::Reported(NameKey::new(r)));
         }
         for (i, f) in cfg.all.iter().enumerate() {
             parts.push(Filter::compile(f, &format!("{field}.all[{i}]"))?);
@@ -437,6 +462,43 @@ mod tests {
         let post = Method::POST;
         let ex = Exchange::new(&post, "/v1/x", &h).response(StatusCode::OK, &h, 0);
         assert!(!f.matches(&ex));
+    }
+
+    #[test]
+    fn route_patterns_match_like_strings() {
+        let templates = [
+            "/",
+            "/a",
+            "/v1/",
+            "/v1/x",
+            "/abcdefg",
+            "/abcdefgh",
+            "/abcdefghi",
+            "/v1/users/",
+            "/v1/users/{id}",
+            "/v1/users/{id}/orders/{order}",
+        ];
+        let mut routes: Vec<String> = vec![String::new()];
+        for t in templates {
+            routes.push(t.to_owned());
+            for extra in ["", "x", "/7", "/users/{id}/more"] {
+                routes.push(format!("{t}{extra}"));
+            }
+            // Each byte changed in turn, and every shorter prefix.
+            for i in 0..t.len() {
+                let mut b = t.as_bytes().to_vec();
+                b[i] = b'#';
+                routes.push(String::from_utf8(b).unwrap_or_default());
+                routes.push(t[..i].to_owned());
+            }
+        }
+        for t in templates {
+            let (exact, prefix) = (RoutePattern::new(t, true), RoutePattern::new(t, false));
+            for r in &routes {
+                assert_eq!(exact.matches(r), r == t, "exact {t:?} on {r:?}");
+                assert_eq!(prefix.matches(r), r.starts_with(t), "prefix {t:?} on {r:?}");
+            }
+        }
     }
 
     #[test]

@@ -17,9 +17,10 @@ impl ReportedUsage {
     }
 
     /// Adds `quantity` under `name` (summed with earlier adds of the same name).
+    #[inline]
     pub fn add(&mut self, name: impl Into<Cow<'static, str>>, quantity: u64) {
         let name = name.into();
-        match self.items.iter_mut().find(|(n, _)| *n == name) {
+        match self.items.iter_mut().find(|(n, _)| same(n, &name)) {
             Some((_, q)) => *q = q.saturating_add(quantity),
             None => self.items.push((name, quantity)),
         }
@@ -28,23 +29,20 @@ impl ReportedUsage {
     /// The quantity reported under `name`.
     #[inline]
     pub fn get(&self, name: &str) -> Option<u64> {
-        let want = name.as_bytes();
-        // Names are short: a byte loop beats a `memcmp` call per item.
         self.items
             .iter()
-            .find(|(n, _)| {
-                let n = n.as_bytes();
-                n.len() == want.len() && n.iter().zip(want).all(|(a, b)| a == b)
-            })
+            .find(|(n, _)| same(n, name))
             .map(|(_, q)| *q)
     }
 
     /// Removes every quantity, keeping the allocation for reuse.
+    #[inline]
     pub fn clear(&mut self) {
         self.items.clear();
     }
 
     /// Whether nothing was reported.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
@@ -60,6 +58,13 @@ impl ReportedUsage {
             self.add(n.clone(), *q);
         }
     }
+}
+
+/// Whether two names are equal. Names are short: a byte loop beats a `memcmp` call.
+#[inline]
+fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
 }
 
 #[cfg(test)]

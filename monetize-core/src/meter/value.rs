@@ -2,7 +2,7 @@
 
 use http::HeaderName;
 
-use super::{Exchange, stable_hash};
+use super::{Exchange, NameKey, stable_hash};
 use crate::config::{BodySide, Rounding, ScaleConfig, ValueConfig};
 use crate::error::ConfigError;
 
@@ -14,7 +14,7 @@ pub(crate) enum ValueSource {
     ResponseBytes,
     RequestHeader(HeaderName),
     ResponseHeader(HeaderName),
-    Reported(String),
+    Reported(NameKey),
     Json {
         pointer: String,
         side: BodySide,
@@ -46,7 +46,7 @@ impl ValueSource {
                         "name the handler-reported quantity (for example `tokens`)",
                     ));
                 }
-                ValueSource::Reported(name.clone())
+                ValueSource::Reported(NameKey::new(name))
             }
             ValueConfig::Json(j) => {
                 if !(j.pointer.is_empty() || j.pointer.starts_with('/')) {
@@ -120,7 +120,7 @@ impl ValueSource {
             ValueSource::ResponseHeader(n) => {
                 ex.response.and_then(|r| header_value(r.headers.get(n)))
             }
-            ValueSource::Reported(name) => ex.reported.and_then(|r| r.get(name)).map(Raw::Int),
+            ValueSource::Reported(name) => ex.reported.and_then(|r| name.find(r)).map(Raw::Int),
             ValueSource::Json {
                 pointer,
                 side,
@@ -213,6 +213,11 @@ impl Scale {
         })
     }
 
+    /// Whether integers come out as they went in (no multiplying or dividing).
+    pub(crate) fn is_identity(self) -> bool {
+        self.multiply == 1 && self.divide == 1
+    }
+
     /// Scales a raw value; text that is not a number gives `None`.
     #[inline]
     pub(crate) fn apply(self, raw: Raw) -> Option<u64> {
@@ -233,7 +238,7 @@ impl Scale {
 
     #[inline]
     fn apply_int(self, i: u64) -> u64 {
-        if self.multiply == 1 && self.divide == 1 {
+        if self.is_identity() {
             return i;
         }
         let n = i as u128 * self.multiply as u128;
