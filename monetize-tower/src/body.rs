@@ -255,7 +255,8 @@ impl MeterState {
 
 impl Drop for MeterState {
     fn drop(&mut self) {
-        with_reported(self.reported.take(), &self.slots, |reported| {
+        let slots = std::mem::take(&mut self.slots);
+        with_reported(self.reported.take(), slots, |reported| {
             self.req.meter(
                 &self.handle,
                 &ResponseSide {
@@ -267,7 +268,6 @@ impl Drop for MeterState {
                 },
             );
         });
-        std::mem::take(&mut self.slots).recycle();
     }
 }
 

@@ -145,8 +145,7 @@ where
                 // taken, or the handler dropped them all): meter now and pass the body
                 // through.
                 if keep.at_head && (!keep.reported || slots.all_dropped()) {
-                    let slots = std::mem::take(slots);
-                    with_reported(reported, &slots, |reported| {
+                    with_reported(reported, std::mem::take(slots), |reported| {
                         p.side.meter(
                             &handle,
                             &ResponseSide {
@@ -158,7 +157,6 @@ where
                             },
                         );
                     });
-                    slots.recycle();
                     return Poll::Ready(Ok(Response::from_parts(
                         parts,
                         M::map_body(ResponseBody::plain(body)),

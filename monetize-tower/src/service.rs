@@ -140,7 +140,10 @@ where
             .route(route)
             .query(head.uri.query())
             .request_bytes(request_bytes);
-        let mut allow = match settings.engine.decide(&handle, &ex) {
+        // The decision, and the request-side half of every meter's filter (the rest is
+        // tested at the response), on one configuration.
+        let (decision, matched) = settings.engine.decide_and_match(&handle, &ex);
+        let mut allow = match decision {
             Decision::Allow(a) => a,
             Decision::Block(block) => return ResponseFuture::early(BlockParts::new(&block)),
             // A decision kind this layer does not know yet: serve the request.
@@ -149,8 +152,6 @@ where
         if !settings.credits_header {
             allow.credits_remaining = None;
         }
-        // The request-side half of every meter's filter, now; the rest at the response.
-        let matched = settings.engine.meter_request(&ex);
         let kept = keep.request_at_response.then(|| {
             Box::new(KeptRequest {
                 method: head.method.clone(),

@@ -17,79 +17,99 @@
 //! added after that is not metered.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{Ordering, fence};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use monetize_core::ReportedUsage;
 
 use crate::scope::with_current;
 
-pub(crate) type Slot = Arc<Mutex<ReportedUsage>>;
+/// What the recorders of one request add to, shared with them: the quantities behind a
+/// lock that is almost never contended (recorders of one request rarely add from two
+/// threads at once) and held only for one [`ReportedUsage::add`] or copy. Never
+/// downgraded to a `Weak`, so its strong count alone tells whether a recorder holds it.
+type Slot = Arc<Mutex<ReportedUsage>>;
 
-/// The recorders taken for one request: the first inline (no allocation), more in a
-/// vector.
-#[derive(Default)]
-pub(crate) struct Slots {
-    first: Option<Slot>,
-    more: Vec<Slot>,
+/// Locks a slot; a recorder that panicked mid-add leaves the quantities as they were.
+#[inline]
+fn lock(slot: &Slot) -> MutexGuard<'_, ReportedUsage> {
+    slot.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Whether `slot` is the last reference to its slot (no recorder holds it). The acquire
+/// fence pairs with the release decrement of the other references' drops (as in
+/// `Arc::get_mut`): whatever they did before letting go happened before what follows.
+#[inline]
+fn is_unique(slot: &Slot) -> bool {
+    let unique = Arc::strong_count(slot) == 1;
+    if unique {
+        fence(Ordering::Acquire);
+    }
+    unique
+}
+
+/// The slot of one request, once a recorder was taken: all its recorders share it (their
+/// adds sum).
+#[derive(Default)]
+pub(crate) struct Slots(Option<Slot>);
+
 impl Slots {
-    pub(crate) fn push(&mut self, slot: Slot) {
-        match self.first {
-            None => self.first = Some(slot),
-            Some(_) => self.more.push(slot),
-        }
+    /// A recorder's reference to the request's slot (from this thread's pool on the first
+    /// call).
+    #[inline]
+    fn attach(&mut self) -> Slot {
+        self.0.get_or_insert_with(fresh_slot).clone()
     }
 
-    fn iter(&self) -> impl Iterator<Item = &Slot> {
-        self.first.iter().chain(&self.more)
-    }
-
-    /// Whether no recorder of the request is left anywhere (the handler dropped them all),
-    /// so nothing can be added any more.
-    pub(crate) fn all_dropped(&mut self) -> bool {
-        self.first
-            .iter_mut()
-            .chain(&mut self.more)
-            .all(|s| Arc::get_mut(s).is_some())
-    }
-
-    /// Gives the slots no recorder holds any more back to this thread's pool.
-    pub(crate) fn recycle(self) {
-        if self.first.is_none() {
-            return;
-        }
-        let _ = POOL.try_with(|pool| {
-            let mut pool = pool.borrow_mut();
-            for mut slot in self.first.into_iter().chain(self.more) {
-                if pool.len() < POOL_SIZE
-                    && let Some(m) = Arc::get_mut(&mut slot)
-                    && let Ok(usage) = m.get_mut()
-                {
-                    // Cleared in place: the next request's `add` reuses the list.
-                    usage.clear();
-                    pool.push(slot);
-                }
-            }
-        });
+    /// Whether no recorder of the request is left anywhere (none was taken, or the
+    /// handler dropped them all), so nothing can be added any more.
+    #[inline]
+    pub(crate) fn all_dropped(&self) -> bool {
+        self.0.as_ref().is_none_or(is_unique)
     }
 }
 
 /// Slots kept per thread for the next recorders (each saves an allocation).
 const POOL_SIZE: usize = 64;
 
-thread_local! {
-    static POOL: RefCell<Vec<Slot>> = const { RefCell::new(Vec::new()) };
+/// A thread's cleared slots: one at hand (a thread serving one request at a time needs no
+/// more, and takes and gives it back without a `RefCell` borrow), the others in a list.
+struct Pool {
+    spare: Cell<Option<Slot>>,
+    more: RefCell<Vec<Slot>>,
 }
 
-/// A slot from this thread's pool, or a new one.
+thread_local! {
+    static POOL: Pool = const {
+        Pool {
+            spare: Cell::new(None),
+            more: RefCell::new(Vec::new()),
+        }
+    };
+}
+
+/// A slot from this thread's pool (cleared when it was put back), or a new one.
+#[inline]
 fn fresh_slot() -> Slot {
-    POOL.try_with(|p| p.borrow_mut().pop())
+    POOL.try_with(|p| p.spare.take().or_else(|| p.more.borrow_mut().pop()))
         .ok()
         .flatten()
         .unwrap_or_default()
+}
+
+/// Gives a cleared slot that no recorder holds back to this thread's pool.
+#[inline]
+fn recycle(slot: Slot) {
+    let _ = POOL.try_with(move |p| {
+        if let Some(other) = p.spare.replace(Some(slot)) {
+            let mut more = p.more.borrow_mut();
+            if more.len() < POOL_SIZE - 1 {
+                more.push(other);
+            }
+        }
+    });
 }
 
 /// Adds handler-reported quantities to the request being served.
@@ -99,6 +119,8 @@ fn fresh_slot() -> Slot {
 /// what was added before the response body ends is metered. Holding it past the
 /// response head (for example in a streaming body) makes the layer wait for the end of
 /// the body to meter; dropping it when the handler returns lets the layer meter at once.
+/// All recorders of one request (clones, and every [`current`](UsageRecorder::current)
+/// taken for it) add to the same set.
 #[derive(Clone, Default)]
 pub struct UsageRecorder {
     slot: Option<Slot>,
@@ -112,12 +134,8 @@ impl UsageRecorder {
     pub fn current() -> Option<UsageRecorder> {
         with_current(|frame| {
             let frame = frame?;
-            if !frame.metered {
-                return Some(UsageRecorder { slot: None });
-            }
-            let slot = fresh_slot();
-            frame.slots.borrow_mut().push(slot.clone());
-            Some(UsageRecorder { slot: Some(slot) })
+            let slot = frame.metered.then(|| frame.slots.borrow_mut().attach());
+            Some(UsageRecorder { slot })
         })
     }
 
@@ -133,19 +151,18 @@ impl UsageRecorder {
 
     /// Adds `quantity` under `name` (summed with earlier adds of the same name). Meters
     /// with `value = { reported = "name" }` pick it up when the response is metered.
+    #[inline]
     pub fn add(&self, name: impl Into<Cow<'static, str>>, quantity: u64) {
         if let Some(slot) = &self.slot {
-            slot.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .add(name, quantity);
+            lock(slot).add(name, quantity);
         }
     }
 
-    /// What was added so far.
+    /// What the request's recorders added so far (empty for a detached recorder).
     pub fn snapshot(&self) -> ReportedUsage {
-        self.slot.as_ref().map_or_else(ReportedUsage::new, |s| {
-            s.lock().unwrap_or_else(|e| e.into_inner()).clone()
-        })
+        self.slot
+            .as_ref()
+            .map_or_else(ReportedUsage::new, |s| lock(s).clone())
     }
 }
 
@@ -157,45 +174,59 @@ impl fmt::Debug for UsageRecorder {
     }
 }
 
-/// Merges response-extension usage and recorder slots into one set.
-fn merge<'a>(
-    from_response: Option<ReportedUsage>,
-    slots: impl IntoIterator<Item = &'a Slot>,
-) -> Option<ReportedUsage> {
-    let mut out = from_response;
-    for slot in slots {
-        let got = slot.lock().unwrap_or_else(|e| e.into_inner());
-        if got.is_empty() {
-            continue;
-        }
-        match &mut out {
-            Some(o) => o.extend_from(&got),
-            None => out = Some(got.clone()),
-        }
-    }
-    out
-}
-
-/// Runs `f` on everything reported for a request: the response extension and the
-/// recorders' slots. Copies nothing in the common cases (one source or none).
+/// Runs `f` on everything reported for a request, the response extension and the
+/// recorders' slot summed, then gives the slot back to this thread's pool if no recorder
+/// holds it any more. Copies nothing in the common cases (one source or none, and no
+/// recorder left: no lock either); with a recorder still alive, meters a copy.
 pub(crate) fn with_reported<T>(
     from_response: Option<ReportedUsage>,
-    slots: &Slots,
+    slots: Slots,
     f: impl FnOnce(Option<&ReportedUsage>) -> T,
 ) -> T {
-    match (from_response, &slots.first) {
-        (r, None) => f(r.as_ref()),
-        (None, Some(one)) if slots.more.is_empty() => {
-            let got = one.lock().unwrap_or_else(|e| e.into_inner());
-            f((!got.is_empty()).then_some(&*got))
+    let Some(slot) = slots.0 else {
+        return f(from_response.as_ref());
+    };
+    let unique = is_unique(&slot);
+    let mut got = lock(&slot);
+    if !unique {
+        // A recorder is still alive (it may add while we meter, and its adds from now on
+        // are not metered): meter a copy, without holding the lock.
+        let mut merged = from_response;
+        if !got.is_empty() {
+            match &mut merged {
+                Some(m) => m.extend_from(&got),
+                None => merged = Some(got.clone()),
+            }
         }
-        (r, _) => f(merge(r, slots.iter()).as_ref()),
+        drop(got);
+        return f(merged.as_ref());
     }
+    let out = match from_response {
+        None => f((!got.is_empty()).then_some(&*got)),
+        Some(mut r) => {
+            r.extend_from(&got);
+            f(Some(&r))
+        }
+    };
+    // Cleared in place: the next request's adds reuse its list.
+    got.clear();
+    drop(got);
+    recycle(slot);
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pooled() -> usize {
+        POOL.with(|p| {
+            let spare = p.spare.take();
+            let n = usize::from(spare.is_some()) + p.more.borrow().len();
+            p.spare.set(spare);
+            n
+        })
+    }
 
     #[test]
     fn recorders_attach_to_the_innermost_scope() {
@@ -222,34 +253,100 @@ mod tests {
             let b = UsageRecorder::current().unwrap();
             assert!(!b.is_attached());
             b.add("tokens", 100);
-            assert!(inner_slots.borrow().first.is_none());
+            assert!(inner_slots.borrow().0.is_none());
+            assert!(inner_slots.borrow().all_dropped());
             drop(b);
         }
         let c = UsageRecorder::current().unwrap();
         c.add("tokens", 4);
         drop(scope);
         assert!(UsageRecorder::current().is_none());
-        let mut slots = outer_slots.into_inner();
-        assert_eq!(slots.iter().count(), 2);
-        assert_eq!(
-            with_reported(None, &slots, |r| r.unwrap().get("tokens")),
-            Some(7)
-        );
+        let slots = outer_slots.into_inner();
+        // One slot for the request, shared by its recorders.
+        assert_eq!(a.snapshot().get("tokens"), Some(7));
+        assert_eq!(c.snapshot().get("tokens"), Some(7));
+        assert!(!slots.all_dropped());
+        drop(a);
+        assert!(!slots.all_dropped());
+        let d = c.clone();
+        drop(c);
+        assert!(!slots.all_dropped(), "a clone is a recorder too");
+        drop(d);
+        assert!(slots.all_dropped());
         let mut ext = ReportedUsage::new();
         ext.add("tokens", 10);
+        let before = pooled();
         assert_eq!(
-            with_reported(Some(ext), &slots, |r| r.unwrap().get("tokens")),
+            with_reported(Some(ext), slots, |r| r.unwrap().get("tokens")),
             Some(17)
         );
-        // Recorders still held: not recycled.
-        assert!(!slots.all_dropped());
-        drop((a, c));
-        assert!(slots.all_dropped());
-        let pooled = POOL.with(|p| p.borrow().len());
-        slots.recycle();
-        assert_eq!(POOL.with(|p| p.borrow().len()), pooled + 2);
+        assert_eq!(pooled(), before + 1, "recycled");
         // A recycled slot comes back empty.
         let again = fresh_slot();
-        assert!(again.lock().unwrap().is_empty());
+        assert!(lock(&again).is_empty());
+        assert_eq!(pooled(), before);
+    }
+
+    #[test]
+    fn a_slot_still_held_is_read_but_not_recycled() {
+        let mut slots = Slots::default();
+        assert!(slots.all_dropped());
+        assert!(with_reported(None, Slots::default(), |r| r.is_none()));
+        let rec = UsageRecorder {
+            slot: Some(slots.attach()),
+        };
+        assert!(
+            with_reported(None, Slots(slots.0.clone()), |r| r.is_none()),
+            "nothing added"
+        );
+        rec.add("tokens", 2);
+        let before = pooled();
+        assert_eq!(
+            with_reported(None, slots, |r| r.unwrap().get("tokens")),
+            Some(2)
+        );
+        assert_eq!(pooled(), before, "a recorder still holds it");
+        // Adds after that are not read by anyone, and do not fail.
+        rec.add("tokens", 5);
+        assert_eq!(rec.snapshot().get("tokens"), Some(7));
+        let detached = UsageRecorder::detached();
+        detached.add("tokens", 1);
+        assert!(detached.snapshot().is_empty());
+    }
+
+    #[test]
+    fn recorders_add_from_several_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<UsageRecorder>();
+
+        let mut slots = Slots::default();
+        let rec = UsageRecorder {
+            slot: Some(slots.attach()),
+        };
+        let (threads, adds) = if cfg!(miri) { (3, 20) } else { (8, 2_000) };
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let rec = rec.clone();
+                s.spawn(move || {
+                    for i in 0..adds {
+                        rec.add("tokens", 1);
+                        if i % 2 == t % 2 {
+                            rec.add(format!("rows{}", t % 2), 2);
+                        }
+                    }
+                });
+            }
+        });
+        drop(rec);
+        assert!(slots.all_dropped());
+        let (tokens, rows) = with_reported(None, slots, |r| {
+            let r = r.unwrap();
+            (
+                r.get("tokens"),
+                r.get("rows0").unwrap() + r.get("rows1").unwrap(),
+            )
+        });
+        assert_eq!(tokens, Some(threads * adds));
+        assert_eq!(rows, threads * adds);
     }
 }

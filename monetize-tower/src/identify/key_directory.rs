@@ -653,9 +653,17 @@ impl KeyDirectory {
         let key = key.as_ref();
         let table = self.inner.table.load();
         let mac = self.inner.key.mac(key);
-        let found = match table.by_mac.get(&mac) {
-            Some(&i) => Some(i),
-            None => table.verified.get(mac),
+        // Each index is probed only when it holds something (a directory of digests only
+        // has an empty `by_mac`; one of keys only never verifies).
+        let by_key = if table.by_mac.is_empty() {
+            None
+        } else {
+            table.by_mac.get(&mac).copied()
+        };
+        let found = match by_key {
+            Some(i) => Some(i),
+            None if table.digest_only > 0 => table.verified.get(mac),
+            None => None,
         };
         match found.and_then(|i| table.customer(i)) {
             Some(c) => Some(c.clone()),
