@@ -27,7 +27,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 N1="${N1:-2000}"
 N2="${N2:-12000}"
-VARIANTS="${VARIANTS:-plain noop-layer monetize monetize-cached governor plain-ci governor-ip}"
+VARIANTS="${VARIANTS:-plain noop-layer monetize monetize-router monetize-cached governor plain-ci governor-ip}"
 TOP="${TOP:-25}"
 OUT="$ROOT/target/http-callgrind"
 mkdir -p "$OUT"
@@ -95,10 +95,14 @@ base() { # the baseline of variant $1, when it was measured
 echo
 echo "instructions per request (marginal between N=$N1 and N=$N2; $(date -u +%F))"
 # "own": what the layer itself adds, beyond what axum charges for any route layer (the
-# `noop-layer` variant's addition over plain), when noop-layer was measured.
+# `noop-layer` variant's addition over plain), when noop-layer was measured; for
+# `monetize-router` (around the router, no route layer) all it adds.
 own() {
     local v=$1 b=$2
-    [[ -z "${PER[noop-layer]:-}" || -z "$b" || "$v" == noop-layer || "$v" == plain-ci ]] && { echo -; return; }
+    [[ -z "$b" || "$v" == noop-layer || "$v" == plain-ci ]] && { echo -; return; }
+    # Around the whole router: no route layer, everything added is the layer's own.
+    [[ "$v" == monetize-router ]] && { printf '%+d' $(( PER[$v] - PER[$b] )); return; }
+    [[ -z "${PER[noop-layer]:-}" ]] && { echo -; return; }
     printf '%+d' $(( PER[$v] - PER[$b] - (PER[noop-layer] - PER[plain]) ))
 }
 printf '%-16s %10s %10s %10s %11s  %s\n' variant instr/req added own allocs/req baseline
