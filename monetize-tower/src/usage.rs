@@ -183,36 +183,36 @@ pub(crate) fn with_reported<T>(
     slots: Slots,
     f: impl FnOnce(Option<&ReportedUsage>) -> T,
 ) -> T {
-    let Some(slot) = slots.0 else {
+    let Some(mut slot) = slots.0 else {
         return f(from_response.as_ref());
     };
-    let unique = is_unique(&slot);
-    let mut got = lock(&slot);
-    if !unique {
-        // A recorder is still alive (it may add while we meter, and its adds from now on
-        // are not metered): meter a copy, without holding the lock.
-        let mut merged = from_response;
-        if !got.is_empty() {
-            match &mut merged {
-                Some(m) => m.extend_from(&got),
-                None => merged = Some(got.clone()),
+    // No recorder left (the common case): the quantities without locking.
+    if let Some(m) = Arc::get_mut(&mut slot) {
+        let got = m.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let out = match from_response {
+            None => f((!got.is_empty()).then_some(&*got)),
+            Some(mut r) => {
+                r.extend_from(got);
+                f(Some(&r))
             }
-        }
-        drop(got);
-        return f(merged.as_ref());
+        };
+        // Cleared in place: the next request's adds reuse its list.
+        got.clear();
+        recycle(slot);
+        return out;
     }
-    let out = match from_response {
-        None => f((!got.is_empty()).then_some(&*got)),
-        Some(mut r) => {
-            r.extend_from(&got);
-            f(Some(&r))
+    // A recorder is still alive (it may add while we meter, and its adds from now on are
+    // not metered): meter a copy, without holding the lock.
+    let mut merged = from_response;
+    let got = lock(&slot);
+    if !got.is_empty() {
+        match &mut merged {
+            Some(m) => m.extend_from(&got),
+            None => merged = Some(got.clone()),
         }
-    };
-    // Cleared in place: the next request's adds reuse its list.
-    got.clear();
+    }
     drop(got);
-    recycle(slot);
-    out
+    f(merged.as_ref())
 }
 
 #[cfg(test)]

@@ -107,11 +107,27 @@ fn first_value<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a Head
     let want = name.as_str().as_bytes();
     headers
         .iter()
-        .find(|(k, _)| {
-            let k = k.as_str().as_bytes();
-            k.len() == want.len() && k.iter().zip(want).all(|(a, b)| a == b)
-        })
+        .find(|(k, _)| same_name(k.as_str().as_bytes(), want))
         .map(|(_, v)| v)
+}
+
+/// Whether two header names are equal: names of 8 to 16 bytes (most custom ones) are
+/// compared as two overlapping words, others byte by byte.
+#[inline]
+fn same_name(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let n = a.len();
+    if (8..=16).contains(&n) {
+        let word = |s: &[u8], at: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&s[at..at + 8]);
+            u64::from_ne_bytes(w)
+        };
+        return word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8);
+    }
+    a.iter().zip(b).all(|(x, y)| x == y)
 }
 
 impl fmt::Debug for ApiKey {
@@ -126,6 +142,23 @@ impl fmt::Debug for ApiKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn same_name_is_byte_equality() {
+        let base: Vec<u8> = (0..24u8).map(|i| b'a' + i).collect();
+        for n in 0..=base.len() {
+            let a = &base[..n];
+            assert!(same_name(a, a));
+            for i in 0..n {
+                let mut b = a.to_vec();
+                b[i] ^= 1;
+                assert!(!same_name(a, &b), "length {n}, byte {i}");
+            }
+            if n > 0 {
+                assert!(!same_name(a, &base[..n - 1]));
+            }
+        }
+    }
 
     #[test]
     fn the_scan_finds_what_get_finds() {

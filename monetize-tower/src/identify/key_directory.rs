@@ -427,8 +427,33 @@ fn probe(lo: u64, hi: u64, p: usize) -> usize {
     (base as usize).wrapping_add(p % (PROBES / 2))
 }
 
+/// The next directory's [`Inner::id`].
+static NEXT_DIRECTORY: AtomicU64 = AtomicU64::new(0);
+
+/// Directories whose table a thread keeps at hand.
+const CACHED_TABLES: usize = 4;
+
+/// A table a thread keeps at hand: the table of directory `id` at `version`.
+struct CachedTable {
+    id: u64,
+    version: u64,
+    table: Arc<Table>,
+}
+
+thread_local! {
+    static TABLES: std::cell::RefCell<Vec<CachedTable>> = const {
+        std::cell::RefCell::new(Vec::new())
+    };
+}
+
 struct Inner {
     table: ArcSwap<Table>,
+    /// Bumped after every swap of `table`, so that a thread's cached table is checked
+    /// with one load ([`KeyDirectory::with_table`]).
+    version: AtomicU64,
+    /// This directory's number, unique in the process (thread caches are keyed by it:
+    /// an address could be reused by a later directory).
+    id: u64,
     key: MacKey,
     /// The verified cache size given to `with_verified_cache`; else it follows the number
     /// of digest-only keys.
@@ -564,6 +589,8 @@ impl KeyDirectory {
         Self {
             inner: Arc::new(Inner {
                 table: ArcSwap::from_pointee(table),
+                version: AtomicU64::new(0),
+                id: NEXT_DIRECTORY.fetch_add(1, Ordering::Relaxed),
                 key: MacKey::random(),
                 fixed_slots,
             }),
@@ -580,7 +607,48 @@ impl KeyDirectory {
             out = Some(r);
             t
         });
+        // After the swap: a reader that sees the new version loads the new table.
+        self.inner.version.fetch_add(1, Ordering::Release);
         out.expect("rcu runs the change at least once")
+    }
+
+    /// Runs `f` on the current table. Each thread keeps the tables of the last few
+    /// directories it read, with their version: while the directory has not changed, a
+    /// lookup costs one atomic load instead of an `ArcSwap` load (whose guard takes and
+    /// releases a slot with two read-modify-write operations). A thread's cache holds at
+    /// most [`CACHED_TABLES`] tables (an old version until its next lookup there).
+    #[inline]
+    fn with_table<T>(&self, f: impl Fn(&Table) -> T) -> T {
+        let inner = &*self.inner;
+        // The version first: a swap between the two loads makes the next lookup reload.
+        let version = inner.version.load(Ordering::Acquire);
+        let done = TABLES.try_with(|cache| {
+            let mut cache = cache.borrow_mut();
+            let at = match cache.iter().position(|c| c.id == inner.id) {
+                Some(i) if cache[i].version == version => i,
+                Some(i) => {
+                    cache[i].version = version;
+                    cache[i].table = inner.table.load_full();
+                    i
+                }
+                None => {
+                    if cache.len() == CACHED_TABLES {
+                        cache.remove(0);
+                    }
+                    cache.push(CachedTable {
+                        id: inner.id,
+                        version,
+                        table: inner.table.load_full(),
+                    });
+                    cache.len() - 1
+                }
+            };
+            // `f` is a lookup: it never reads a directory again, so the borrow is not
+            // taken twice.
+            f(&cache[at].table)
+        });
+        // The thread is exiting (its cache is gone): read the directory directly.
+        done.unwrap_or_else(|_| f(&inner.table.load()))
     }
 
     /// Adds (or re-assigns) a key. Returns the customer it belonged to.
@@ -651,24 +719,25 @@ impl KeyDirectory {
     #[inline]
     pub fn lookup(&self, key: impl AsRef<[u8]>) -> Option<CustomerId> {
         let key = key.as_ref();
-        let table = self.inner.table.load();
         let mac = self.inner.key.mac(key);
-        // Each index is probed only when it holds something (a directory of digests only
-        // has an empty `by_mac`; one of keys only never verifies).
-        let by_key = if table.by_mac.is_empty() {
-            None
-        } else {
-            table.by_mac.get(&mac).copied()
-        };
-        let found = match by_key {
-            Some(i) => Some(i),
-            None if table.digest_only > 0 => table.verified.get(mac),
-            None => None,
-        };
-        match found.and_then(|i| table.customer(i)) {
-            Some(c) => Some(c.clone()),
-            None => Self::verify(&table, key, mac),
-        }
+        self.with_table(|table| {
+            // Each index is probed only when it holds something (a directory of digests
+            // only has an empty `by_mac`; one of keys only never verifies).
+            let by_key = if table.by_mac.is_empty() {
+                None
+            } else {
+                table.by_mac.get(&mac).copied()
+            };
+            let found = match by_key {
+                Some(i) => Some(i),
+                None if table.digest_only > 0 => table.verified.get(mac),
+                None => None,
+            };
+            match found.and_then(|i| table.customer(i)) {
+                Some(c) => Some(c.clone()),
+                None => Self::verify(table, key, mac),
+            }
+        })
     }
 
     /// A key neither given as a key nor verified yet: its SHA-256, compared in constant
@@ -903,6 +972,38 @@ mod tests {
                 }
             }
         });
+    }
+
+    #[test]
+    fn thread_caches_follow_changes_and_never_mix_directories() {
+        let n = CACHED_TABLES + 3;
+        let dirs: Vec<KeyDirectory> = (0..n).map(|_| KeyDirectory::new()).collect();
+        for (i, d) in dirs.iter().enumerate() {
+            d.insert("k", id(&format!("c{i}")));
+        }
+        // More directories than a thread keeps: each still answers for itself.
+        for _ in 0..3 {
+            for (i, d) in dirs.iter().enumerate() {
+                assert_eq!(d.lookup("k"), Some(id(&format!("c{i}"))));
+            }
+        }
+        // A change made on another thread reaches this thread's cached table.
+        let last = dirs[n - 1].clone();
+        std::thread::spawn(move || {
+            last.remove("k");
+            last.insert("k2", id("moved"));
+        })
+        .join()
+        .unwrap();
+        assert_eq!(dirs[n - 1].lookup("k"), None);
+        assert_eq!(dirs[n - 1].lookup("k2"), Some(id("moved")));
+        assert_eq!(dirs[n - 2].lookup("k"), Some(id(&format!("c{}", n - 2))));
+        // A directory made after others were dropped starts empty.
+        drop(dirs);
+        let fresh = KeyDirectory::new();
+        assert_eq!(fresh.lookup("k"), None);
+        fresh.insert("k", id("fresh"));
+        assert_eq!(fresh.lookup("k"), Some(id("fresh")));
     }
 
     #[test]
