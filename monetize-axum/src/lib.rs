@@ -114,7 +114,6 @@ pub use extract::{Customer, CustomerRejection, Usage, UsageRejection};
 pub use response::BlockResponse;
 pub use router::{
     AxumMonetize, AxumMonetizeLayer, AxumResponseFuture, FromMatchedPath, IntoAxumBody, RouterExt,
-    TapRequest,
 };
 pub use usage_route::{UsageRoutes, usage_routes};
 

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http::Request;
 use monetize_tower::{
     MapBody, Monetize, MonetizeLayer, RequestHead, RequestTap, ResponseBody, RouteSource, TapBody,
+    TapRequestBody,
 };
 use tower_layer::Layer;
 use tower_service::Service;
@@ -44,7 +45,6 @@ impl RouteSource for FromMatchedPath {
 #[derive(Clone, Debug)]
 pub struct AxumMonetizeLayer<R = FromMatchedPath> {
     inner: MonetizeLayer<R>,
-    tap: bool,
 }
 
 impl AxumMonetizeLayer<FromMatchedPath> {
@@ -61,8 +61,7 @@ impl<R: RouteSource> AxumMonetizeLayer<R> {
     /// give the layer a [`RouteTable`](monetize_tower::RouteTable) of the app's routes
     /// ([`MonetizeLayer::route_table`]) when meters or rules filter on templates.
     pub fn around_router(layer: MonetizeLayer<R>) -> Self {
-        let tap = layer.taps_request_body();
-        Self { inner: layer, tap }
+        Self { inner: layer }
     }
 }
 
@@ -71,13 +70,7 @@ impl<S, R: RouteSource> Layer<S> for AxumMonetizeLayer<R> {
 
     fn layer(&self, inner: S) -> Self::Service {
         AxumMonetize {
-            inner: self
-                .inner
-                .layer(TapRequest {
-                    inner,
-                    enabled: self.tap,
-                })
-                .map_body(),
+            inner: self.inner.layer(inner).map_body(),
         }
     }
 }
@@ -91,12 +84,12 @@ impl<S, R: RouteSource> Layer<S> for AxumMonetizeLayer<R> {
 /// otherwise the metering body is boxed into [`Body`], as axum would box it.
 #[derive(Clone, Debug)]
 pub struct AxumMonetize<S, R = FromMatchedPath> {
-    inner: Monetize<TapRequest<S>, R, IntoAxumBody>,
+    inner: Monetize<S, R, IntoAxumBody>,
 }
 
 impl<S, R> AxumMonetize<S, R> {
     /// The monetize service inside.
-    pub fn get_ref(&self) -> &Monetize<TapRequest<S>, R, IntoAxumBody> {
+    pub fn get_ref(&self) -> &Monetize<S, R, IntoAxumBody> {
         &self.inner
     }
 
@@ -136,9 +129,10 @@ where
 /// [`Response`] (no future is wrapped around it).
 pub type AxumResponseFuture<F> = monetize_tower::ResponseFuture<F, IntoAxumBody>;
 
-/// Hands the layer's body to axum as [`Body`]: the handler's own body when the layer only
-/// passes it through (not boxed again when it already is a [`Body`]), else the layer's
-/// body, boxed, as axum would box it.
+/// Adapts the layer to axum's body types: hands the layer's response body to axum as
+/// [`Body`] (the handler's own body when the layer only passes it through, not boxed again
+/// when it already is a [`Body`]; else the layer's body, boxed, as axum would box it), and
+/// taps request bodies for request JSON-field meters by wrapping them in a [`TapBody`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct IntoAxumBody;
 
@@ -158,37 +152,10 @@ where
     }
 }
 
-/// Wraps the request body with [`TapBody`] when the monetize layer asked for it (only
-/// when a meter reads a JSON field of the request); otherwise passes requests through.
-#[derive(Clone, Debug)]
-pub struct TapRequest<S> {
-    inner: S,
-    enabled: bool,
-}
-
-impl<S> Service<Request<Body>> for TapRequest<S>
-where
-    S: Service<Request<Body>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
+impl TapRequestBody<Body> for IntoAxumBody {
     #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    #[inline]
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        if self.enabled
-            && let Some(tap) = req.extensions().get::<RequestTap>().cloned()
-        {
-            return self
-                .inner
-                .call(req.map(|b| Body::new(TapBody::new(b, Some(tap)))));
-        }
-        self.inner.call(req)
+    fn tap_request(request: Request<Body>, tap: RequestTap) -> Request<Body> {
+        request.map(|b| Body::new(TapBody::new(b, Some(tap))))
     }
 }
 
@@ -394,20 +361,31 @@ mod tests {
             .meter(MeterConfig::sum("requested", ValueConfig::Json(field)))
             .build();
         let engine = Engine::new(cfg).unwrap();
-        let app = Router::new()
-            .route(
+        let routes = || {
+            Router::new().route(
                 "/v1/chat",
                 post(|Json(v): Json<serde_json::Value>| async move { v["max_tokens"].to_string() }),
             )
-            .monetize(layer(&engine));
-        let r = http::Request::post("/v1/chat")
-            .header("x-api-key", "key-acme")
-            .header("content-type", "application/json")
-            .body(axum::body::Body::from(r#"{"max_tokens":77}"#))
+        };
+        let r = || {
+            http::Request::post("/v1/chat")
+                .header("x-api-key", "key-acme")
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(r#"{"max_tokens":77}"#))
+                .unwrap()
+        };
+        // On the routes, and around the router: the handler reads the body unchanged.
+        let res = routes()
+            .monetize(layer(&engine))
+            .oneshot(r())
+            .await
             .unwrap();
-        let res = app.oneshot(r).await.unwrap();
         assert_eq!(body(res).await, (http::StatusCode::OK, "77".into()));
         assert_eq!(used(&engine, "acme", "requested"), 77);
+        let around = routes().monetize_router(layer(&engine));
+        let res = around.oneshot(r()).await.unwrap();
+        assert_eq!(body(res).await, (http::StatusCode::OK, "77".into()));
+        assert_eq!(used(&engine, "acme", "requested"), 154);
     }
 
     /// An endless body of 16 KiB chunks.

@@ -158,6 +158,26 @@ impl<B> MapBody<B> for KeepBody {
     }
 }
 
+/// How the layer taps a request body when a meter reads a JSON field of the request
+/// ([`Engine::json_capture`]): the body must be wrapped in a [`TapBody`] that captures
+/// into the request's [`RequestTap`] as the inner service reads it.
+///
+/// With [`KeepBody`] the layer cannot change the request body's type, so it puts the tap
+/// into the request extensions for a [`TapBody::from_request`] inside the layer (a
+/// `map_request` of your own); a framework adapter wraps the body itself
+/// (`monetize-axum`'s, into `axum::body::Body`).
+pub trait TapRequestBody<Q> {
+    /// `request`, with its body set to capture into `tap`.
+    fn tap_request(request: http::Request<Q>, tap: RequestTap) -> http::Request<Q>;
+}
+
+impl<Q> TapRequestBody<Q> for KeepBody {
+    fn tap_request(mut request: http::Request<Q>, tap: RequestTap) -> http::Request<Q> {
+        request.extensions_mut().insert(tap);
+        request
+    }
+}
+
 /// The header map of exchanges whose headers no meter reads.
 fn empty_headers() -> &'static HeaderMap {
     static EMPTY: std::sync::OnceLock<HeaderMap> = std::sync::OnceLock::new();

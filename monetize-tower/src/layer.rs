@@ -285,7 +285,8 @@ impl<R: RouteSource> MonetizeLayer<R> {
     }
 
     /// Whether a meter reads a JSON field of the request body, so the request body must
-    /// be wrapped with [`TapBody`](crate::TapBody) inside the layer.
+    /// be wrapped with [`TapBody`](crate::TapBody) inside the layer (a framework adapter
+    /// implementing [`TapRequestBody`](crate::TapRequestBody) does it by itself).
     pub fn taps_request_body(&self) -> bool {
         self.settings.keep.request_capture.is_some()
     }

@@ -139,7 +139,7 @@ mod scope;
 mod service;
 pub mod usage;
 
-pub use body::{KeepBody, MapBody, RequestTap, ResponseBody, TapBody};
+pub use body::{KeepBody, MapBody, RequestTap, ResponseBody, TapBody, TapRequestBody};
 pub use error::Error;
 pub use future::ResponseFuture;
 pub use head::RequestHead;

@@ -12,7 +12,7 @@ use monetize_core::{Allow, Decision, Exchange};
 use tower_service::Service;
 
 use crate::RequestHead;
-use crate::body::{KeepBody, KeptRequest, MapBody, RequestSide, RequestTap};
+use crate::body::{KeepBody, KeptRequest, MapBody, RequestSide, RequestTap, TapRequestBody};
 use crate::future::{Pending, ResponseFuture};
 use crate::layer::{Settings, Who};
 use crate::response::BlockParts;
@@ -100,7 +100,7 @@ impl<S, R, M, ReqBody, ResBody> Service<Request<ReqBody>> for Monetize<S, R, M>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     R: RouteSource,
-    M: MapBody<ResBody>,
+    M: MapBody<ResBody> + TapRequestBody<ReqBody>,
     ResBody: Body<Data = Bytes>,
 {
     type Response = Response<M::Body>;
@@ -160,11 +160,12 @@ where
                 headers: keep.request_headers.then(|| head.headers.clone()),
             })
         });
-        let tap = keep.request_capture.map(|cap| {
-            let t = RequestTap::new(cap, (request_bytes > 0).then_some(request_bytes));
-            req.extensions_mut().insert(t.clone());
-            t
-        });
+        let tap = keep
+            .request_capture
+            .map(|cap| RequestTap::new(cap, (request_bytes > 0).then_some(request_bytes)));
+        if let Some(t) = &tap {
+            req = M::tap_request(req, t.clone());
+        }
         if settings.customer_extension {
             req.extensions_mut().insert(handle.clone());
         }
