@@ -130,7 +130,7 @@ where
                 drop(scope);
                 *slots = attached.into_inner();
                 let res = ready!(polled)?;
-                let (Some(p), Some(handle)) = (pending.take(), customer.take()) else {
+                let (Some(p), Some(handle)) = (pending.as_ref(), customer.as_ref()) else {
                     return Poll::Ready(Ok(res.map(|b| M::map_body(ResponseBody::plain(b)))));
                 };
                 let (mut parts, body) = res.into_parts();
@@ -147,7 +147,7 @@ where
                 if keep.at_head && (!keep.reported || slots.all_dropped()) {
                     with_reported(reported, std::mem::take(slots), |reported| {
                         p.side.meter(
-                            &handle,
+                            handle,
                             &ResponseSide {
                                 status: parts.status,
                                 headers: &parts.headers,
@@ -157,16 +157,29 @@ where
                             },
                         );
                     });
+                    // Done: metered once (read in place rather than moved out first).
+                    *pending = None;
+                    *customer = None;
                     return Poll::Ready(Ok(Response::from_parts(
                         parts,
                         M::map_body(ResponseBody::plain(body)),
                     )));
                 }
+                let (side, handle) = match (pending.take(), customer.take()) {
+                    (Some(p), Some(h)) => (p.side, h),
+                    // Both were there above.
+                    _ => {
+                        return Poll::Ready(Ok(Response::from_parts(
+                            parts,
+                            M::map_body(ResponseBody::plain(body)),
+                        )));
+                    }
+                };
                 let capture = keep
                     .capture
                     .map(|cap| Capture::new(cap as usize, body.size_hint().exact()));
                 let meter = MeterState {
-                    req: p.side,
+                    req: side,
                     handle,
                     status: parts.status,
                     headers: keep
