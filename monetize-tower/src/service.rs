@@ -26,14 +26,18 @@ use crate::route::{FromRouteTemplate, RouteSource};
 /// 1. identify the customer and resolve its handle once;
 /// 2. decide: a block is answered at once with its status, JSON body and headers, and the
 ///    inner service is not called;
-/// 3. otherwise call the inner service, with the customer in scope while its response
-///    future is polled ([`current_customer`](crate::current_customer)), and add the
-///    decision's headers (`X-Credits-Remaining`, `RateLimit-*`) to its response;
+/// 3. otherwise run the request-side half of the meters' filters, call the inner service,
+///    with the customer in scope while its response future is polled
+///    ([`current_customer`](crate::current_customer)), and add the decision's headers
+///    (`RateLimit-*`; `X-Credits-Remaining` with
+///    [`credits_header`](crate::MonetizeLayer::credits_header)) to its response;
 /// 4. meter when the response head arrives, or when its body ends (or is dropped) if a
 ///    meter reads the body (see the [crate docs](crate#when-an-exchange-is-metered)).
 ///
-/// On the allow path nothing is awaited, locked or allocated by the layer itself (see
-/// the [crate docs](crate#cost)).
+/// `M` ([`MapBody`], [`TapRequestBody`]) adapts the bodies to a framework (default
+/// [`KeepBody`]). On the allow path nothing is awaited or allocated by the layer itself; the
+/// only lock is the customer map's shard read lock while the handle is cloned (see the
+/// [crate docs](crate#cost)).
 pub struct Monetize<S, R = FromRouteTemplate, M = KeepBody> {
     inner: S,
     settings: Arc<Settings<R>>,

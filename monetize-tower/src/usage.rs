@@ -8,7 +8,8 @@
 //!
 //! A recorder costs nothing unless it is taken: the layer marks, on the running thread,
 //! the request whose inner service it is polling (like a task-local); taking a recorder
-//! attaches one small shared slot (reused from a per-thread pool) to that request.
+//! attaches one small shared slot (reused from a per-thread pool) to that request, which
+//! all its recorders share.
 //!
 //! Recorders decide when the exchange is metered: if every recorder of a request has
 //! been dropped when its response head arrives (the handler returned, taking its `Usage`
