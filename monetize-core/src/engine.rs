@@ -476,14 +476,18 @@ impl Engine {
     /// placeholders. Costs one configuration load when no meter matched and none is
     /// decided at the response.
     ///
-    /// The configuration current at the response is used: a [`Engine::reload`] that
-    /// changes a meter's filter between the two halves applies the old request-side test
-    /// and the new response-side test to the requests in flight.
+    /// The response half uses the configuration the request half used, even if
+    /// [`Engine::reload`] replaced it in between: a request in flight during a reload is
+    /// metered (filters, values, prices, quotas) entirely under the configuration it
+    /// started with.
     ///
     /// [`ExchangeNeeds::request_at_response`]: crate::ExchangeNeeds::request_at_response
     #[inline]
     pub fn meter_response(&self, handle: &CustomerHandle, m: MeterMatch, ex: &Exchange<'_>) {
-        let cfg = self.inner.config.load();
+        let Some(cfg) = self.inner.config.at(m.generation()) else {
+            // A match from another engine: nothing of it can be trusted here.
+            return;
+        };
         let phases = &cfg.phases;
         // A mixed meter's response-side filter is its whole filter.
         let mut todo = (m.bits() & phases.split()) | phases.mixed;
@@ -892,7 +896,10 @@ impl Engine {
 
     /// Replaces plans, rules and reporting settings without a restart. Meters cannot
     /// change while running (usage cells are laid out by meter): a config whose meters
-    /// differ is refused, naming `meters`.
+    /// differ in ids or aggregations, or read other parts of an exchange
+    /// ([`Engine::exchange_needs`]), is refused, naming `meters`. Meter filters and values
+    /// may change otherwise; requests in flight finish under the configuration they
+    /// started with ([`Engine::meter_response`]).
     pub fn reload(&self, config: Config) -> Result<(), ConfigError> {
         let compiled = compile(&config, &self.inner.predicates)?;
         let cur = self.inner.config.load();
@@ -907,6 +914,13 @@ impl Engine {
                 "meters",
                 compiled.meters.len(),
                 "meters cannot change while the engine runs; restart with the new meters",
+            ));
+        }
+        if compiled.needs != cur.needs {
+            return Err(ConfigError::new(
+                "meters",
+                format!("{:?}", compiled.needs),
+                "what the meters read (request or response headers, bytes, body fields, handler-reported quantities) cannot change while the engine runs: HTTP layers keep only what the meters read when they are built; restart with the new meters",
             ));
         }
         if compiled.instance != self.inner.instance {
@@ -995,7 +1009,7 @@ fn request_match(cfg: &Compiled, ex: &Exchange<'_>) -> MeterMatch {
             bits |= 1 << i;
         }
     }
-    MeterMatch::new(bits, phases.whole)
+    MeterMatch::new(bits, phases.whole, cfg.generation)
 }
 
 /// What a directly recorded quantity contributes to a meter.
@@ -1733,5 +1747,114 @@ mod decide_and_match_tests {
             let hits = |e: &Engine| e.stats().rule_hits;
             prop_assert_eq!(hits(&engines[0].0), hits(&engines[1].0));
         }
+    }
+}
+
+#[cfg(test)]
+mod reload_tests {
+    //! Reloads while requests are in flight, and what a reload may change.
+
+    use super::*;
+    use crate::config::{FilterConfig, MeterConfig, PlanConfig, ValueConfig};
+    use http::{HeaderMap, Method, StatusCode};
+
+    fn config(route: &str, status: &str, price: u64) -> Config {
+        Config::builder()
+            .meter(
+                MeterConfig::count("calls").filter(FilterConfig::new().route(route).status(status)),
+            )
+            .meter(MeterConfig::sum(
+                "tokens",
+                ValueConfig::Reported("tokens".into()),
+            ))
+            .plan(
+                PlanConfig::new("prepaid")
+                    .prepaid(1_000)
+                    .price("calls", price),
+            )
+            .default_plan("prepaid")
+            .build()
+    }
+
+    fn used(e: &Engine, meter: &str) -> u64 {
+        e.usage("acme").map_or(0, |u| {
+            u.meters
+                .iter()
+                .find(|m| m.meter.as_str() == meter)
+                .map_or(0, |m| m.used)
+        })
+    }
+
+    #[test]
+    fn a_request_in_flight_during_a_reload_is_metered_under_the_config_it_started_with() {
+        let e = Engine::new(config("/a", "2xx", 10)).unwrap();
+        let h = e.resolve("acme").unwrap();
+        let headers = HeaderMap::new();
+        let at = |path: &'static str| Exchange::new(&Method::GET, path, &headers);
+        // Two requests start under A (route /a, 2xx, price 10).
+        let first = e.meter_request(&at("/a"));
+        let second = e.meter_request(&at("/a"));
+        // B meters /b with 5xx, at price 100.
+        e.reload(config("/b", "5xx", 100)).unwrap();
+        let on = |status: u16| {
+            Exchange::new(&Method::GET, "", &headers).response(
+                StatusCode::from_u16(status).unwrap(),
+                &headers,
+                0,
+            )
+        };
+        // A 500 for an /a request: neither A (2xx) nor B (/b) meters it; mixing A's request
+        // half with B's response half would have.
+        e.meter_response(&h, first, &on(500));
+        assert_eq!(used(&e, "calls"), 0);
+        // A 200 for an /a request: A meters it, at A's price.
+        e.meter_response(&h, second, &on(200));
+        assert_eq!(used(&e, "calls"), 1);
+        assert_eq!(e.usage("acme").unwrap().balance, 1_000 - 10);
+        // A request that starts under B is metered under B.
+        let third = e.meter_request(&at("/b"));
+        e.meter_response(&h, third, &on(503));
+        assert_eq!(used(&e, "calls"), 2);
+        assert_eq!(e.usage("acme").unwrap().balance, 1_000 - 10 - 100);
+    }
+
+    #[test]
+    fn a_reload_may_change_filters_and_prices_but_not_what_meters_read() {
+        let e = Engine::new(config("/a", "2xx", 10)).unwrap();
+        let needs = e.exchange_needs();
+        e.reload(config("/v2/*", "200-299", 5)).unwrap();
+        assert_eq!(e.exchange_needs(), needs);
+        // The tokens meter now counts response bytes: the layer would not count them.
+        let bytes = Config::builder()
+            .meter(MeterConfig::count("calls").route("/a"))
+            .meter(MeterConfig::sum("tokens", ValueConfig::ResponseBytes))
+            .plan(PlanConfig::new("prepaid").prepaid(1_000).price("calls", 1))
+            .default_plan("prepaid")
+            .build();
+        let err = e.reload(bytes).unwrap_err();
+        assert_eq!(err.field, "meters");
+        assert!(
+            err.problem.contains("cannot change while the engine runs"),
+            "{err}"
+        );
+        // A renamed meter is refused too, and nothing of a refused config is applied.
+        let renamed = Config::builder()
+            .meter(MeterConfig::count("requests").route("/a"))
+            .meter(MeterConfig::sum(
+                "tokens",
+                ValueConfig::Reported("tokens".into()),
+            ))
+            .build();
+        assert_eq!(e.reload(renamed).unwrap_err().field, "meters");
+        assert_eq!(e.exchange_needs(), needs);
+        let h = e.resolve("acme").unwrap();
+        let headers = HeaderMap::new();
+        let m = e.meter_request(&Exchange::new(&Method::GET, "/v2/x", &headers));
+        e.meter_response(
+            &h,
+            m,
+            &Exchange::new(&Method::GET, "", &headers).response(StatusCode::OK, &headers, 0),
+        );
+        assert_eq!(used(&e, "calls"), 1, "the accepted reload's filter");
     }
 }

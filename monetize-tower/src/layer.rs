@@ -29,8 +29,9 @@ pub enum MissingPolicy {
 }
 
 /// What the layer keeps from each request until metering, and when it meters: only what
-/// a meter reads ([`Engine::exchange_needs`]). Meters never change while an engine runs
-/// (a reload with other meters is refused), so this is computed once per layer.
+/// a meter reads ([`Engine::exchange_needs`]). What meters read never changes while an
+/// engine runs ([`Engine::reload`] refuses such a config), so this is computed once per
+/// layer.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Keep {
     /// Some meter needs the request side again at the response (its filter mixes request

@@ -39,11 +39,35 @@ impl ConfigCell {
         unsafe { &*self.current.load(Ordering::Acquire) }
     }
 
-    /// Makes `c` current; readers see either the old or the new configuration.
-    pub(crate) fn store(&self, c: Compiled) {
+    /// Makes `c` current; readers see either the old or the new configuration. Its
+    /// [`Compiled::generation`] becomes its position among the configurations stored.
+    pub(crate) fn store(&self, mut c: Compiled) {
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        c.generation = u32::try_from(kept.len()).unwrap_or(u32::MAX);
         let a = Arc::new(c);
         let p = Arc::as_ptr(&a).cast_mut();
-        self.kept.lock().unwrap_or_else(|e| e.into_inner()).push(a);
+        kept.push(a);
         self.current.store(p, Ordering::Release);
+    }
+
+    /// The configuration of `generation` (the current one if it is), or `None` if no
+    /// configuration of that number was stored. Past generations are only asked for by
+    /// requests that straddle a reload, so the lock here is taken rarely and briefly.
+    #[inline]
+    pub(crate) fn at(&self, generation: u32) -> Option<&Compiled> {
+        let cur = self.load();
+        if cur.generation == generation {
+            return Some(cur);
+        }
+        self.past(generation)
+    }
+
+    #[cold]
+    fn past(&self, generation: u32) -> Option<&Compiled> {
+        let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        let p = Arc::as_ptr(kept.get(generation as usize)?);
+        // SAFETY: as in `load`: the `Arc` stays in `kept`, which only grows and lives as
+        // long as `self`, so the pointee outlives the returned reference.
+        Some(unsafe { &*p })
     }
 }

@@ -38,6 +38,10 @@ pub(crate) struct Compiled {
     pub(crate) phases: MeterPhases,
     /// The rules' fast "nothing can fire" check, when the rule set allows one.
     pub(crate) quiet: Option<QuietCheck>,
+    /// This configuration's number in the engine's [`ConfigCell`](super::cell::ConfigCell)
+    /// (0 for the first; set when it is stored): two-phase metering finishes a request
+    /// with the configuration it started with.
+    pub(crate) generation: u32,
 }
 
 impl Compiled {
@@ -248,5 +252,6 @@ pub(crate) fn compile(cfg: &Config, predicates: &Predicates) -> Result<Compiled,
         phases,
         quiet: QuietCheck::of(&rules),
         rules,
+        generation: 0,
     })
 }

@@ -32,8 +32,8 @@ pub struct Exchange<'a> {
 }
 
 /// What the configured meters look at, so that the HTTP layer keeps only that (no header
-/// map copies, no body wrapper) for each request. Fixed for an engine's life: meters
-/// cannot change on reload.
+/// map copies, no body wrapper) for each request. Fixed for an engine's life:
+/// [`Engine::reload`](crate::Engine::reload) refuses a config whose meters read otherwise.
 ///
 /// Rules are evaluated before the response and see the request's method, path, route
 /// template, query and headers, never its body size: a layer may skip reading

@@ -22,6 +22,9 @@ use crate::id::MeterIndex;
 pub struct MeterMatch {
     /// Bit `i`: meter `i`'s request-side filter passed.
     bits: u64,
+    /// The configuration the request half used; the response half uses the same one,
+    /// even after a reload.
+    generation: u32,
     /// Some meter is decided whole at the response.
     whole: bool,
 }
@@ -30,8 +33,17 @@ impl MeterMatch {
     /// How many meters the mask holds.
     pub(crate) const CAPACITY: usize = 64;
 
-    pub(crate) fn new(bits: u64, whole: bool) -> Self {
-        Self { bits, whole }
+    pub(crate) fn new(bits: u64, whole: bool, generation: u32) -> Self {
+        Self {
+            bits,
+            generation,
+            whole,
+        }
+    }
+
+    /// The configuration the request half used.
+    pub(crate) fn generation(self) -> u32 {
+        self.generation
     }
 
     /// The mask: bit `i` is set when meter `i`'s request-side filter passed.
@@ -111,14 +123,14 @@ mod tests {
 
     #[test]
     fn contains_and_empty() {
-        let m = MeterMatch::new(0b101, false);
+        let m = MeterMatch::new(0b101, false, 0);
         assert!(m.contains(MeterIndex(0)));
         assert!(!m.contains(MeterIndex(1)));
         assert!(m.contains(MeterIndex(2)));
         assert!(!m.contains(MeterIndex(64)));
         assert!(!m.contains(MeterIndex(u16::MAX)));
         assert!(!m.is_empty());
-        assert!(MeterMatch::new(0, false).is_empty());
-        assert!(!MeterMatch::new(0, true).is_empty());
+        assert!(MeterMatch::new(0, false, 0).is_empty());
+        assert!(!MeterMatch::new(0, true, 0).is_empty());
     }
 }
