@@ -130,3 +130,37 @@ impl RouteSource for RouteTable {
         self.template(request.uri.path())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_templates_are_refused_with_the_template_and_the_problem() {
+        let err = RouteTable::new(["/users/{id}", "/users/{name}"]).unwrap_err();
+        let crate::Error::InvalidTemplate { template, problem } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(template, "/users/{name}");
+        assert!(!problem.is_empty());
+        assert!(err.to_string().contains("/users/{name}"), "{err}");
+        for bad in ["users", "", "/files/{*path}/more", "/a/{"] {
+            let err = RouteTable::new([bad]).unwrap_err();
+            assert!(
+                matches!(&err, crate::Error::InvalidTemplate { template, .. } if template == bad),
+                "{bad:?}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn paths_get_the_template_axum_would_match() {
+        let t = RouteTable::new(["/v1/users/{id}", "/v1/users/me", "/v1/{*rest}"]).unwrap();
+        assert_eq!(t.template("/v1/users/me"), Some("/v1/users/me"));
+        assert_eq!(t.template("/v1/users/7"), Some("/v1/users/{id}"));
+        assert_eq!(t.template("/v1/users/7/posts"), Some("/v1/{*rest}"));
+        assert_eq!(t.template("/v2"), None);
+        let req = http::Request::get("/v1/users/9").body(()).unwrap();
+        assert_eq!(t.route(&RequestHead::of(&req)), Some("/v1/users/{id}"));
+    }
+}
