@@ -26,7 +26,7 @@ use crate::error::{ConfigError, CoreError};
 use crate::event::{Event, EventKind};
 use crate::govern::{Allow, Block, Ctx, Decision, Facts, Predicate, QuotaInfo, RuleAction};
 use crate::id::{CustomerId, MeterId, MeterIndex, PlanId};
-use crate::meter::{Aggregation, Exchange, Meter, MeterMatch, Sample};
+use crate::meter::{Aggregation, Exchange, ExchangeNeeds, Meter, MeterMatch, Sample};
 use crate::quota::{period_end, period_number, period_start};
 use crate::report::Delta;
 use crate::store::{AccountState, PeriodUsage};
@@ -224,7 +224,7 @@ impl Engine {
     }
 
     /// What the meters look at, so the HTTP layer keeps only that for each request.
-    pub fn exchange_needs(&self) -> crate::meter::ExchangeNeeds {
+    pub fn exchange_needs(&self) -> ExchangeNeeds {
         self.inner.config.load().needs
     }
 
@@ -919,7 +919,7 @@ impl Engine {
         if compiled.needs != cur.needs {
             return Err(ConfigError::new(
                 "meters",
-                format!("{:?}", compiled.needs),
+                needs_change(&cur.needs, &compiled.needs),
                 "what the meters read (request or response headers, bytes, body fields, handler-reported quantities) cannot change while the engine runs: HTTP layers keep only what the meters read when they are built; restart with the new meters",
             ));
         }
@@ -1061,6 +1061,39 @@ fn account_of(
             })
             .collect(),
     }
+}
+
+/// What differs between two [`ExchangeNeeds`], for a refused reload: `"response_bytes:
+/// false -> true, ..."`.
+fn needs_change(old: &ExchangeNeeds, new: &ExchangeNeeds) -> String {
+    let mut out = Vec::new();
+    let mut flag = |name: &str, a: bool, b: bool| {
+        if a != b {
+            out.push(format!("{name}: {a} -> {b}"));
+        }
+    };
+    flag("request_headers", old.request_headers, new.request_headers);
+    flag(
+        "response_headers",
+        old.response_headers,
+        new.response_headers,
+    );
+    flag("request_bytes", old.request_bytes, new.request_bytes);
+    flag("response_bytes", old.response_bytes, new.response_bytes);
+    flag("query", old.query, new.query);
+    flag("reported", old.reported, new.reported);
+    flag(
+        "request_at_response",
+        old.request_at_response,
+        new.request_at_response,
+    );
+    if old.json_capture != new.json_capture {
+        out.push(format!(
+            "json_capture: {:?} -> {:?}",
+            old.json_capture, new.json_capture
+        ));
+    }
+    out.join(", ")
 }
 
 #[cfg(test)]
