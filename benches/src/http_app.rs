@@ -9,13 +9,15 @@
 //! - `plain`: the router alone;
 //! - `monetize`: `RouterExt::monetize(MonetizeLayer::new(engine, ApiKey::new(keys)))` with
 //!   [`CUSTOMERS`] customers, each with its own API key (`KeyDirectory::new()`, as the
-//!   quickstart builds it: one SHA-256 per request), the default rules, two meters (a count
-//!   on `/v1/*` 2xx, priced, and the sum of the handler-reported `tokens`), all customers
-//!   on a prepaid plan with a balance nothing can spend; the handler adds [`TOKENS`] tokens
-//!   through the `Usage` extractor;
+//!   quickstart builds it: one SHA-256 per request), the default rules, two meters (`api_calls`,
+//!   a count on `/v1/*` 2xx, priced; `requests`, a count of every request), all customers on
+//!   a prepaid plan with a balance nothing can spend; the handler is the plain app's;
 //! - `monetize-router`: the same layer wrapped around the whole router
 //!   (`RouterExt::monetize_router`, one service for the app, no per-route box) with a
 //!   `RouteTable` of the app's one route, so `/v1/*` still matches the template;
+//! - `monetize-tokens`: `monetize-router` with the second meter the sum of handler-reported
+//!   `tokens` instead, the handler adding [`TOKENS`] through the `Usage` extractor (the cost
+//!   of handler-reported usage; the handler differs from the plain app's);
 //! - `monetize-cached`: the same as `monetize` with `KeyDirectory::with_verified_cache` (a key seen
 //!   before costs two SipHash runs instead of a SHA-256);
 //! - `governor`: `tower_governor` alone, keyed per client on the `x-api-key` header (a
@@ -85,6 +87,8 @@ pub enum Variant {
     MonetizeCached,
     /// The full monetize layer around the whole router, templates from a `RouteTable`.
     MonetizeRouter,
+    /// `MonetizeRouter` with handler-reported tokens as the second meter.
+    MonetizeTokens,
     /// `tower_governor` alone, keyed on `x-api-key`.
     Governor,
     /// `tower_governor` alone, keyed on the peer IP (`ConnectInfo`).
@@ -97,11 +101,12 @@ pub enum Variant {
 
 impl Variant {
     /// Every variant, in the order they are reported.
-    pub const ALL: [Variant; 8] = [
+    pub const ALL: [Variant; 9] = [
         Variant::Plain,
         Variant::NoopLayer,
         Variant::Monetize,
         Variant::MonetizeRouter,
+        Variant::MonetizeTokens,
         Variant::MonetizeCached,
         Variant::Governor,
         Variant::PlainCi,
@@ -115,6 +120,7 @@ impl Variant {
             Variant::Monetize => "monetize",
             Variant::MonetizeCached => "monetize-cached",
             Variant::MonetizeRouter => "monetize-router",
+            Variant::MonetizeTokens => "monetize-tokens",
             Variant::Governor => "governor",
             Variant::GovernorIp => "governor-ip",
             Variant::PlainCi => "plain-ci",
@@ -126,6 +132,18 @@ impl Variant {
     /// (in-process) or the server must provide one (over TCP).
     pub fn connect_info(self) -> bool {
         matches!(self, Variant::GovernorIp | Variant::PlainCi)
+    }
+
+    /// Whether the handler reports tokens through the `Usage` extractor (and the second
+    /// meter sums them).
+    pub fn tokens(self) -> bool {
+        self == Variant::MonetizeTokens
+    }
+
+    /// What the monetized variants meter after `n` requests: (`api_calls`, the second
+    /// meter: `requests`, or `tokens` for [`Variant::MonetizeTokens`]).
+    pub fn expected(self, n: u64) -> (u64, u64) {
+        (n, if self.tokens() { n * TOKENS } else { n })
     }
 
     /// The variant named `s`.
@@ -171,13 +189,17 @@ pub fn request(variant: Variant, key: &HeaderValue) -> Request<Body> {
 }
 
 /// The engine of the monetized variants: two meters, one prepaid plan, default rules.
-pub fn config() -> Config {
+/// The second meter counts every request, or with `tokens` sums the handler-reported
+/// tokens.
+pub fn config(tokens: bool) -> Config {
+    let second = if tokens {
+        MeterConfig::sum("tokens", ValueConfig::Reported("tokens".into()))
+    } else {
+        MeterConfig::count("requests")
+    };
     Config::builder()
         .meter(MeterConfig::count("api_calls").route("/v1/*").status("2xx"))
-        .meter(MeterConfig::sum(
-            "tokens",
-            ValueConfig::Reported("tokens".into()),
-        ))
+        .meter(second)
         .plan(
             PlanConfig::new("prepaid")
                 .prepaid(CREDITS)
@@ -189,8 +211,8 @@ pub fn config() -> Config {
 
 /// An engine on [`config`] with the [`CUSTOMERS`] customers registered on the prepaid
 /// plan, and their keys in a directory.
-pub fn engine_and_keys(cached: bool) -> (Engine, KeyDirectory) {
-    let engine = Engine::new(config()).expect("bench config");
+pub fn engine_and_keys(cached: bool, tokens: bool) -> (Engine, KeyDirectory) {
+    let engine = Engine::new(config(tokens)).expect("bench config");
     let keys = if cached {
         KeyDirectory::with_verified_cache(2 * CUSTOMERS)
     } else {
@@ -259,14 +281,16 @@ impl App {
 
 /// The app of `variant`, and the engine when the variant has one.
 pub fn app(variant: Variant) -> (App, Option<Engine>) {
-    if variant == Variant::MonetizeRouter {
-        let (engine, keys) = engine_and_keys(false);
+    if matches!(variant, Variant::MonetizeRouter | Variant::MonetizeTokens) {
+        let (engine, keys) = engine_and_keys(false, variant.tokens());
         let routes = RouteTable::new([PATH]).expect("route table");
         let layer = MonetizeLayer::new(engine.clone(), ApiKey::new(keys)).route_table(routes);
-        let app = Router::new()
-            .route(PATH, get(hello_metered))
-            .with_state(())
-            .monetize_router(layer);
+        let router = if variant.tokens() {
+            Router::new().route(PATH, get(hello_metered))
+        } else {
+            Router::new().route(PATH, get(hello))
+        };
+        let app = router.with_state(()).monetize_router(layer);
         return (App::Wrapped(app), Some(engine));
     }
     let (app, engine) = unfinalized(variant);
@@ -282,12 +306,13 @@ fn unfinalized(variant: Variant) -> (Router, Option<Engine>) {
                 .route_layer(tower::layer::util::Identity::new());
             (app, None)
         }
-        Variant::Monetize | Variant::MonetizeCached | Variant::MonetizeRouter => {
-            let (engine, keys) = engine_and_keys(variant == Variant::MonetizeCached);
+        Variant::Monetize
+        | Variant::MonetizeCached
+        | Variant::MonetizeRouter
+        | Variant::MonetizeTokens => {
+            let (engine, keys) = engine_and_keys(variant == Variant::MonetizeCached, false);
             let layer = MonetizeLayer::new(engine.clone(), ApiKey::new(keys));
-            let app = Router::new()
-                .route(PATH, get(hello_metered))
-                .monetize(layer);
+            let app = Router::new().route(PATH, get(hello)).monetize(layer);
             (app, Some(engine))
         }
         Variant::Governor => {
@@ -317,7 +342,7 @@ fn unfinalized(variant: Variant) -> (Router, Option<Engine>) {
     }
 }
 
-/// What the engine metered: (`api_calls` summed over customers, `tokens` summed).
+/// What the engine metered: (`api_calls` summed over customers, the second meter summed).
 pub fn metered(engine: &Engine) -> (u64, u64) {
     let mut totals = (0, 0);
     for i in 0..CUSTOMERS {
@@ -325,7 +350,7 @@ pub fn metered(engine: &Engine) -> (u64, u64) {
             for m in &u.meters {
                 match m.meter.as_str() {
                     "api_calls" => totals.0 += m.used,
-                    "tokens" => totals.1 += m.used,
+                    "requests" | "tokens" => totals.1 += m.used,
                     _ => {}
                 }
             }

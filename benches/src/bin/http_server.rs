@@ -66,8 +66,9 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     if let Some(engine) = engine {
-        let (calls, tokens) = http_app::metered(&engine);
-        println!("metered api_calls={calls} tokens={tokens}");
+        let (calls, second) = http_app::metered(&engine);
+        let name = if variant.tokens() { "tokens" } else { "requests" };
+        println!("metered api_calls={calls} {name}={second}");
     }
     ExitCode::SUCCESS
 }
