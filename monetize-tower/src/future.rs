@@ -55,7 +55,7 @@ pin_project! {
 }
 
 impl<F, M> ResponseFuture<F, M> {
-    #[inline]
+    #[inline(always)]
     pub(crate) fn metered(future: F, customer: CustomerHandle, pending: Pending) -> Self {
         Self {
             kind: Kind::Inner {

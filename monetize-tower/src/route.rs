@@ -1,5 +1,6 @@
 //! Route templates: `/users/{id}` rather than `/users/42`, so one meter filter covers a route.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -84,7 +85,15 @@ impl RouteSource for FromRouteTemplate {
 /// assert!(RouteTable::new(["users"]).is_err());
 /// ```
 #[derive(Clone)]
-pub struct RouteTable(Arc<matchit::Router<Arc<str>>>);
+pub struct RouteTable(Arc<Table>);
+
+struct Table {
+    /// The templates without parameters (nor `{{`/`}}` escapes), by the path they match
+    /// exactly. A path equal to one of them gets it (matchit would answer the same: a
+    /// static route wins over any parameter), without walking the tree.
+    statics: HashMap<Box<str>, Arc<str>, foldhash::fast::RandomState>,
+    router: matchit::Router<Arc<str>>,
+}
 
 impl RouteTable {
     /// A table of these templates. Fails on a template that does not start with `/`, is
@@ -95,6 +104,7 @@ impl RouteTable {
         I::Item: AsRef<str>,
     {
         let mut router = matchit::Router::new();
+        let mut statics = HashMap::default();
         for t in templates {
             let t = t.as_ref();
             let invalid = |problem: String| crate::Error::InvalidTemplate {
@@ -104,17 +114,25 @@ impl RouteTable {
             if !t.starts_with('/') {
                 return Err(invalid("a route template starts with `/`".to_owned()));
             }
+            let template = Arc::<str>::from(t);
             router
-                .insert(t, Arc::<str>::from(t))
+                .insert(t, Arc::clone(&template))
                 .map_err(|e| invalid(e.to_string()))?;
+            if !t.contains(['{', '}']) {
+                statics.insert(Box::from(t), template);
+            }
         }
-        Ok(Self(Arc::new(router)))
+        Ok(Self(Arc::new(Table { statics, router })))
     }
 
     /// The template `path` matches, if any.
     #[inline]
     pub fn template(&self, path: &str) -> Option<&str> {
-        self.0.at(path).ok().map(|m| &**m.value)
+        let t = &self.0;
+        if let Some(s) = t.statics.get(path) {
+            return Some(s);
+        }
+        t.router.at(path).ok().map(|m| &**m.value)
     }
 }
 
@@ -162,5 +180,48 @@ mod tests {
         assert_eq!(t.template("/v2"), None);
         let req = http::Request::get("/v1/users/9").body(()).unwrap();
         assert_eq!(t.route(&RequestHead::of(&req)), Some("/v1/users/{id}"));
+    }
+
+    #[test]
+    fn static_templates_answer_as_the_tree_does() {
+        let templates = [
+            "/",
+            "/v1/hello",
+            "/v1/users/me",
+            "/v1/users/{id}",
+            "/v1/users/{id}/posts",
+            "/v1/files/{*path}",
+            "/v1/files/readme",
+            "/v1/{{literal}}",
+            "/v2/a",
+            "/v2/a/",
+        ];
+        let t = RouteTable::new(templates).unwrap();
+        let tree = {
+            let mut r = matchit::Router::new();
+            for x in templates {
+                r.insert(x, x).unwrap();
+            }
+            r
+        };
+        for path in [
+            "/",
+            "",
+            "/v1/hello",
+            "/v1/hello/",
+            "/v1/users/me",
+            "/v1/users/you",
+            "/v1/users/me/posts",
+            "/v1/files/readme",
+            "/v1/files/readme/x",
+            "/v1/{literal}",
+            "/v1/{{literal}}",
+            "/v2/a",
+            "/v2/a/",
+            "/v2/b",
+        ] {
+            let want = tree.at(path).ok().map(|m| *m.value);
+            assert_eq!(t.template(path), want, "{path:?}");
+        }
     }
 }
