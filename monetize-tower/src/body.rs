@@ -216,6 +216,23 @@ pub(crate) struct ResponseSide<'a> {
     pub(crate) body: Option<&'a [u8]>,
 }
 
+impl<'a> ResponseSide<'a> {
+    /// The response side of a response metered at its head (no body read).
+    #[inline]
+    pub(crate) fn head(
+        parts: &'a http::response::Parts,
+        reported: Option<&'a ReportedUsage>,
+    ) -> Self {
+        Self {
+            status: parts.status,
+            headers: &parts.headers,
+            bytes: 0,
+            reported,
+            body: None,
+        }
+    }
+}
+
 impl RequestSide {
     /// Runs the response-side half of the meters on the exchange.
     pub(crate) fn meter(&self, handle: &CustomerHandle, res: &ResponseSide<'_>) {

@@ -134,7 +134,12 @@ where
                     return Poll::Ready(Ok(res.map(|b| M::map_body(ResponseBody::plain(b)))));
                 };
                 let (mut parts, body) = res.into_parts();
-                apply_allow(&p.allow, &mut parts.headers);
+                if p.allow.credits_remaining.is_some()
+                    || p.allow.rate_limit.is_some()
+                    || p.allow.headers.is_some()
+                {
+                    apply_allow(&p.allow, &mut parts.headers);
+                }
                 let keep = p.keep;
                 let reported = if keep.reported {
                     parts.extensions.remove::<ReportedUsage>()
@@ -145,18 +150,15 @@ where
                 // taken, or the handler dropped them all): meter now and pass the body
                 // through.
                 if keep.at_head && (!keep.reported || slots.all_dropped()) {
-                    with_reported(reported, std::mem::take(slots), |reported| {
-                        p.side.meter(
-                            handle,
-                            &ResponseSide {
-                                status: parts.status,
-                                headers: &parts.headers,
-                                bytes: 0,
-                                reported,
-                                body: None,
-                            },
-                        );
-                    });
+                    if keep.reported {
+                        with_reported(reported, std::mem::take(slots), |reported| {
+                            p.side.meter(handle, &ResponseSide::head(&parts, reported));
+                        });
+                    } else {
+                        // No meter reads reported quantities (a recorder the handler took
+                        // anyway is dropped with its slot, unread).
+                        p.side.meter(handle, &ResponseSide::head(&parts, None));
+                    }
                     // Done: metered once (read in place rather than moved out first).
                     *pending = None;
                     *customer = None;
