@@ -27,7 +27,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 N1="${N1:-2000}"
 N2="${N2:-12000}"
-VARIANTS="${VARIANTS:-plain noop-layer monetize monetize-router monetize-cached governor plain-ci governor-ip}"
+VARIANTS="${VARIANTS:-plain noop-layer monetize monetize-router monetize-tokens monetize-cached governor governor-router plain-ci governor-ip}"
 TOP="${TOP:-25}"
 OUT="$ROOT/target/http-callgrind"
 mkdir -p "$OUT"
@@ -101,7 +101,7 @@ own() {
     local v=$1 b=$2
     [[ -z "$b" || "$v" == noop-layer || "$v" == plain-ci ]] && { echo -; return; }
     # Around the whole router: no route layer, everything added is the layer's own.
-    [[ "$v" == monetize-router ]] && { printf '%+d' $(( PER[$v] - PER[$b] )); return; }
+    [[ "$v" == *-router || "$v" == monetize-tokens ]] && { printf '%+d' $(( PER[$v] - PER[$b] )); return; }
     [[ -z "${PER[noop-layer]:-}" ]] && { echo -; return; }
     printf '%+d' $(( PER[$v] - PER[$b] - (PER[noop-layer] - PER[plain]) ))
 }

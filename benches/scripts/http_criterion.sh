@@ -23,13 +23,13 @@ median() { # median ns of variant $1
 }
 
 declare -A MED
-for v in plain noop-layer monetize monetize-router monetize-cached governor plain-ci governor-ip; do
+for v in plain noop-layer monetize monetize-router monetize-tokens monetize-cached governor governor-router plain-ci governor-ip; do
     MED[$v]=$(median "$v")
 done
 echo
 echo "in-process, oneshot + body read to the end; median ns per request ($(date -u +%F), ${ARGS[*]})"
 printf '%-16s %10s %10s %8s  %s\n' variant ns/req added ratio baseline
-for v in plain noop-layer monetize monetize-router monetize-cached governor plain-ci governor-ip; do
+for v in plain noop-layer monetize monetize-router monetize-tokens monetize-cached governor governor-router plain-ci governor-ip; do
     [[ -z "${MED[$v]}" ]] && continue
     b=plain
     [[ "$v" == governor-ip ]] && b=plain-ci

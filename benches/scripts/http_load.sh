@@ -11,7 +11,7 @@
 # the paired ratios: the round's RPS of a variant over the same round's plain RPS. The
 # summary gives medians over rounds.
 #
-#   benches/scripts/http_load.sh                          # 6 rounds x 5 s, plain monetize governor
+#   benches/scripts/http_load.sh                          # 6 rounds x 5 s, plain monetize-router governor-router monetize governor
 #   ROUNDS=8 DURATION=5 VARIANTS="plain monetize monetize-cached governor" benches/scripts/http_load.sh
 #
 # The machine is shared and the scheduler shares CPU fairly between sessions (autogroups),
@@ -30,7 +30,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 ROUNDS="${ROUNDS:-6}"
 DURATION="${DURATION:-5}"
 CONNECTIONS="${CONNECTIONS:-32}"
-VARIANTS="${VARIANTS:-plain monetize monetize-router governor}"
+VARIANTS="${VARIANTS:-plain monetize-router governor-router monetize governor}"
 SERVER_CPU="${SERVER_CPU:-0}"
 LOAD_CPU="${LOAD_CPU:-1}"
 BASE_PORT="${BASE_PORT:-18080}"

@@ -23,6 +23,8 @@
 //! - `governor`: `tower_governor` alone, keyed per client on the `x-api-key` header (a
 //!   custom `KeyExtractor`: 0.8 ships only IP-based and global ones), with a quota that
 //!   never refuses;
+//! - `governor-router`: `governor` wrapped around the whole router (`GovernorLayer::layer`
+//!   on the finalized router, no per-route box): the peer of `monetize-router`;
 //! - `governor-ip`: `tower_governor` alone with its default peer-IP key extractor; its
 //!   requests carry a fixed `ConnectInfo<SocketAddr>` extension in-process (the server
 //!   uses `into_make_service_with_connect_info`);
@@ -51,7 +53,7 @@ use monetize_core::config::{Config, MeterConfig, PlanConfig, ValueConfig};
 use monetize_core::{CustomerId, Engine};
 use monetize_tower::identify::{ApiKey, KeyDigest, KeyDirectory};
 use monetize_tower::{MonetizeLayer, RouteTable};
-use tower::ServiceExt;
+use tower::{Layer, ServiceExt};
 use tower_governor::GovernorError;
 use tower_governor::GovernorLayer;
 use tower_governor::governor::GovernorConfigBuilder;
@@ -91,6 +93,8 @@ pub enum Variant {
     MonetizeTokens,
     /// `tower_governor` alone, keyed on `x-api-key`.
     Governor,
+    /// `Governor` around the whole router.
+    GovernorRouter,
     /// `tower_governor` alone, keyed on the peer IP (`ConnectInfo`).
     GovernorIp,
     /// The router alone, requests carrying `ConnectInfo` (baseline of `GovernorIp`).
@@ -101,7 +105,7 @@ pub enum Variant {
 
 impl Variant {
     /// Every variant, in the order they are reported.
-    pub const ALL: [Variant; 9] = [
+    pub const ALL: [Variant; 10] = [
         Variant::Plain,
         Variant::NoopLayer,
         Variant::Monetize,
@@ -109,6 +113,7 @@ impl Variant {
         Variant::MonetizeTokens,
         Variant::MonetizeCached,
         Variant::Governor,
+        Variant::GovernorRouter,
         Variant::PlainCi,
         Variant::GovernorIp,
     ];
@@ -122,6 +127,7 @@ impl Variant {
             Variant::MonetizeRouter => "monetize-router",
             Variant::MonetizeTokens => "monetize-tokens",
             Variant::Governor => "governor",
+            Variant::GovernorRouter => "governor-router",
             Variant::GovernorIp => "governor-ip",
             Variant::PlainCi => "plain-ci",
             Variant::NoopLayer => "noop-layer",
@@ -255,6 +261,20 @@ impl KeyExtractor for ApiKeyHeader {
     }
 }
 
+/// The governor variants' configuration, keyed on `x-api-key`: one cell every
+/// nanosecond and a burst of a million, so it never refuses.
+fn governor_config() -> tower_governor::governor::GovernorConfig<
+    ApiKeyHeader,
+    governor::middleware::NoOpMiddleware<governor::clock::QuantaInstant>,
+> {
+    GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(1_000_000)
+        .key_extractor(ApiKeyHeader)
+        .finish()
+        .expect("governor config")
+}
+
 /// A variant's app: a router (possibly with route layers), or the monetize service
 /// wrapped around one.
 #[derive(Clone)]
@@ -263,7 +283,17 @@ pub enum App {
     Routed(Router),
     /// The monetize layer around the whole router.
     Wrapped(AxumMonetize<Router, RouteTable>),
+    /// `tower_governor` around the whole router.
+    Governed(GovernedRouter),
 }
+
+/// `tower_governor`'s service around a router.
+pub type GovernedRouter = tower_governor::governor::Governor<
+    ApiKeyHeader,
+    governor::middleware::NoOpMiddleware<governor::clock::QuantaInstant>,
+    Router,
+    Body,
+>;
 
 impl App {
     /// Serves one request (`oneshot` on a clone, as a server does per request).
@@ -271,6 +301,7 @@ impl App {
         let res = match self {
             App::Routed(r) => r.clone().oneshot(req).await,
             App::Wrapped(s) => s.clone().oneshot(req).await,
+            App::Governed(s) => s.clone().oneshot(req).await,
         };
         match res {
             Ok(res) => res,
@@ -292,6 +323,13 @@ pub fn app(variant: Variant) -> (App, Option<Engine>) {
         };
         let app = router.with_state(()).monetize_router(layer);
         return (App::Wrapped(app), Some(engine));
+    }
+    if variant == Variant::GovernorRouter {
+        let app = Router::new().route(PATH, get(hello)).with_state(());
+        return (
+            App::Governed(GovernorLayer::new(governor_config()).layer(app)),
+            None,
+        );
     }
     let (app, engine) = unfinalized(variant);
     (App::Routed(app.with_state(())), engine)
@@ -315,17 +353,10 @@ fn unfinalized(variant: Variant) -> (Router, Option<Engine>) {
             let app = Router::new().route(PATH, get(hello)).monetize(layer);
             (app, Some(engine))
         }
-        Variant::Governor => {
-            // One cell every nanosecond and a burst of a million: never refuses.
-            let config = GovernorConfigBuilder::default()
-                .per_nanosecond(1)
-                .burst_size(1_000_000)
-                .key_extractor(ApiKeyHeader)
-                .finish()
-                .expect("governor config");
+        Variant::Governor | Variant::GovernorRouter => {
             let app = Router::new()
                 .route(PATH, get(hello))
-                .route_layer(GovernorLayer::new(config));
+                .route_layer(GovernorLayer::new(governor_config()));
             (app, None)
         }
         Variant::GovernorIp => {

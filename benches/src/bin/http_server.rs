@@ -59,6 +59,11 @@ fn main() -> ExitCode {
                     .with_graceful_shutdown(shutdown())
                     .await
             }
+            http_app::App::Governed(app) => {
+                axum::serve(listener, tower::make::Shared::new(app))
+                    .with_graceful_shutdown(shutdown())
+                    .await
+            }
         }
     });
     if let Err(e) = served {
@@ -67,7 +72,11 @@ fn main() -> ExitCode {
     }
     if let Some(engine) = engine {
         let (calls, second) = http_app::metered(&engine);
-        let name = if variant.tokens() { "tokens" } else { "requests" };
+        let name = if variant.tokens() {
+            "tokens"
+        } else {
+            "requests"
+        };
         println!("metered api_calls={calls} {name}={second}");
     }
     ExitCode::SUCCESS
