@@ -219,13 +219,10 @@ pub(crate) struct ResponseSide<'a> {
 impl<'a> ResponseSide<'a> {
     /// The response side of a response metered at its head (no body read).
     #[inline]
-    pub(crate) fn head(
-        parts: &'a http::response::Parts,
-        reported: Option<&'a ReportedUsage>,
-    ) -> Self {
+    pub(crate) fn head<B>(res: &'a http::Response<B>, reported: Option<&'a ReportedUsage>) -> Self {
         Self {
-            status: parts.status,
-            headers: &parts.headers,
+            status: res.status(),
+            headers: res.headers(),
             bytes: 0,
             reported,
             body: None,

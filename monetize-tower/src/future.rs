@@ -129,20 +129,19 @@ where
                 let polled = future.poll(cx);
                 drop(scope);
                 *slots = attached.into_inner();
-                let res = ready!(polled)?;
+                let mut res = ready!(polled)?;
                 let (Some(p), Some(handle)) = (pending.as_ref(), customer.as_ref()) else {
                     return Poll::Ready(Ok(res.map(|b| M::map_body(ResponseBody::plain(b)))));
                 };
-                let (mut parts, body) = res.into_parts();
                 if p.allow.credits_remaining.is_some()
                     || p.allow.rate_limit.is_some()
                     || p.allow.headers.is_some()
                 {
-                    apply_allow(&p.allow, &mut parts.headers);
+                    apply_allow(&p.allow, res.headers_mut());
                 }
                 let keep = p.keep;
                 let reported = if keep.reported {
-                    parts.extensions.remove::<ReportedUsage>()
+                    res.extensions_mut().remove::<ReportedUsage>()
                 } else {
                     None
                 };
@@ -152,21 +151,19 @@ where
                 if keep.at_head && (!keep.reported || slots.all_dropped()) {
                     if keep.reported {
                         with_reported(reported, std::mem::take(slots), |reported| {
-                            p.side.meter(handle, &ResponseSide::head(&parts, reported));
+                            p.side.meter(handle, &ResponseSide::head(&res, reported));
                         });
                     } else {
                         // No meter reads reported quantities (a recorder the handler took
                         // anyway is dropped with its slot, unread).
-                        p.side.meter(handle, &ResponseSide::head(&parts, None));
+                        p.side.meter(handle, &ResponseSide::head(&res, None));
                     }
                     // Done: metered once (read in place rather than moved out first).
                     *pending = None;
                     *customer = None;
-                    return Poll::Ready(Ok(Response::from_parts(
-                        parts,
-                        M::map_body(ResponseBody::plain(body)),
-                    )));
+                    return Poll::Ready(Ok(res.map(|b| M::map_body(ResponseBody::plain(b)))));
                 }
+                let (parts, body) = res.into_parts();
                 let (side, handle) = match (pending.take(), customer.take()) {
                     (Some(p), Some(h)) => (p.side, h),
                     // Both were there above.
