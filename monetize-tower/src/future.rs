@@ -28,28 +28,21 @@ pub(crate) struct Pending {
 }
 
 pin_project! {
-    #[project = KindProj]
-    enum Kind<F> {
-        Inner {
-            #[pin]
-            future: F,
-            pending: Option<Pending>,
-            // In the thread's scope while the inner future is polled.
-            customer: Option<CustomerHandle>,
-            slots: Slots,
-        },
-        Early {
-            parts: Option<Box<BlockParts>>,
-        },
-    }
-}
-
-pin_project! {
     /// The response future of [`Monetize`](crate::Monetize): the inner service's call, or
     /// the layer's own response for a refused request.
+    ///
+    /// A struct rather than an enum of the two cases: the inner future is written straight
+    /// into it, where an enum variant made the compiler copy the inner future through two
+    /// temporaries on every request.
     pub struct ResponseFuture<F, M = KeepBody> {
+        // The inner service's call; `None` for the layer's own (early) response.
         #[pin]
-        kind: Kind<F>,
+        future: Option<F>,
+        pending: Option<Pending>,
+        // In the thread's scope while the inner future is polled.
+        customer: Option<CustomerHandle>,
+        slots: Slots,
+        early: Option<Box<BlockParts>>,
         body: PhantomData<fn() -> M>,
     }
 }
@@ -58,12 +51,11 @@ impl<F, M> ResponseFuture<F, M> {
     #[inline(always)]
     pub(crate) fn metered(future: F, customer: CustomerHandle, pending: Pending) -> Self {
         Self {
-            kind: Kind::Inner {
-                future,
-                pending: Some(pending),
-                customer: Some(customer),
-                slots: Slots::default(),
-            },
+            future: Some(future),
+            pending: Some(pending),
+            customer: Some(customer),
+            slots: Slots::default(),
+            early: None,
             body: PhantomData,
         }
     }
@@ -72,21 +64,22 @@ impl<F, M> ResponseFuture<F, M> {
     #[inline]
     pub(crate) fn unmetered(future: F, customer: Option<CustomerHandle>) -> Self {
         Self {
-            kind: Kind::Inner {
-                future,
-                pending: None,
-                customer,
-                slots: Slots::default(),
-            },
+            future: Some(future),
+            pending: None,
+            customer,
+            slots: Slots::default(),
+            early: None,
             body: PhantomData,
         }
     }
 
     pub(crate) fn early(parts: BlockParts) -> Self {
         Self {
-            kind: Kind::Early {
-                parts: Some(Box::new(parts)),
-            },
+            future: None,
+            pending: None,
+            customer: None,
+            slots: Slots::default(),
+            early: Some(Box::new(parts)),
             body: PhantomData,
         }
     }
@@ -101,9 +94,12 @@ where
     type Output = Result<Response<M::Body>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Early { parts } => {
-                let p = parts
+        let this = self.project();
+        let (pending, customer, slots) = (this.pending, this.customer, this.slots);
+        match this.future.as_pin_mut() {
+            None => {
+                let p = this
+                    .early
                     .take()
                     .expect("ResponseFuture polled after completion");
                 let mut res = Response::new(M::map_body(ResponseBody::full(p.body)));
@@ -111,12 +107,7 @@ where
                 *res.headers_mut() = p.headers;
                 Poll::Ready(Ok(res))
             }
-            KindProj::Inner {
-                future,
-                pending,
-                customer,
-                slots,
-            } => {
+            Some(future) => {
                 // Mark this request as the one being served on this thread, so that
                 // `current_customer` and `UsageRecorder::current` find it.
                 let attached = RefCell::new(std::mem::take(slots));
@@ -204,10 +195,12 @@ where
 
 impl<F, M> std::fmt::Debug for ResponseFuture<F, M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kind = match &self.kind {
-            Kind::Inner { pending, .. } if pending.is_some() => "metered",
-            Kind::Inner { .. } => "unmetered",
-            Kind::Early { .. } => "early",
+        let kind = if self.future.is_none() {
+            "early"
+        } else if self.pending.is_some() {
+            "metered"
+        } else {
+            "unmetered"
         };
         f.debug_struct("ResponseFuture")
             .field("kind", &kind)
