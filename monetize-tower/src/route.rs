@@ -72,7 +72,8 @@ impl RouteSource for FromRouteTemplate {
 /// the same templates, a path gets the template axum's `MatchedPath` would name. List
 /// every route of the app whose paths a metered template could also match (`/users/me`
 /// next to `/users/{id}`), or list them all. A path that matches no listed template
-/// has no template: filters then match against the path itself.
+/// has no template: filters then match against the path itself. A path equal to a
+/// template without parameters is answered from a hash map before the tree is walked.
 ///
 /// ```
 /// use monetize_tower::RouteTable;
