@@ -133,3 +133,56 @@ fn eviction_under_load_loses_nothing() {
     assert_eq!(total, 400_000);
     assert!(evicted > 0, "eviction actually happened");
 }
+
+/// The HTTP layer's path: resolve a handle, record through it, drop it; while another
+/// thread evicts idle customers (which removes each under its shard's write lock) and
+/// checkpoints. A handle held across the record keeps its customer from eviction, so every
+/// record lands in a live state and is drained exactly once.
+#[test]
+fn eviction_racing_resolved_handles_loses_nothing() {
+    let engine = Engine::for_tests(&["calls"]);
+    let calls = engine.meter_index("calls").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let evictor = {
+        let engine = engine.clone();
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let (mut total, mut evicted) = (0u64, 0usize);
+            while !stop.load(Ordering::Acquire) {
+                evicted += engine.evict_idle(0);
+                total += engine
+                    .checkpoint()
+                    .iter()
+                    .map(|d| d.measure.quantity())
+                    .sum::<u64>();
+            }
+            (total, evicted)
+        })
+    };
+    let workers: Vec<_> = (0..2)
+        .map(|t| {
+            let engine = engine.clone();
+            thread::spawn(move || {
+                for i in 0..100_000u64 {
+                    let h = engine.resolve(&format!("c{}", (i + t) % 20)).unwrap();
+                    // Widens the window between resolving and recording (a request's
+                    // handle lives across its whole exchange).
+                    thread::yield_now();
+                    engine.record(&h, calls, 2);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    stop.store(true, Ordering::Release);
+    let (mut total, evicted) = evictor.join().unwrap();
+    total += engine
+        .checkpoint()
+        .iter()
+        .map(|d| d.measure.quantity())
+        .sum::<u64>();
+    assert_eq!(total, 400_000);
+    assert!(evicted > 0, "eviction actually happened");
+}

@@ -138,31 +138,50 @@ impl Registry {
 
     /// Evicts customers idle since before `cutoff` (engine-clock seconds) that no request
     /// holds. Their usage is drained for the next checkpoint and their state kept dormant.
+    ///
+    /// Two passes, so that requests never wait on a shard scan: the candidates are found
+    /// under each shard's read lock (which requests share), then each is removed under the
+    /// write lock of its shard, held for that one customer only.
     pub(crate) fn evict_idle(&self, cutoff: u32, meters: &[Meter]) -> usize {
+        let idle =
+            |h: &CustomerHandle| h.0.last_seen.load(Ordering::Relaxed) < cutoff && !h.0.is_overflow;
+        let candidates: Vec<CustomerId> = self
+            .map
+            .iter()
+            .filter(|e| idle(e.value()))
+            .map(|e| e.key().clone())
+            .collect();
+        if candidates.is_empty() {
+            return 0;
+        }
+        let aggs: Vec<Aggregation> = meters.iter().map(|m| m.aggregation).collect();
         let mut drained = Vec::new();
         let mut n = 0;
-        let aggs: Vec<Aggregation> = meters.iter().map(|m| m.aggregation).collect();
-        self.map.retain(|id, h| {
-            let idle = h.0.last_seen.load(Ordering::Relaxed) < cutoff;
-            // Under the shard's write lock nobody can clone the handle out of the map, so a
-            // strong count of 1 means no request holds it: nothing can record after the drain.
-            if !idle || h.0.is_overflow || Arc::strong_count(&h.0) != 1 {
-                return true;
-            }
-            drain(&h.0, meters, &mut drained);
-            self.dormant.insert(
-                id.clone(),
-                Dormant {
-                    flags: h.0.flags.load(Ordering::Relaxed),
-                    plan: h.0.plan.load(Ordering::Relaxed),
-                    balance: h.0.balance.load(Ordering::Relaxed),
-                    rate_tat: h.0.rate_tat.load(Ordering::Relaxed),
-                    period: h.0.cells.period_all(&aggs).into_boxed_slice(),
-                },
-            );
-            n += 1;
-            false
-        });
+        for id in &candidates {
+            let removed = self.map.remove_if(id.as_str(), |id, h| {
+                // Under the shard's write lock nobody can clone the handle out of the map,
+                // so a strong count of 1 means no request holds it: nothing can record
+                // after the drain. Still idle: a request may have come since the first pass.
+                if !idle(h) || Arc::strong_count(&h.0) != 1 {
+                    return false;
+                }
+                drain(&h.0, meters, &mut drained);
+                // Dormant before the lock is released, so that an admission of the same
+                // id (which takes this lock) finds it.
+                self.dormant.insert(
+                    id.clone(),
+                    Dormant {
+                        flags: h.0.flags.load(Ordering::Relaxed),
+                        plan: h.0.plan.load(Ordering::Relaxed),
+                        balance: h.0.balance.load(Ordering::Relaxed),
+                        rate_tat: h.0.rate_tat.load(Ordering::Relaxed),
+                        period: h.0.cells.period_all(&aggs).into_boxed_slice(),
+                    },
+                );
+                true
+            });
+            n += usize::from(removed.is_some());
+        }
         if !drained.is_empty() {
             self.evicted_lock().extend(drained);
         }
