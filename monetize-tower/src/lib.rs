@@ -102,12 +102,12 @@
 //!
 //! ## Cost
 //!
-//! Nothing on the allow path awaits, allocates or touches the network or the disk. The
-//! one lock it takes is the read side of the customer map's shard in
+//! Nothing on the allow path awaits or touches the network or the disk. The one lock it
+//! takes is the read side of the customer map's shard in
 //! [`Engine::resolve`](monetize_core::Engine::resolve), shared with every other request;
 //! its writers are a new customer's admission (one insert) and, only when idle eviction
-//! is configured, the eviction pass, which write-locks one of the 256 shards at a time
-//! while it looks over that shard's customers. The layer reads the
+//! is configured, the eviction pass, which write-locks a shard to remove one idle
+//! customer at a time. The layer reads the
 //! request through a borrowed [`RequestHead`] and hands it on untouched. Metering is
 //! split in two ([`Engine::meter_request`](monetize_core::Engine::meter_request) /
 //! [`meter_response`](monetize_core::Engine::meter_response)): the request-side tests of
