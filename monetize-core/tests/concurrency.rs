@@ -88,23 +88,29 @@ fn checkpoint_deltas_sum_to_recorded_exactly() {
     assert_eq!(sum, THREADS as u64 * PER_THREAD);
 }
 
-#[test]
-fn eviction_under_load_loses_nothing() {
-    let engine = Engine::for_tests(&["calls"]);
+/// Runs `work(engine, t)` on two worker threads while another thread evicts every idle
+/// customer and checkpoints without pause; returns the total of all checkpoint deltas
+/// (including a last checkpoint after the workers end) and how many evictions happened.
+fn with_continuous_eviction(
+    engine: &Engine,
+    work: impl Fn(&Engine, u64) + Send + Sync + Clone + 'static,
+) -> (u64, usize) {
+    let drained = |engine: &Engine| {
+        engine
+            .checkpoint()
+            .iter()
+            .map(|d| d.measure.quantity())
+            .sum::<u64>()
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let evictor = {
         let engine = engine.clone();
         let stop = stop.clone();
         thread::spawn(move || {
-            let mut total = 0u64;
-            let mut evicted = 0usize;
+            let (mut total, mut evicted) = (0u64, 0usize);
             while !stop.load(Ordering::Acquire) {
                 evicted += engine.evict_idle(0);
-                total += engine
-                    .checkpoint()
-                    .iter()
-                    .map(|d| d.measure.quantity())
-                    .sum::<u64>();
+                total += drained(&engine);
             }
             (total, evicted)
         })
@@ -112,24 +118,27 @@ fn eviction_under_load_loses_nothing() {
     let workers: Vec<_> = (0..2)
         .map(|t| {
             let engine = engine.clone();
-            thread::spawn(move || {
-                for i in 0..200_000u64 {
-                    let id = format!("c{}", (i + t) % 50);
-                    engine.record_by_id(&id, "calls", 1).unwrap();
-                }
-            })
+            let work = work.clone();
+            thread::spawn(move || work(&engine, t))
         })
         .collect();
     for w in workers {
         w.join().unwrap();
     }
     stop.store(true, Ordering::Release);
-    let (mut total, evicted) = evictor.join().unwrap();
-    total += engine
-        .checkpoint()
-        .iter()
-        .map(|d| d.measure.quantity())
-        .sum::<u64>();
+    let (total, evicted) = evictor.join().unwrap();
+    (total + drained(engine), evicted)
+}
+
+#[test]
+fn eviction_under_load_loses_nothing() {
+    let engine = Engine::for_tests(&["calls"]);
+    let (total, evicted) = with_continuous_eviction(&engine, |engine, t| {
+        for i in 0..200_000u64 {
+            let id = format!("c{}", (i + t) % 50);
+            engine.record_by_id(&id, "calls", 1).unwrap();
+        }
+    });
     assert_eq!(total, 400_000);
     assert!(evicted > 0, "eviction actually happened");
 }
@@ -142,47 +151,15 @@ fn eviction_under_load_loses_nothing() {
 fn eviction_racing_resolved_handles_loses_nothing() {
     let engine = Engine::for_tests(&["calls"]);
     let calls = engine.meter_index("calls").unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let evictor = {
-        let engine = engine.clone();
-        let stop = stop.clone();
-        thread::spawn(move || {
-            let (mut total, mut evicted) = (0u64, 0usize);
-            while !stop.load(Ordering::Acquire) {
-                evicted += engine.evict_idle(0);
-                total += engine
-                    .checkpoint()
-                    .iter()
-                    .map(|d| d.measure.quantity())
-                    .sum::<u64>();
-            }
-            (total, evicted)
-        })
-    };
-    let workers: Vec<_> = (0..2)
-        .map(|t| {
-            let engine = engine.clone();
-            thread::spawn(move || {
-                for i in 0..100_000u64 {
-                    let h = engine.resolve(&format!("c{}", (i + t) % 20)).unwrap();
-                    // Widens the window between resolving and recording (a request's
-                    // handle lives across its whole exchange).
-                    thread::yield_now();
-                    engine.record(&h, calls, 2);
-                }
-            })
-        })
-        .collect();
-    for w in workers {
-        w.join().unwrap();
-    }
-    stop.store(true, Ordering::Release);
-    let (mut total, evicted) = evictor.join().unwrap();
-    total += engine
-        .checkpoint()
-        .iter()
-        .map(|d| d.measure.quantity())
-        .sum::<u64>();
+    let (total, evicted) = with_continuous_eviction(&engine, move |engine, t| {
+        for i in 0..100_000u64 {
+            let h = engine.resolve(&format!("c{}", (i + t) % 20)).unwrap();
+            // Widens the window between resolving and recording (a request's handle lives
+            // across its whole exchange).
+            thread::yield_now();
+            engine.record(&h, calls, 2);
+        }
+    });
     assert_eq!(total, 400_000);
     assert!(evicted > 0, "eviction actually happened");
 }
