@@ -228,8 +228,9 @@ impl Engine {
         self.inner.config.load().needs
     }
 
-    /// Resolves a customer: one map read for a known customer; a new one is admitted
-    /// (restored if it was evicted) under the cap and overflow policy.
+    /// Resolves a customer: for one in memory, a lock-free map read and one atomic
+    /// increment on its state (no lock, so no background pass can delay it); a new one is
+    /// admitted (restored if it was evicted) under the cap and overflow policy.
     #[inline]
     pub fn resolve(&self, id: &str) -> Result<CustomerHandle, CoreError> {
         if let Some(h) = self.inner.registry.get(id) {
@@ -552,8 +553,7 @@ impl Engine {
             .ok_or_else(|| CoreError::UnknownMeter(meter.to_owned()))?;
         let sample = sample_of(m, quantity);
         let now = self.inner.coarse_secs.load(Ordering::Relaxed);
-        // Known customer: record under the map's read guard, without cloning the handle
-        // (three atomic operations: guard, add, release).
+        // Known customer: record while holding it (pin, add, unpin).
         let recorded = self.inner.registry.with(customer, |s| {
             s.touch(now);
             self.add(cfg, s, m, sample);
@@ -685,13 +685,15 @@ impl Engine {
             rolled
         };
         if !rolled.is_empty() {
-            self.inner.registry.for_each(|h| {
-                let Some(plan) = cfg.plan(h.0.plan.load(Ordering::Relaxed)) else {
+            // No eviction meanwhile: every customer is reset once, in memory or dormant.
+            let _maintenance = self.inner.registry.maintenance();
+            self.inner.registry.for_each(|s| {
+                let Some(plan) = cfg.plan(s.plan.load(Ordering::Relaxed)) else {
                     return;
                 };
                 for i in 0..cfg.meters.len() {
                     if rolled.contains(&plan.period_of(i)) {
-                        h.0.cells.set_period(i, 0);
+                        s.cells.set_period(i, 0);
                     }
                 }
             });
@@ -823,8 +825,9 @@ impl Engine {
         let cfg = self.inner.config.load();
         let now = unix_now();
         let mut out = Vec::with_capacity(self.inner.registry.len());
-        self.inner.registry.for_each(|h| {
-            let s = &h.0;
+        // No eviction meanwhile: every customer is listed once, in memory or dormant.
+        let _maintenance = self.inner.registry.maintenance();
+        self.inner.registry.for_each(|s| {
             if s.is_overflow {
                 return;
             }

@@ -98,4 +98,11 @@ pub enum CoreError {
         /// The customer refused.
         customer: String,
     },
+    /// The customer was being evicted and re-admitted by another thread at the same
+    /// instant, so no handle could be taken (not expected in practice): retry.
+    #[error("customer `{customer}` changed while being admitted; retry")]
+    CustomerBusy {
+        /// The customer.
+        customer: String,
+    },
 }

@@ -102,12 +102,12 @@
 //!
 //! ## Cost
 //!
-//! Nothing on the allow path awaits or touches the network or the disk. The one lock it
-//! takes is the read side of the customer map's shard in
-//! [`Engine::resolve`](monetize_core::Engine::resolve), shared with every other request;
-//! its writers are a new customer's admission (one insert) and, only when idle eviction
-//! is configured, the eviction pass, which write-locks a shard to remove one idle
-//! customer at a time. The layer reads the
+//! Nothing on the allow path awaits, locks, or touches the network or the disk.
+//! [`Engine::resolve`](monetize_core::Engine::resolve) reads a lock-free map and pins the
+//! customer with one atomic increment on its own state, so no background pass
+//! (checkpoint, eviction) can make a request wait. Only the first request of a customer
+//! not in memory takes a lock, to admit it: one of 256 stripes, which an eviction holds
+//! only while it moves one idle customer to its dormant record. The layer reads the
 //! request through a borrowed [`RequestHead`] and hands it on untouched. Metering is
 //! split in two ([`Engine::meter_request`](monetize_core::Engine::meter_request) /
 //! [`meter_response`](monetize_core::Engine::meter_response)): the request-side tests of

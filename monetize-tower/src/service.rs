@@ -35,9 +35,8 @@ use crate::route::{FromRouteTemplate, RouteSource};
 ///    meter reads the body (see the [crate docs](crate#when-an-exchange-is-metered)).
 ///
 /// `M` ([`MapBody`], [`TapRequestBody`]) adapts the bodies to a framework (default
-/// [`KeepBody`]). On the allow path nothing is awaited or allocated by the layer itself; the
-/// only lock is the customer map's shard read lock while the handle is cloned (see the
-/// [crate docs](crate#cost)).
+/// [`KeepBody`]). On the allow path nothing is awaited, locked or allocated by the layer
+/// itself (see the [crate docs](crate#cost)).
 pub struct Monetize<S, R = FromRouteTemplate, M = KeepBody> {
     inner: S,
     settings: Arc<Settings<R>>,

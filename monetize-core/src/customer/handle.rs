@@ -1,11 +1,12 @@
 //! A customer's live state, shared by every request of that customer.
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 
 use crate::id::CustomerId;
 use crate::meter::{Aggregation, UsageCells};
+
+use super::resident::Pinned;
 
 pub(crate) const DELINQUENT: u32 = 1;
 pub(crate) const CANCELLED: u32 = 2;
@@ -26,6 +27,8 @@ pub(crate) struct CustomerState {
     pub(crate) plan: AtomicU32,
     /// Engine-clock seconds of the last request (coarse), for idle eviction.
     pub(crate) last_seen: AtomicU32,
+    /// Pinned references and the seal (see [`super::resident`]).
+    pub(crate) refs: AtomicU64,
     /// Prepaid balance in micro-credits.
     pub(crate) balance: AtomicI64,
     /// Usage since the last checkpoint.
@@ -50,6 +53,7 @@ impl CustomerState {
             balance: AtomicI64::new(balance),
             rate_tat: AtomicU64::new(0),
             last_seen: AtomicU32::new(0),
+            refs: super::resident::refs_new(),
             last_block_event: [AtomicU32::new(0), AtomicU32::new(0)],
             cells: UsageCells::new(aggs),
             is_overflow: false,
@@ -92,10 +96,14 @@ impl CustomerState {
     }
 }
 
-/// A resolved customer: an `Arc` to its live state. Resolve once per request, then every
-/// check and record goes through the handle without another lookup.
+/// A resolved customer: a pinned reference to its live state. Resolve once per request,
+/// then every check and record goes through the handle without another lookup.
+///
+/// Like an `Arc`, a handle keeps the state alive (even past the engine) and clones
+/// cheaply; while any handle exists, idle eviction leaves the customer in memory, so what
+/// is recorded through a handle is never lost.
 #[derive(Clone)]
-pub struct CustomerHandle(pub(crate) Arc<CustomerState>);
+pub struct CustomerHandle(pub(crate) Pinned);
 
 impl CustomerHandle {
     /// The customer's id.

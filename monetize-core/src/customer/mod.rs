@@ -2,8 +2,10 @@
 
 mod change;
 mod handle;
+mod handle_cache;
 mod plan;
 mod registry;
+mod resident;
 
 pub use change::StateChange;
 pub(crate) use handle::CustomerState;

@@ -1,14 +1,21 @@
 //! The customer registry: one concurrent map from customer id to live state, with a cap,
 //! an overflow policy and idle eviction that loses nothing.
+//!
+//! The map is lock-free ([`papaya`]): resolving a customer in memory takes no lock and
+//! never waits, whatever a background pass (checkpoint, eviction, period reset) is doing.
+//! What eviction needs to know (that no request holds a customer) is decided on the
+//! customer's own state by [`Resident::seal`]; admission and eviction of the same customer
+//! are serialized by a small striped lock that the in-memory path never takes.
 
-use std::sync::Arc;
-use std::sync::Mutex;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
-use dashmap::DashMap;
 use foldhash::fast::RandomState;
 
 use super::handle::{CustomerHandle, CustomerState};
+use super::handle_cache;
+use super::resident::Resident;
 use crate::config::OverflowPolicy;
 use crate::error::CoreError;
 use crate::id::CustomerId;
@@ -36,42 +43,93 @@ pub(crate) struct Admission<'a> {
 }
 
 pub(crate) struct Registry {
-    map: DashMap<CustomerId, CustomerHandle, RandomState>,
-    dormant: DashMap<CustomerId, Dormant, RandomState>,
+    /// This registry's number, unique in the process (threads' caches are tagged with it).
+    id: u64,
+    /// Customers in memory.
+    map: papaya::HashMap<CustomerId, Resident, RandomState>,
+    /// Evicted customers, restored on their next request.
+    dormant: papaya::HashMap<CustomerId, Dormant, RandomState>,
+    /// Admission and eviction of a customer hold the stripe of its id, so that an admission
+    /// never misses the dormant record of an eviction in progress. Never taken by a
+    /// customer already in memory.
+    stripes: Box<[Mutex<()>]>,
+    /// Hashes ids for the stripes and the threads' caches.
+    id_hash: RandomState,
+    /// Held by background passes that must see every customer exactly once, live or
+    /// dormant (eviction, period resets, account snapshots); never by requests.
+    maintenance: Mutex<()>,
     /// Usage drained from evicted customers, taken by the next checkpoint.
     evicted: Mutex<Vec<Delta>>,
     pub(crate) overflowed: AtomicU64,
     pub(crate) rejected: AtomicU64,
 }
 
-/// Enough shards that a background pass over one shard holds its lock only briefly.
-const SHARDS: usize = 256;
+/// The next registry's [`Registry::id`] (0 marks an empty cache slot).
+static NEXT_REGISTRY: AtomicU64 = AtomicU64::new(1);
+
+/// Stripes of the admission lock: two admissions (or an admission and an eviction) of
+/// different customers rarely share one.
+const STRIPES: usize = 256;
+
+/// Takes a lock whose data cannot be left inconsistent (a panic elsewhere only poisons it).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 impl Registry {
     pub(crate) fn new() -> Self {
         Self {
-            map: DashMap::with_capacity_and_hasher_and_shard_amount(
-                0,
-                RandomState::default(),
-                SHARDS,
-            ),
-            dormant: DashMap::with_hasher_and_shard_amount(RandomState::default(), SHARDS),
+            id: NEXT_REGISTRY.fetch_add(1, Ordering::Relaxed),
+            map: papaya::HashMap::builder()
+                .hasher(RandomState::default())
+                .build(),
+            dormant: papaya::HashMap::builder()
+                .hasher(RandomState::default())
+                .build(),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            id_hash: RandomState::default(),
+            maintenance: Mutex::new(()),
             evicted: Mutex::new(Vec::new()),
             overflowed: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
         }
     }
 
-    /// The fast path: an existing customer's handle (one shared-lock map read).
+    /// The fast path: an existing customer's handle. Lock-free: this thread's cache, else
+    /// one map read; then one atomic increment on the customer's state. `None` when the
+    /// customer is not in memory (or is being evicted right now): go to
+    /// [`Registry::admit`].
     #[inline]
     pub(crate) fn get(&self, id: &str) -> Option<CustomerHandle> {
-        self.map.get(id).map(|h| h.clone())
+        let hash = self.id_hash.hash_one(id);
+        if let Some(p) = handle_cache::get(self.id, hash, id) {
+            return Some(CustomerHandle(p));
+        }
+        self.get_uncached(id, hash)
     }
 
-    /// Runs `f` on an existing customer's state without cloning the handle.
+    #[inline(never)]
+    fn get_uncached(&self, id: &str, hash: u64) -> Option<CustomerHandle> {
+        let guard = self.map.guard();
+        let p = self.map.get(id, &guard)?.pin()?;
+        handle_cache::put(self.id, hash, &p);
+        Some(CustomerHandle(p))
+    }
+
+    /// Runs `f` on an existing customer's state, holding it for the call.
     #[inline]
     pub(crate) fn with<R>(&self, id: &str, f: impl FnOnce(&CustomerState) -> R) -> Option<R> {
-        self.map.get(id).map(|h| f(&h.0))
+        self.get(id).map(|h| f(&h.0))
+    }
+
+    fn stripe(&self, id: &str) -> MutexGuard<'_, ()> {
+        let i = self.id_hash.hash_one(id) as usize % STRIPES;
+        lock(&self.stripes[i])
+    }
+
+    /// Background passes that must not interleave with eviction hold this.
+    pub(crate) fn maintenance(&self) -> MutexGuard<'_, ()> {
+        lock(&self.maintenance)
     }
 
     /// The slow path: admits a customer not in the map (restoring it if dormant).
@@ -81,47 +139,18 @@ impl Registry {
         id: CustomerId,
         a: &Admission<'_>,
     ) -> Result<(CustomerHandle, bool), CoreError> {
-        if let Some(h) = self.map.get(id.as_str()) {
-            return Ok((h.clone(), false));
-        }
-        if self.map.len() >= a.max {
-            return match a.policy {
-                OverflowPolicy::Reject => {
-                    self.rejected.fetch_add(1, Ordering::Relaxed);
-                    Err(CoreError::CustomerCapReached {
-                        max: a.max,
-                        customer: id.to_string(),
-                    })
-                }
-                _ => {
-                    self.overflowed.fetch_add(1, Ordering::Relaxed);
-                    let h = self
-                        .map
-                        .entry(a.overflow_id.clone())
-                        .or_insert_with(|| {
-                            let mut s = CustomerState::new(
-                                a.overflow_id.clone(),
-                                a.aggs,
-                                a.plan,
-                                a.balance,
-                            );
-                            s.is_overflow = true;
-                            CustomerHandle(Arc::new(s))
-                        })
-                        .clone();
-                    Ok((h, true))
-                }
-            };
-        }
-        // The entry holds the shard's write lock: eviction of the same id (which also
-        // takes it) happens wholly before or wholly after, so a dormant record is never
-        // missed.
-        let h = self
-            .map
-            .entry(id.clone())
-            .or_insert_with(|| {
+        {
+            let _stripe = self.stripe(id.as_str());
+            let guard = self.map.guard();
+            if let Some(h) = self.map.get(id.as_str(), &guard).and_then(Resident::pin) {
+                return Ok((CustomerHandle(h), false));
+            }
+            if self.map.len() < a.max {
                 let s = CustomerState::new(id.clone(), a.aggs, a.plan, a.balance);
-                if let Some((_, d)) = self.dormant.remove(id.as_str()) {
+                // Under the stripe, an eviction of this customer is wholly before (its
+                // dormant record is here) or wholly after (it sees this state).
+                let dguard = self.dormant.guard();
+                if let Some(d) = self.dormant.remove(id.as_str(), &dguard) {
                     s.flags.store(d.flags, Ordering::Relaxed);
                     s.plan.store(d.plan, Ordering::Relaxed);
                     s.balance.store(d.balance, Ordering::Relaxed);
@@ -130,27 +159,71 @@ impl Registry {
                         s.cells.set_period(i, *v);
                     }
                 }
-                CustomerHandle(Arc::new(s))
-            })
-            .clone();
-        Ok((h, false))
+                let hash = self.id_hash.hash_one(id.as_str());
+                let h = self.insert_pinned(id, s, &guard)?;
+                handle_cache::put(self.id, hash, &h.0);
+                return Ok((h, false));
+            }
+        }
+        if a.policy == OverflowPolicy::Reject {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+            return Err(CoreError::CustomerCapReached {
+                max: a.max,
+                customer: id.to_string(),
+            });
+        }
+        self.overflowed.fetch_add(1, Ordering::Relaxed);
+        let _stripe = self.stripe(a.overflow_id.as_str());
+        let guard = self.map.guard();
+        if let Some(h) = self
+            .map
+            .get(a.overflow_id.as_str(), &guard)
+            .and_then(Resident::pin)
+        {
+            return Ok((CustomerHandle(h), true));
+        }
+        let mut s = CustomerState::new(a.overflow_id.clone(), a.aggs, a.plan, a.balance);
+        s.is_overflow = true;
+        self.insert_pinned(a.overflow_id.clone(), s, &guard)
+            .map(|h| (h, true))
+    }
+
+    /// Inserts a new customer and pins it. The caller holds the customer's stripe, so no
+    /// other state for this id can be in the map.
+    fn insert_pinned(
+        &self,
+        id: CustomerId,
+        s: CustomerState,
+        guard: &impl papaya::Guard,
+    ) -> Result<CustomerHandle, CoreError> {
+        let customer = id.to_string();
+        let r = match self.map.try_insert(id, Resident::new(s), guard) {
+            Ok(r) => r,
+            Err(e) => e.current,
+        };
+        r.pin()
+            .map(CustomerHandle)
+            .ok_or(CoreError::CustomerBusy { customer })
     }
 
     /// Evicts customers idle since before `cutoff` (engine-clock seconds) that no request
     /// holds. Their usage is drained for the next checkpoint and their state kept dormant.
     ///
-    /// Two passes, so that requests never wait on a shard scan: the candidates are found
-    /// under each shard's read lock (which requests share), then each is removed under the
-    /// write lock of its shard, held for that one customer only.
+    /// Candidates are found by a lock-free pass; each is then sealed (which succeeds only
+    /// if no handle to it exists, and stops new ones), drained, recorded as dormant and
+    /// removed, under its stripe only.
     pub(crate) fn evict_idle(&self, cutoff: u32, meters: &[Meter]) -> usize {
+        let _maintenance = self.maintenance();
         let idle =
-            |h: &CustomerHandle| h.0.last_seen.load(Ordering::Relaxed) < cutoff && !h.0.is_overflow;
-        let candidates: Vec<CustomerId> = self
-            .map
-            .iter()
-            .filter(|e| idle(e.value()))
-            .map(|e| e.key().clone())
-            .collect();
+            |s: &CustomerState| s.last_seen.load(Ordering::Relaxed) < cutoff && !s.is_overflow;
+        let candidates: Vec<CustomerId> = {
+            let guard = self.map.guard();
+            self.map
+                .iter(&guard)
+                .filter(|(_, r)| idle(r.state()) && !r.is_pinned())
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
         if candidates.is_empty() {
             return 0;
         }
@@ -158,32 +231,35 @@ impl Registry {
         let mut drained = Vec::new();
         let mut n = 0;
         for id in &candidates {
-            let removed = self.map.remove_if(id.as_str(), |id, h| {
-                // Under the shard's write lock nobody can clone the handle out of the map,
-                // so a strong count of 1 means no request holds it: nothing can record
-                // after the drain. Still idle: a request may have come since the first pass.
-                if !idle(h) || Arc::strong_count(&h.0) != 1 {
-                    return false;
-                }
-                drain(&h.0, meters, &mut drained);
-                // Dormant before the lock is released, so that an admission of the same
-                // id (which takes this lock) finds it.
-                self.dormant.insert(
-                    id.clone(),
-                    Dormant {
-                        flags: h.0.flags.load(Ordering::Relaxed),
-                        plan: h.0.plan.load(Ordering::Relaxed),
-                        balance: h.0.balance.load(Ordering::Relaxed),
-                        rate_tat: h.0.rate_tat.load(Ordering::Relaxed),
-                        period: h.0.cells.period_all(&aggs).into_boxed_slice(),
-                    },
-                );
-                true
-            });
-            n += usize::from(removed.is_some());
+            let _stripe = self.stripe(id.as_str());
+            let guard = self.map.guard();
+            let Some(r) = self.map.get(id.as_str(), &guard) else {
+                continue;
+            };
+            // Still idle (a request may have come since the scan), and no handle: after the
+            // seal nothing can record into it, so the drain and the copy below are final.
+            if !idle(r.state()) || !r.seal() {
+                continue;
+            }
+            let s = r.state();
+            drain(s, meters, &mut drained);
+            // Dormant before the removal, so that an admission (which waits for this
+            // stripe) finds it.
+            self.dormant.pin().insert(
+                id.clone(),
+                Dormant {
+                    flags: s.flags.load(Ordering::Relaxed),
+                    plan: s.plan.load(Ordering::Relaxed),
+                    balance: s.balance.load(Ordering::Relaxed),
+                    rate_tat: s.rate_tat.load(Ordering::Relaxed),
+                    period: s.cells.period_all(&aggs).into_boxed_slice(),
+                },
+            );
+            self.map.remove(id.as_str(), &guard);
+            n += 1;
         }
         if !drained.is_empty() {
-            self.evicted_lock().extend(drained);
+            lock(&self.evicted).extend(drained);
         }
         n
     }
@@ -191,40 +267,47 @@ impl Registry {
     /// Swaps every non-zero cell to zero, appending the deltas (and those of evicted
     /// customers) to `out`.
     pub(crate) fn checkpoint(&self, meters: &[Meter], out: &mut Vec<Delta>) {
-        out.append(&mut self.evicted_lock());
-        for entry in self.map.iter() {
-            drain(&entry.value().0, meters, out);
+        out.append(&mut lock(&self.evicted));
+        let guard = self.map.guard();
+        for (_, r) in self.map.iter(&guard) {
+            drain(r.state(), meters, out);
         }
     }
 
-    fn evicted_lock(&self) -> std::sync::MutexGuard<'_, Vec<Delta>> {
-        // A poisoned lock only means a panic elsewhere; the vector is still valid.
-        self.evicted.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Calls `f` on every customer in memory.
-    pub(crate) fn for_each(&self, mut f: impl FnMut(&CustomerHandle)) {
-        for entry in self.map.iter() {
-            f(entry.value());
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&CustomerState)) {
+        let guard = self.map.guard();
+        for (_, r) in self.map.iter(&guard) {
+            f(r.state());
         }
     }
 
     /// Zeroes the period counters of dormant customers where `rolled(plan, meter)`.
     pub(crate) fn reset_dormant_periods(&self, rolled: impl Fn(u32, usize) -> bool) {
-        for mut d in self.dormant.iter_mut() {
-            let plan = d.plan;
-            for (i, v) in d.period.iter_mut().enumerate() {
-                if rolled(plan, i) {
-                    *v = 0;
+        let dormant = self.dormant.pin();
+        let due: Vec<CustomerId> = dormant
+            .iter()
+            .filter(|(_, d)| (0..d.period.len()).any(|i| d.period[i] != 0 && rolled(d.plan, i)))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            dormant.update(id, |d| {
+                let mut d = d.clone();
+                for (i, v) in d.period.iter_mut().enumerate() {
+                    if rolled(d.plan, i) {
+                        *v = 0;
+                    }
                 }
-            }
+                d
+            });
         }
     }
 
     /// Calls `f` on every dormant (evicted) customer's record.
     pub(crate) fn for_each_dormant(&self, mut f: impl FnMut(&CustomerId, &Dormant)) {
-        for entry in self.dormant.iter() {
-            f(entry.key(), entry.value());
+        let dormant = self.dormant.pin();
+        for (id, d) in dormant.iter() {
+            f(id, d);
         }
     }
 
@@ -244,5 +327,103 @@ fn drain(s: &CustomerState, meters: &[Meter], out: &mut Vec<Delta>) {
         if let Some(measure) = s.cells.take(m.index.get(), m.aggregation) {
             out.push(Delta::new(s.id.clone(), m.id.clone(), measure));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    fn admission(overflow: &CustomerId) -> Admission<'_> {
+        Admission {
+            aggs: &[],
+            plan: 0,
+            balance: 0,
+            max: usize::MAX,
+            policy: OverflowPolicy::Reject,
+            overflow_id: overflow,
+        }
+    }
+
+    fn id(s: &str) -> CustomerId {
+        CustomerId::new(s).unwrap()
+    }
+
+    /// A background pass paused in the middle of the map (as a checkpoint over many
+    /// customers would be) delays no request: a customer in memory resolves, and a new
+    /// one is admitted, while the pass is stopped. With a map under shard locks, the
+    /// admission waited for the pass to let go of its shard.
+    #[test]
+    fn requests_never_wait_for_a_background_pass() {
+        let registry = Registry::new();
+        let overflow = id("overflow");
+        for i in 0..64 {
+            registry
+                .admit(id(&format!("c{i}")), &admission(&overflow))
+                .unwrap();
+        }
+        let (inside_tx, inside_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let (done_tx, done_rx) = mpsc::channel();
+        std::thread::scope(|scope| {
+            let (registry, inside_tx) = (&registry, inside_tx);
+            scope.spawn(move || {
+                let mut first = true;
+                registry.for_each(|_| {
+                    if std::mem::take(&mut first) {
+                        inside_tx.send(()).unwrap();
+                        release_rx.recv().unwrap();
+                    }
+                });
+            });
+            inside_rx.recv().unwrap();
+            let overflow = &overflow;
+            scope.spawn(move || {
+                let known = registry.get("c7").is_some();
+                let mut admitted = 0;
+                for i in 0..256 {
+                    let (h, overflowed) = registry
+                        .admit(id(&format!("new{i}")), &admission(overflow))
+                        .unwrap();
+                    admitted += usize::from(!overflowed && h.id().as_str() == format!("new{i}"));
+                }
+                done_tx.send((known, admitted)).unwrap();
+            });
+            // Generous: the requests take microseconds; only a lock held by the paused
+            // pass could keep them from finishing at all.
+            let done = done_rx.recv_timeout(Duration::from_secs(30));
+            release_tx.send(()).unwrap();
+            assert_eq!(
+                done,
+                Ok((true, 256)),
+                "the requests finished while the pass was paused"
+            );
+        });
+        assert_eq!(registry.len(), 64 + 256);
+    }
+
+    /// Eviction moves an idle customer to a dormant record and admission brings it back
+    /// with its state; a held handle keeps its customer in memory.
+    #[test]
+    fn eviction_skips_held_customers_and_admission_restores_the_rest() {
+        let registry = Registry::new();
+        let overflow = id("overflow");
+        let (held, _) = registry.admit(id("held"), &admission(&overflow)).unwrap();
+        let (idle, _) = registry.admit(id("idle"), &admission(&overflow)).unwrap();
+        idle.0.balance.store(42, Ordering::Relaxed);
+        drop(idle);
+        assert_eq!(registry.evict_idle(u32::MAX, &[]), 1);
+        assert!(registry.get("idle").is_none());
+        assert!(registry.get("held").is_some());
+        assert_eq!(registry.dormant_len(), 1);
+        let (back, _) = registry.admit(id("idle"), &admission(&overflow)).unwrap();
+        assert_eq!(back.balance(), 42);
+        assert_eq!(registry.dormant_len(), 0);
+        drop(held);
+        drop(back);
+        assert_eq!(registry.evict_idle(u32::MAX, &[]), 2);
+        assert_eq!(registry.len(), 0);
     }
 }
