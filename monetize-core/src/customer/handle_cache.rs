@@ -9,99 +9,155 @@
 //! older one second) and tagged with the registry and the hash; a hit still compares the
 //! id itself, so a collision or another engine's customer is only a miss.
 //!
-//! Memory: [`SLOTS`] slots of 24 bytes per thread that resolves customers (96 KiB),
-//! allocated on the first resolve; an evicted customer's state stays allocated until its
-//! slot is reused or the thread ends.
+//! A customer enters the cache only when this thread resolves it a second time within a
+//! window (a bit set by hash, the "doorkeeper" of TinyLFU): with many customers each
+//! calling rarely, filling the cache would cost two extra cache misses per request (the
+//! slot and the reference count of the customer it displaces) and win nothing.
+//!
+//! Memory: [`SLOTS`] slots of 16 bytes (a set of four is one 64-byte cache line) and
+//! [`SEEN_BITS`] bits per thread that resolves customers (72 KiB), allocated on the first
+//! resolve; an evicted customer's state stays
+//! allocated until its slot is reused or the thread ends.
 
 use std::cell::RefCell;
 
+use super::hashed_id::same_id;
 use super::resident::{Pinned, Watch};
 
 /// Slots per thread (a power of two), in sets of [`WAYS`].
 const SLOTS: usize = 4096;
 const WAYS: usize = 4;
+/// Bits of the doorkeeper (a power of two); cleared after [`SEEN_BITS`] / 16 customers
+/// were seen once, so that "seen before" means lately (and a false "seen" stays rare).
+const SEEN_BITS: usize = 1 << 16;
 
 #[derive(Default)]
 struct Slot {
-    /// The registry the customer belongs to (0: empty).
-    registry: u64,
-    /// The hash of the id.
-    hash: u64,
+    /// The hash of the id (its low half).
+    hash: u32,
+    /// The registry the customer belongs to (0: empty; registries numbered past
+    /// `u32::MAX` are never cached).
+    registry: u32,
     watch: Option<Watch>,
 }
 
-thread_local! {
-    static CACHE: RefCell<Option<Box<[Slot]>>> = const { RefCell::new(None) };
+/// One set: a cache line.
+#[derive(Default)]
+#[repr(align(64))]
+struct Set([Slot; WAYS]);
+
+struct Cache {
+    sets: Box<[Set]>,
+    seen: Box<[u64]>,
+    /// Bits set in `seen` since it was last cleared.
+    seen_count: usize,
 }
 
-/// The first slot of the set of `hash`.
+impl Cache {
+    fn new() -> Cache {
+        Cache {
+            sets: (0..SLOTS / WAYS).map(|_| Set::default()).collect(),
+            seen: vec![0; SEEN_BITS / 64].into_boxed_slice(),
+            seen_count: 0,
+        }
+    }
+
+    /// Marks `hash` as seen; whether it was seen already.
+    fn seen_before(&mut self, hash: u64) -> bool {
+        let bit = hash as usize % SEEN_BITS;
+        let Some(word) = self.seen.get_mut(bit / 64) else {
+            return false;
+        };
+        let mask = 1u64 << (bit % 64);
+        if *word & mask != 0 {
+            return true;
+        }
+        *word |= mask;
+        self.seen_count += 1;
+        if self.seen_count >= SEEN_BITS / 16 {
+            self.seen.fill(0);
+            self.seen_count = 0;
+        }
+        false
+    }
+}
+
+thread_local! {
+    static CACHE: RefCell<Option<Cache>> = const { RefCell::new(None) };
+}
+
+/// The set of `hash`.
 #[inline]
 fn set(hash: u64) -> usize {
-    (hash >> (64 - (SLOTS / WAYS).trailing_zeros())) as usize * WAYS
+    (hash >> (64 - (SLOTS / WAYS).trailing_zeros())) as usize
 }
 
-/// Byte equality of two ids, inline for the short ids most customers have.
-#[inline]
-fn same_id(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() != b.len() {
-        return false;
-    }
-    let n = a.len();
-    let word = |s: &[u8], at: usize| {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(&s[at..at + 8]);
-        u64::from_ne_bytes(w)
-    };
-    match n {
-        8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
-        17..=24 => {
-            word(a, 0) == word(b, 0) && word(a, 8) == word(b, 8) && word(a, n - 8) == word(b, n - 8)
-        }
-        _ => a == b,
-    }
+/// What the cache answered.
+pub(crate) enum Lookup {
+    /// The customer, pinned.
+    Hit(Pinned),
+    /// Not here (or evicted since); `remember`: this thread saw it lately, so once
+    /// resolved from the map it should be [`put`] here.
+    Miss { remember: bool },
 }
 
 /// The customer `id` of `registry`, pinned, if this thread resolved it lately and it was
-/// not evicted since.
+/// not evicted since. Allocates this thread's cache on its first call.
 #[inline]
-pub(crate) fn get(registry: u64, hash: u64, id: &str) -> Option<Pinned> {
+pub(crate) fn get(registry: u64, hash: u64, id: &str) -> Lookup {
+    let (tag, Ok(registry)) = (hash as u32, u32::try_from(registry)) else {
+        return Lookup::Miss { remember: false };
+    };
     CACHE
         .try_with(|cache| {
-            let cache = cache.try_borrow().ok()?;
-            let slots = cache.as_ref()?.get(set(hash)..set(hash) + WAYS)?;
-            let watch = slots
-                .iter()
-                .find(|s| s.hash == hash && s.registry == registry)?
-                .watch
-                .as_ref()?;
-            if !same_id(watch.state().id.as_str(), id) {
-                return None;
+            let Ok(mut cache) = cache.try_borrow_mut() else {
+                return Lookup::Miss { remember: false };
+            };
+            let cache = cache.get_or_insert_with(Cache::new);
+            let found = cache.sets.get(set(hash)).and_then(|Set(ways)| {
+                ways.iter()
+                    .find(|s| s.hash == tag && s.registry == registry)?
+                    .watch
+                    .as_ref()
+            });
+            if let Some(watch) = found
+                && same_id(watch.state().id.as_str(), id)
+            {
+                if let Some(p) = watch.pin() {
+                    return Lookup::Hit(p);
+                }
+                // Evicted since: resolve it again from the map and replace the entry.
+                return Lookup::Miss { remember: true };
             }
-            watch.pin()
+            Lookup::Miss {
+                remember: cache.seen_before(hash),
+            }
         })
-        .ok()
-        .flatten()
+        .unwrap_or(Lookup::Miss { remember: false })
 }
 
-/// Remembers a resolved customer on this thread.
+/// Remembers a customer this thread resolved from the map (after a [`Lookup::Miss`] that
+/// said to).
 pub(crate) fn put(registry: u64, hash: u64, pinned: &Pinned) {
+    let (tag, Ok(registry)) = (hash as u32, u32::try_from(registry)) else {
+        return;
+    };
     let _ = CACHE.try_with(|cache| {
         let Ok(mut cache) = cache.try_borrow_mut() else {
             return;
         };
-        let slots = cache.get_or_insert_with(|| (0..SLOTS).map(|_| Slot::default()).collect());
-        if let Some(ways) = slots.get_mut(set(hash)..set(hash) + WAYS) {
+        let cache = cache.get_or_insert_with(Cache::new);
+        if let Some(Set(ways)) = cache.sets.get_mut(set(hash)) {
             // The newest first; the oldest (or a stale entry for this id) drops here,
             // possibly freeing an evicted customer's state (which never touches this cache).
             let same = ways
                 .iter()
-                .position(|s| s.hash == hash && s.registry == registry)
+                .position(|s| s.hash == tag && s.registry == registry)
                 .unwrap_or(WAYS - 1);
             ways[..=same].rotate_right(1);
             ways[0] = Slot {
+                hash: tag,
                 registry,
-                hash,
                 watch: Some(pinned.watch()),
             };
         }
@@ -113,20 +169,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn same_id_is_byte_equality() {
-        let base: String = (0..40u8).map(|i| char::from(b'a' + i % 26)).collect();
-        for n in 0..=base.len() {
-            let a = &base[..n];
-            assert!(same_id(a, a));
-            for i in 0..n {
-                let mut b = a.as_bytes().to_vec();
-                b[i] ^= 1;
-                let b = String::from_utf8(b).unwrap();
-                assert!(!same_id(a, &b), "length {n}, byte {i}");
-            }
-            if n > 0 {
-                assert!(!same_id(a, &base[..n - 1]));
-            }
+    fn the_doorkeeper_admits_on_the_second_sight_and_forgets_after_a_window() {
+        let mut c = Cache::new();
+        assert!(!c.seen_before(7));
+        assert!(c.seen_before(7));
+        assert!(
+            c.seen_before(7 + SEEN_BITS as u64),
+            "same bit: a false positive, harmless"
+        );
+        // A window of other customers seen once clears it.
+        for h in 0..(SEEN_BITS / 16) as u64 {
+            c.seen_before(1_000 + h);
         }
+        assert!(!c.seen_before(7));
     }
 }

@@ -3,6 +3,7 @@
 mod change;
 mod handle;
 mod handle_cache;
+mod hashed_id;
 mod plan;
 mod registry;
 mod resident;

@@ -14,7 +14,8 @@ use std::sync::{Mutex, MutexGuard};
 use foldhash::fast::RandomState;
 
 use super::handle::{CustomerHandle, CustomerState};
-use super::handle_cache;
+use super::handle_cache::{self, Lookup};
+use super::hashed_id::{HashedId, IdQuery, PassHash};
 use super::resident::Resident;
 use crate::config::OverflowPolicy;
 use crate::error::CoreError;
@@ -46,7 +47,7 @@ pub(crate) struct Registry {
     /// This registry's number, unique in the process (threads' caches are tagged with it).
     id: u64,
     /// Customers in memory.
-    map: papaya::HashMap<CustomerId, Resident, RandomState>,
+    map: papaya::HashMap<HashedId, Resident, PassHash>,
     /// Evicted customers, restored on their next request.
     dormant: papaya::HashMap<CustomerId, Dormant, RandomState>,
     /// Admission and eviction of a customer hold the stripe of its id, so that an admission
@@ -64,7 +65,8 @@ pub(crate) struct Registry {
     pub(crate) rejected: AtomicU64,
 }
 
-/// The next registry's [`Registry::id`] (0 marks an empty cache slot).
+/// The next registry's [`Registry::id`] (0 marks an empty cache slot; registries past
+/// `u32::MAX` are not cached).
 static NEXT_REGISTRY: AtomicU64 = AtomicU64::new(1);
 
 /// Stripes of the admission lock: two admissions (or an admission and an eviction) of
@@ -80,9 +82,7 @@ impl Registry {
     pub(crate) fn new() -> Self {
         Self {
             id: NEXT_REGISTRY.fetch_add(1, Ordering::Relaxed),
-            map: papaya::HashMap::builder()
-                .hasher(RandomState::default())
-                .build(),
+            map: papaya::HashMap::builder().hasher(PassHash).build(),
             dormant: papaya::HashMap::builder()
                 .hasher(RandomState::default())
                 .build(),
@@ -101,18 +101,20 @@ impl Registry {
     /// [`Registry::admit`].
     #[inline]
     pub(crate) fn get(&self, id: &str) -> Option<CustomerHandle> {
-        let hash = self.id_hash.hash_one(id);
-        if let Some(p) = handle_cache::get(self.id, hash, id) {
-            return Some(CustomerHandle(p));
+        let q = self.query(id);
+        match handle_cache::get(self.id, q.hash, id) {
+            Lookup::Hit(p) => Some(CustomerHandle(p)),
+            Lookup::Miss { remember } => self.get_uncached(q, remember),
         }
-        self.get_uncached(id, hash)
     }
 
     #[inline(never)]
-    fn get_uncached(&self, id: &str, hash: u64) -> Option<CustomerHandle> {
+    fn get_uncached(&self, q: IdQuery<'_>, remember: bool) -> Option<CustomerHandle> {
         let guard = self.map.guard();
-        let p = self.map.get(id, &guard)?.pin()?;
-        handle_cache::put(self.id, hash, &p);
+        let p = self.map.get(&q, &guard)?.pin()?;
+        if remember {
+            handle_cache::put(self.id, q.hash, &p);
+        }
         Some(CustomerHandle(p))
     }
 
@@ -122,9 +124,16 @@ impl Registry {
         self.get(id).map(|h| f(&h.0))
     }
 
-    fn stripe(&self, id: &str) -> MutexGuard<'_, ()> {
-        let i = self.id_hash.hash_one(id) as usize % STRIPES;
-        lock(&self.stripes[i])
+    #[inline]
+    fn query<'a>(&self, id: &'a str) -> IdQuery<'a> {
+        IdQuery {
+            hash: self.id_hash.hash_one(id),
+            id,
+        }
+    }
+
+    fn stripe(&self, q: IdQuery<'_>) -> MutexGuard<'_, ()> {
+        lock(&self.stripes[q.hash as usize % STRIPES])
     }
 
     /// Background passes that must not interleave with eviction hold this.
@@ -140,9 +149,10 @@ impl Registry {
         a: &Admission<'_>,
     ) -> Result<(CustomerHandle, bool), CoreError> {
         {
-            let _stripe = self.stripe(id.as_str());
+            let q = self.query(id.as_str());
+            let _stripe = self.stripe(q);
             let guard = self.map.guard();
-            if let Some(h) = self.map.get(id.as_str(), &guard).and_then(Resident::pin) {
+            if let Some(h) = self.map.get(&q, &guard).and_then(Resident::pin) {
                 return Ok((CustomerHandle(h), false));
             }
             if self.map.len() < a.max {
@@ -159,10 +169,10 @@ impl Registry {
                         s.cells.set_period(i, *v);
                     }
                 }
-                let hash = self.id_hash.hash_one(id.as_str());
-                let h = self.insert_pinned(id, s, &guard)?;
-                handle_cache::put(self.id, hash, &h.0);
-                return Ok((h, false));
+                let hash = q.hash;
+                return self
+                    .insert_pinned(HashedId { hash, id }, s, &guard)
+                    .map(|h| (h, false));
             }
         }
         if a.policy == OverflowPolicy::Reject {
@@ -173,37 +183,38 @@ impl Registry {
             });
         }
         self.overflowed.fetch_add(1, Ordering::Relaxed);
-        let _stripe = self.stripe(a.overflow_id.as_str());
+        let q = self.query(a.overflow_id.as_str());
+        let _stripe = self.stripe(q);
         let guard = self.map.guard();
-        if let Some(h) = self
-            .map
-            .get(a.overflow_id.as_str(), &guard)
-            .and_then(Resident::pin)
-        {
+        if let Some(h) = self.map.get(&q, &guard).and_then(Resident::pin) {
             return Ok((CustomerHandle(h), true));
         }
         let mut s = CustomerState::new(a.overflow_id.clone(), a.aggs, a.plan, a.balance);
         s.is_overflow = true;
-        self.insert_pinned(a.overflow_id.clone(), s, &guard)
-            .map(|h| (h, true))
+        let key = HashedId {
+            hash: q.hash,
+            id: a.overflow_id.clone(),
+        };
+        self.insert_pinned(key, s, &guard).map(|h| (h, true))
     }
 
     /// Inserts a new customer and pins it. The caller holds the customer's stripe, so no
     /// other state for this id can be in the map.
     fn insert_pinned(
         &self,
-        id: CustomerId,
+        key: HashedId,
         s: CustomerState,
         guard: &impl papaya::Guard,
     ) -> Result<CustomerHandle, CoreError> {
-        let customer = id.to_string();
-        let r = match self.map.try_insert(id, Resident::new(s), guard) {
+        let r = match self.map.try_insert(key, Resident::new(s), guard) {
             Ok(r) => r,
             Err(e) => e.current,
         };
         r.pin()
             .map(CustomerHandle)
-            .ok_or(CoreError::CustomerBusy { customer })
+            .ok_or_else(|| CoreError::CustomerBusy {
+                customer: r.state().id.to_string(),
+            })
     }
 
     /// Evicts customers idle since before `cutoff` (engine-clock seconds) that no request
@@ -216,12 +227,12 @@ impl Registry {
         let _maintenance = self.maintenance();
         let idle =
             |s: &CustomerState| s.last_seen.load(Ordering::Relaxed) < cutoff && !s.is_overflow;
-        let candidates: Vec<CustomerId> = {
+        let candidates: Vec<HashedId> = {
             let guard = self.map.guard();
             self.map
                 .iter(&guard)
                 .filter(|(_, r)| idle(r.state()) && !r.is_pinned())
-                .map(|(id, _)| id.clone())
+                .map(|(key, _)| key.clone())
                 .collect()
         };
         if candidates.is_empty() {
@@ -230,10 +241,14 @@ impl Registry {
         let aggs: Vec<Aggregation> = meters.iter().map(|m| m.aggregation).collect();
         let mut drained = Vec::new();
         let mut n = 0;
-        for id in &candidates {
-            let _stripe = self.stripe(id.as_str());
+        for key in &candidates {
+            let q = IdQuery {
+                hash: key.hash,
+                id: key.id.as_str(),
+            };
+            let _stripe = self.stripe(q);
             let guard = self.map.guard();
-            let Some(r) = self.map.get(id.as_str(), &guard) else {
+            let Some(r) = self.map.get(&q, &guard) else {
                 continue;
             };
             // Still idle (a request may have come since the scan), and no handle: after the
@@ -246,7 +261,7 @@ impl Registry {
             // Dormant before the removal, so that an admission (which waits for this
             // stripe) finds it.
             self.dormant.pin().insert(
-                id.clone(),
+                key.id.clone(),
                 Dormant {
                     flags: s.flags.load(Ordering::Relaxed),
                     plan: s.plan.load(Ordering::Relaxed),
@@ -255,7 +270,7 @@ impl Registry {
                     period: s.cells.period_all(&aggs).into_boxed_slice(),
                 },
             );
-            self.map.remove(id.as_str(), &guard);
+            self.map.remove(&q, &guard);
             n += 1;
         }
         if !drained.is_empty() {
