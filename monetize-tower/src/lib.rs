@@ -108,7 +108,7 @@
 //! (checkpoint, eviction) can make a request wait. Only the first request of a customer
 //! not in memory takes a lock, to admit it: one of 256 stripes, which an eviction holds
 //! only while it moves one idle customer to its dormant record. Each thread keeps the
-//! customers it resolved lately in a cache of its own (96 KiB, allocated by its first
+//! customers it resolves repeatedly in a cache of its own (72 KiB, allocated by its first
 //! resolve), so a returning customer skips the map. The layer reads the
 //! request through a borrowed [`RequestHead`] and hands it on untouched. Metering is
 //! split in two ([`Engine::meter_request`](monetize_core::Engine::meter_request) /
