@@ -5,7 +5,10 @@
 //! never waits, whatever a background pass (checkpoint, eviction, period reset) is doing.
 //! What eviction needs to know (that no request holds a customer) is decided on the
 //! customer's own state by [`Resident::seal`]; admission and eviction of the same customer
-//! are serialized by a small striped lock that the in-memory path never takes.
+//! are serialized by a small striped lock that the in-memory path never takes. Background
+//! passes that must not interleave with an eviction (checkpoints, period resets, account
+//! snapshots) take turns with it on a maintenance lock that no request takes; eviction
+//! holds it for [`EVICTION_CHUNK`] customers at a time.
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,8 +59,8 @@ pub(crate) struct Registry {
     stripes: Box<[Mutex<()>]>,
     /// Hashes ids for the stripes and the threads' caches.
     id_hash: RandomState,
-    /// Held by background passes that must see every customer exactly once, live or
-    /// dormant (eviction, period resets, account snapshots); never by requests.
+    /// Held by background passes that must not interleave with eviction (checkpoints,
+    /// period resets, account snapshots, eviction itself); never by requests.
     maintenance: Mutex<()>,
     /// Usage drained from evicted customers, taken by the next checkpoint.
     evicted: Mutex<Vec<Delta>>,
@@ -68,6 +71,9 @@ pub(crate) struct Registry {
 /// The next registry's [`Registry::id`] (0 marks an empty cache slot; registries past
 /// `u32::MAX` are not cached).
 static NEXT_REGISTRY: AtomicU64 = AtomicU64::new(1);
+
+/// Customers an eviction pass removes per hold of the maintenance lock.
+const EVICTION_CHUNK: usize = 256;
 
 /// Stripes of the admission lock: two admissions (or an admission and an eviction) of
 /// different customers rarely share one.
@@ -224,9 +230,9 @@ impl Registry {
     /// if no handle to it exists, and stops new ones), drained, recorded as dormant and
     /// removed, under its stripe only.
     pub(crate) fn evict_idle(&self, cutoff: u32, meters: &[Meter]) -> usize {
-        let _maintenance = self.maintenance();
         let idle =
             |s: &CustomerState| s.last_seen.load(Ordering::Relaxed) < cutoff && !s.is_overflow;
+        // A hint: each candidate is checked again under its stripe.
         let candidates: Vec<HashedId> = {
             let guard = self.map.guard();
             self.map
@@ -235,53 +241,61 @@ impl Registry {
                 .map(|(key, _)| key.clone())
                 .collect()
         };
-        if candidates.is_empty() {
-            return 0;
-        }
         let aggs: Vec<Aggregation> = meters.iter().map(|m| m.aggregation).collect();
-        let mut drained = Vec::new();
         let mut n = 0;
-        for key in &candidates {
-            let q = IdQuery {
-                hash: key.hash,
-                id: key.id.as_str(),
-            };
-            let _stripe = self.stripe(q);
-            let guard = self.map.guard();
-            let Some(r) = self.map.get(&q, &guard) else {
-                continue;
-            };
-            // Still idle (a request may have come since the scan), and no handle: after the
-            // seal nothing can record into it, so the drain and the copy below are final.
-            if !idle(r.state()) || !r.seal() {
-                continue;
+        // In chunks, so that a checkpoint waits for one chunk, not for a whole pass over
+        // many idle customers.
+        for chunk in candidates.chunks(EVICTION_CHUNK) {
+            let _maintenance = self.maintenance();
+            let mut drained = Vec::new();
+            for key in chunk {
+                let q = IdQuery {
+                    hash: key.hash,
+                    id: key.id.as_str(),
+                };
+                let _stripe = self.stripe(q);
+                let guard = self.map.guard();
+                let Some(r) = self.map.get(&q, &guard) else {
+                    continue;
+                };
+                // Still idle (a request may have come since the scan), and no handle: after
+                // the seal nothing can record into it, so the drain and the copy below are
+                // final.
+                if !idle(r.state()) || !r.seal() {
+                    continue;
+                }
+                let s = r.state();
+                drain(s, meters, &mut drained);
+                // Dormant before the removal, so that an admission (which waits for this
+                // stripe) finds it.
+                self.dormant.pin().insert(
+                    key.id.clone(),
+                    Dormant {
+                        flags: s.flags.load(Ordering::Relaxed),
+                        plan: s.plan.load(Ordering::Relaxed),
+                        balance: s.balance.load(Ordering::Relaxed),
+                        rate_tat: s.rate_tat.load(Ordering::Relaxed),
+                        period: s.cells.period_all(&aggs).into_boxed_slice(),
+                    },
+                );
+                self.map.remove(&q, &guard);
+                n += 1;
             }
-            let s = r.state();
-            drain(s, meters, &mut drained);
-            // Dormant before the removal, so that an admission (which waits for this
-            // stripe) finds it.
-            self.dormant.pin().insert(
-                key.id.clone(),
-                Dormant {
-                    flags: s.flags.load(Ordering::Relaxed),
-                    plan: s.plan.load(Ordering::Relaxed),
-                    balance: s.balance.load(Ordering::Relaxed),
-                    rate_tat: s.rate_tat.load(Ordering::Relaxed),
-                    period: s.cells.period_all(&aggs).into_boxed_slice(),
-                },
-            );
-            self.map.remove(&q, &guard);
-            n += 1;
-        }
-        if !drained.is_empty() {
-            lock(&self.evicted).extend(drained);
+            if !drained.is_empty() {
+                lock(&self.evicted).extend(drained);
+            }
         }
         n
     }
 
     /// Swaps every non-zero cell to zero, appending the deltas (and those of evicted
     /// customers) to `out`.
+    ///
+    /// Holds the maintenance lock (background passes only): a checkpoint moves each cell
+    /// into the customer's period base in two steps, and an eviction copying that base into
+    /// a dormant record between the two would keep the period short by what was taken.
     pub(crate) fn checkpoint(&self, meters: &[Meter], out: &mut Vec<Delta>) {
+        let _maintenance = self.maintenance();
         out.append(&mut lock(&self.evicted));
         let guard = self.map.guard();
         for (_, r) in self.map.iter(&guard) {
