@@ -552,16 +552,8 @@ impl Engine {
             .and_then(|i| cfg.meters.get(i.get()))
             .ok_or_else(|| CoreError::UnknownMeter(meter.to_owned()))?;
         let sample = sample_of(m, quantity);
-        let now = self.inner.coarse_secs.load(Ordering::Relaxed);
-        // Known customer: record while holding it (pin, add, unpin).
-        let recorded = self.inner.registry.with(customer, |s| {
-            s.touch(now);
-            self.add(cfg, s, m, sample);
-        });
-        if recorded.is_none() {
-            let h = self.admit(customer)?;
-            self.add(cfg, &h.0, m, sample);
-        }
+        let h = self.resolve(customer)?;
+        self.add(cfg, &h.0, m, sample);
         Ok(())
     }
 
