@@ -27,7 +27,7 @@ pub(crate) struct CustomerState {
     pub(crate) plan: AtomicU32,
     /// Engine-clock seconds of the last request (coarse), for idle eviction.
     pub(crate) last_seen: AtomicU32,
-    /// Pinned references and the seal (see [`super::resident`]).
+    /// Pinned references, watches and the eviction seal (see [`super::resident`]).
     pub(crate) refs: AtomicU64,
     /// Prepaid balance in micro-credits.
     pub(crate) balance: AtomicI64,
