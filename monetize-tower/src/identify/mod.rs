@@ -19,6 +19,7 @@ mod bearer;
 mod closure;
 mod extension;
 mod key_directory;
+mod key_mac;
 
 use crate::RequestHead;
 use http::StatusCode;
