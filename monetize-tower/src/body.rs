@@ -251,8 +251,9 @@ impl RequestSide {
                 .route(k.route.as_deref())
                 .query(pq.and_then(PathAndQuery::query))
             }
-            // No meter reads the request side any more: placeholders.
-            None => Exchange::new(&Method::GET, "", empty_headers()),
+            // No meter reads the request side any more: placeholders (the response's
+            // headers stand in for the request's, which nothing reads).
+            None => Exchange::new(&Method::GET, "", res.headers),
         };
         let ex = ex
             .request_bytes(self.bytes.max(tap_bytes))

@@ -172,8 +172,11 @@ impl<R> Settings<R> {
     }
 
     #[inline]
-    pub(crate) fn is_exempt(&self, route: &str) -> bool {
-        !self.exempt.is_empty() && self.exempt.iter().any(|p| p.matches(route))
+    pub(crate) fn is_exempt(&self, route: Option<&str>, path: &str) -> bool {
+        !self.exempt.is_empty() && {
+            let route = route.unwrap_or(path);
+            self.exempt.iter().any(|p| p.matches(route))
+        }
     }
 }
 

@@ -92,8 +92,38 @@ struct Table {
     /// The templates without parameters (nor `{{`/`}}` escapes), by the path they match
     /// exactly. A path equal to one of them gets it (matchit would answer the same: a
     /// static route wins over any parameter), without walking the tree.
-    statics: HashMap<Box<str>, Arc<str>, foldhash::fast::RandomState>,
+    statics: Statics,
     router: matchit::Router<Arc<str>>,
+}
+
+/// Up to this many static templates are compared one by one (length first) rather than
+/// hashed: cheaper than hashing the path for the few static routes most apps have.
+const FEW: usize = 8;
+
+/// The static templates: a short list, or a map.
+enum Statics {
+    Few(Box<[Arc<str>]>),
+    Many(HashMap<Box<str>, Arc<str>, foldhash::fast::RandomState>),
+}
+
+impl Statics {
+    fn of(templates: Vec<Arc<str>>) -> Self {
+        if templates.len() <= FEW {
+            return Statics::Few(templates.into());
+        }
+        Statics::Many(templates.into_iter().map(|t| (Box::from(&*t), t)).collect())
+    }
+
+    #[inline]
+    fn get(&self, path: &str) -> Option<&str> {
+        match self {
+            Statics::Few(list) => list
+                .iter()
+                .find(|t| t.len() == path.len() && t.as_bytes() == path.as_bytes())
+                .map(|t| &**t),
+            Statics::Many(map) => map.get(path).map(|t| &**t),
+        }
+    }
 }
 
 impl RouteTable {
@@ -105,7 +135,7 @@ impl RouteTable {
         I::Item: AsRef<str>,
     {
         let mut router = matchit::Router::new();
-        let mut statics = HashMap::default();
+        let mut statics = Vec::new();
         for t in templates {
             let t = t.as_ref();
             let invalid = |problem: String| crate::Error::InvalidTemplate {
@@ -120,9 +150,10 @@ impl RouteTable {
                 .insert(t, Arc::clone(&template))
                 .map_err(|e| invalid(e.to_string()))?;
             if !t.contains(['{', '}']) {
-                statics.insert(Box::from(t), template);
+                statics.push(template);
             }
         }
+        let statics = Statics::of(statics);
         Ok(Self(Arc::new(Table { statics, router })))
     }
 
@@ -185,7 +216,7 @@ mod tests {
 
     #[test]
     fn static_templates_answer_as_the_tree_does() {
-        let templates = [
+        let base = [
             "/",
             "/v1/hello",
             "/v1/users/me",
@@ -197,32 +228,45 @@ mod tests {
             "/v2/a",
             "/v2/a/",
         ];
-        let t = RouteTable::new(templates).unwrap();
-        let tree = {
-            let mut r = matchit::Router::new();
-            for x in templates {
-                r.insert(x, x).unwrap();
+        // Few static templates (compared one by one), then many (a map).
+        let extra: Vec<String> = (0..FEW).map(|i| format!("/v3/s{i}")).collect();
+        for many in [false, true] {
+            let mut templates: Vec<&str> = base.to_vec();
+            if many {
+                templates.extend(extra.iter().map(String::as_str));
             }
-            r
-        };
-        for path in [
-            "/",
-            "",
-            "/v1/hello",
-            "/v1/hello/",
-            "/v1/users/me",
-            "/v1/users/you",
-            "/v1/users/me/posts",
-            "/v1/files/readme",
-            "/v1/files/readme/x",
-            "/v1/{literal}",
-            "/v1/{{literal}}",
-            "/v2/a",
-            "/v2/a/",
-            "/v2/b",
-        ] {
-            let want = tree.at(path).ok().map(|m| *m.value);
-            assert_eq!(t.template(path), want, "{path:?}");
+            let t = RouteTable::new(&templates).unwrap();
+            assert_eq!(matches!(t.0.statics, Statics::Many(_)), many);
+            let tree = {
+                let mut r = matchit::Router::new();
+                for x in &templates {
+                    r.insert(*x, *x).unwrap();
+                }
+                r
+            };
+            for path in [
+                "/",
+                "",
+                "/v1/hello",
+                "/v1/hello/",
+                "/v1/hellp",
+                "/v1/users/me",
+                "/v1/users/you",
+                "/v1/users/me/posts",
+                "/v1/files/readme",
+                "/v1/files/readme/x",
+                "/v1/{literal}",
+                "/v1/{{literal}}",
+                "/v2/a",
+                "/v2/a/",
+                "/v2/b",
+                "/v3/s0",
+                "/v3/s7",
+                "/v3/s8",
+            ] {
+                let want = tree.at(path).ok().map(|m| *m.value);
+                assert_eq!(t.template(path), want, "{path:?}, many: {many}");
+            }
         }
     }
 }

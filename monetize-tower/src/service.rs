@@ -126,7 +126,8 @@ where
             Who::Refused(block) => return ResponseFuture::early(BlockParts::new(&block)),
         };
         let route = settings.route.route(&head);
-        if settings.is_exempt(route.unwrap_or(head.uri.path())) {
+        let path = head.uri.path();
+        if settings.is_exempt(route, path) {
             if settings.customer_extension {
                 req.extensions_mut().insert(handle.clone());
             }
@@ -139,7 +140,7 @@ where
         } else {
             0
         };
-        let ex = Exchange::new(head.method, head.uri.path(), head.headers)
+        let ex = Exchange::new(head.method, path, head.headers)
             .route(route)
             .query(head.uri.query())
             .request_bytes(request_bytes);
@@ -166,12 +167,15 @@ where
         let tap = keep
             .request_capture
             .map(|cap| RequestTap::new(cap, (request_bytes > 0).then_some(request_bytes)));
-        if let Some(t) = &tap {
-            req = M::tap_request(req, t.clone());
-        }
         if settings.customer_extension {
             req.extensions_mut().insert(handle.clone());
         }
+        // `req` is handed on without being reassigned: a reassignment made the compiler
+        // copy the request (224 bytes) on every request, tapped or not.
+        let future = match &tap {
+            None => self.inner.call(req),
+            Some(t) => self.inner.call(M::tap_request(req, t.clone())),
+        };
         let side = RequestSide {
             engine: settings.engine.clone(),
             matched,
@@ -180,7 +184,7 @@ where
             kept,
         };
         ResponseFuture::metered(
-            self.inner.call(req),
+            future,
             handle,
             Pending {
                 side,

@@ -117,9 +117,17 @@ mod aes_ni {
         _mm_xor_si128,
     };
 
-    /// An expanded AES-128 key (FIPS-197, section 5.2). Only made where the CPU has AES-NI
-    /// ([`RoundKeys::new`] checks), which is what makes calling the `aes` functions sound.
-    pub(in crate::identify) struct RoundKeys([__m128i; 11]);
+    /// Keys up to this many bytes long have their length block's encryption precomputed.
+    const LENGTHS: usize = 64;
+
+    /// An expanded AES-128 key (FIPS-197, section 5.2), and the encryption of the length
+    /// block of every length up to [`LENGTHS`] (the first step of every MAC, the same for
+    /// every key of one length). Only made where the CPU has AES-NI ([`RoundKeys::new`]
+    /// checks), which is what makes calling the `aes` functions sound.
+    pub(in crate::identify) struct RoundKeys {
+        rk: [__m128i; 11],
+        first: Box<[__m128i; LENGTHS + 1]>,
+    }
 
     // SAFETY: plain data (eleven 128-bit values), never mutated after it is made.
     unsafe impl Send for RoundKeys {}
@@ -133,21 +141,26 @@ mod aes_ni {
                 return None;
             }
             // SAFETY: the CPU has AES-NI (checked above); SSE2 is part of x86-64.
-            Some(Self(unsafe { expand(key) }))
+            let rk = unsafe { expand(key) };
+            // SAFETY: as above.
+            let first = Box::new(std::array::from_fn(|len| unsafe {
+                encrypt(&rk, from_u128(len as u128))
+            }));
+            Some(Self { rk, first })
         }
 
         /// CBC-MAC of the length-prefixed, zero-padded `data` (see the module docs).
         #[inline]
         pub(in crate::identify) fn cbc_mac(&self, data: &[u8]) -> u128 {
             // SAFETY: a `RoundKeys` exists only where the CPU has AES-NI (`new`).
-            unsafe { cbc_mac(&self.0, data) }
+            unsafe { cbc_mac(self, data) }
         }
 
         /// One block through AES-128 (for the known-answer tests).
         #[cfg(test)]
         pub(in crate::identify) fn encrypt(&self, block: u128) -> u128 {
             // SAFETY: as in `cbc_mac`.
-            unsafe { to_u128(encrypt(&self.0, from_u128(block))) }
+            unsafe { to_u128(encrypt(&self.rk, from_u128(block))) }
         }
     }
 
@@ -205,26 +218,60 @@ mod aes_ni {
         _mm_aesenclast_si128(s, rk[10])
     }
 
-    /// A block of up to 16 bytes, zero-padded.
+    /// A whole block.
     #[inline]
-    fn block_of(bytes: &[u8]) -> u128 {
-        let mut b = [0u8; 16];
-        b[..bytes.len()].copy_from_slice(bytes);
-        u128::from_le_bytes(b)
+    fn block(bytes: &[u8; 16]) -> u128 {
+        u128::from_le_bytes(*bytes)
+    }
+
+    /// Bytes `at..at + n` of `b` (n ≤ 8, `at + n ≤ b.len()`) as a little-endian number.
+    #[inline]
+    fn word(b: &[u8], at: usize, n: usize) -> u64 {
+        let mut w = [0u8; 8];
+        w[..n].copy_from_slice(&b[at..at + n]);
+        u64::from_le_bytes(w)
+    }
+
+    /// A block of fewer than 16 bytes, zero-padded: read as (at most) two overlapping
+    /// fixed-size words rather than copied byte by byte.
+    #[inline]
+    pub(in crate::identify) fn partial_block(b: &[u8]) -> u128 {
+        let n = b.len();
+        let (lo, hi) = match n {
+            8.. => {
+                // The last 8 bytes, shifted down past the ones the first word holds.
+                let tail = word(b, n - 8, 8);
+                (
+                    word(b, 0, 8),
+                    tail.checked_shr(8 * (16 - n) as u32).unwrap_or(0),
+                )
+            }
+            4..=7 => {
+                let head = u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                let tail = u64::from(u32::from_le_bytes([b[n - 4], b[n - 3], b[n - 2], b[n - 1]]));
+                // The overlap holds the same bytes in both: OR keeps them.
+                (head | (tail << (8 * (n - 4))), 0)
+            }
+            _ => (word(b, 0, n), 0),
+        };
+        (u128::from(hi) << 64) | u128::from(lo)
     }
 
     #[inline]
     #[target_feature(enable = "aes,sse2")]
-    fn cbc_mac(rk: &[__m128i; 11], data: &[u8]) -> u128 {
+    fn cbc_mac(keys: &RoundKeys, data: &[u8]) -> u128 {
+        let rk = &keys.rk;
         // The length block first: the encoding is prefix-free.
-        let mut s = encrypt(rk, from_u128(data.len() as u128));
-        let mut chunks = data.chunks_exact(16);
-        for c in &mut chunks {
-            s = encrypt(rk, _mm_xor_si128(s, from_u128(block_of(c))));
+        let mut s = match keys.first.get(data.len()) {
+            Some(s) => *s,
+            None => encrypt(rk, from_u128(data.len() as u128)),
+        };
+        let (chunks, rest) = data.as_chunks::<16>();
+        for c in chunks {
+            s = encrypt(rk, _mm_xor_si128(s, from_u128(block(c))));
         }
-        let rest = chunks.remainder();
         if !rest.is_empty() {
-            s = encrypt(rk, _mm_xor_si128(s, from_u128(block_of(rest))));
+            s = encrypt(rk, _mm_xor_si128(s, from_u128(partial_block(rest))));
         }
         to_u128(s)
     }
@@ -340,13 +387,28 @@ mod tests {
 
     #[cfg(target_arch = "x86_64")]
     #[test]
+    fn partial_blocks_are_the_bytes_zero_padded() {
+        let msg: [u8; 16] = std::array::from_fn(|i| (i as u8) ^ 0xa5);
+        for n in 0..16 {
+            let mut b = [0u8; 16];
+            b[..n].copy_from_slice(&msg[..n]);
+            assert_eq!(
+                aes_ni::partial_block(&msg[..n]),
+                u128::from_le_bytes(b),
+                "{n} bytes"
+            );
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
     fn cbc_mac_is_cbc_over_the_length_prefixed_padded_key() {
         let Some(keys) = aes_keys("2b7e151628aed2a6abf7158809cf4f3c") else {
             assert!(!has_aes_ni());
             return;
         };
-        let msg: [u8; 64] = std::array::from_fn(|i| (i * 7 + 3) as u8);
-        for len in [0usize, 1, 15, 16, 17, 30, 31, 32, 33, 64] {
+        let msg: [u8; 100] = std::array::from_fn(|i| (i * 7 + 3) as u8);
+        for len in (0..=70).chain([99, 100]) {
             let data = &msg[..len];
             let mut blocks = vec![len as u128];
             for c in data.chunks(16) {
