@@ -21,7 +21,9 @@ use crate::config::validate::{Compiled, Predicates, compile};
 use crate::config::{Config, Mode, Period};
 use crate::customer::handle_flags::{BLOCKED, CANCELLED, DELINQUENT, NO_PLAN};
 use crate::customer::registry_admission::Admission;
-use crate::customer::{CustomerHandle, CustomerState, CustomerStatus, Plan, Registry, StateChange};
+use crate::customer::{
+    CustomerHandle, CustomerState, CustomerStatus, CustomerToken, Plan, Registry, StateChange,
+};
 use crate::error::{ConfigError, CoreError};
 use crate::event::{Event, EventKind};
 use crate::govern::{Allow, Block, Ctx, Decision, Facts, Predicate, QuotaInfo, RuleAction};
@@ -238,6 +240,26 @@ impl Engine {
             return Ok(h);
         }
         self.admit(id)
+    }
+
+    /// The customer this thread last resolved for `token` (see [`CustomerToken`]): one
+    /// probe of the thread's cache and one atomic increment, with no id to hash or compare.
+    /// `None` when the thread has not remembered the token (call
+    /// [`Engine::remember_token`] after resolving the customer by id) or the customer was
+    /// evicted since.
+    #[inline]
+    pub fn resolve_token(&self, token: CustomerToken) -> Option<CustomerHandle> {
+        let h = self.inner.registry.get_token(token.bits())?;
+        h.0.touch(self.inner.coarse_secs.load(Ordering::Relaxed));
+        Some(h)
+    }
+
+    /// Remembers on this thread that `token` names the customer of `handle`, a handle
+    /// this engine resolved, so that [`Engine::resolve_token`] finds it next time. Tokens
+    /// are remembered on their second sighting on a thread (so credentials used once cost
+    /// no cache slot), in 4,096 slots per thread (two-way sets; 128 KiB, allocated on first use).
+    pub fn remember_token(&self, token: CustomerToken, handle: &CustomerHandle) {
+        self.inner.registry.remember_token(token.bits(), handle);
     }
 
     #[cold]
@@ -1884,5 +1906,96 @@ mod reload_tests {
             &Exchange::new(&Method::GET, "", &headers).response(StatusCode::OK, &headers, 0),
         );
         assert_eq!(used(&e, "calls"), 1, "the accepted reload's filter");
+    }
+}
+
+#[cfg(test)]
+mod token_tests {
+    //! Customers resolved by [`CustomerToken`] from a thread's cache.
+
+    use super::*;
+    use crate::config::MeterConfig;
+
+    fn engine() -> Engine {
+        Engine::new(Config::builder().meter(MeterConfig::count("calls")).build())
+            .expect("valid config")
+    }
+
+    fn calls(e: &Engine, id: &str) -> u64 {
+        e.usage(id)
+            .and_then(|u| {
+                u.meters
+                    .iter()
+                    .find(|m| m.meter.as_str() == "calls")
+                    .map(|m| m.used)
+            })
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn a_token_resolves_after_its_second_sighting_and_records_for_its_customer() {
+        let e = engine();
+        let t = CustomerToken::new(0x1234_5678_9abc_def0_0fed_cba9_8765_4321);
+        assert!(e.resolve_token(t).is_none());
+        let h = e.resolve("acme").unwrap();
+        // First sighting: not remembered (the doorkeeper).
+        e.remember_token(t, &h);
+        assert!(e.resolve_token(t).is_none());
+        e.remember_token(t, &h);
+        let got = e
+            .resolve_token(t)
+            .expect("remembered on the second sighting");
+        assert_eq!(got.id().as_str(), "acme");
+        let calls_meter = e.meter_index("calls").unwrap();
+        e.record(&got, calls_meter, 5);
+        assert_eq!(calls(&e, "acme"), 5);
+        // Another token, and the same bits in another engine, resolve nothing.
+        assert!(e.resolve_token(CustomerToken::new(t.bits() ^ 1)).is_none());
+        assert!(engine().resolve_token(t).is_none());
+        // Other threads have their own cache.
+        std::thread::scope(|s| {
+            s.spawn(|| assert!(e.resolve_token(t).is_none()));
+        });
+    }
+
+    #[test]
+    fn an_evicted_customer_is_not_resolved_by_token_until_remembered_again() {
+        let e = engine();
+        let t = CustomerToken::new(42 << 64 | 7);
+        let h = e.resolve("acme").unwrap();
+        e.remember_token(t, &h);
+        e.remember_token(t, &h);
+        assert!(e.resolve_token(t).is_some());
+        drop(h);
+        assert_eq!(e.evict_idle(0), 1);
+        // The cached state is sealed: the token misses, and the customer comes back by id
+        // (restored, its usage kept).
+        assert!(e.resolve_token(t).is_none());
+        let again = e.resolve("acme").unwrap();
+        e.record(&again, e.meter_index("calls").unwrap(), 1);
+        e.remember_token(t, &again);
+        let h = e.resolve_token(t).expect("remembered again");
+        assert!(std::ptr::eq::<CustomerState>(&*h.0, &*again.0));
+        assert_eq!(calls(&e, "acme"), 1);
+    }
+
+    #[test]
+    fn another_engines_handle_is_not_remembered() {
+        let (a, b) = (engine(), engine());
+        let t = CustomerToken::new(99);
+        let foreign = b.resolve("acme").unwrap();
+        a.remember_token(t, &foreign);
+        a.remember_token(t, &foreign);
+        assert!(a.resolve_token(t).is_none(), "a handle of engine b");
+        // Once `a` has its own `acme`, a handle of b's `acme` still is not a's.
+        let own = a.resolve("acme").unwrap();
+        a.remember_token(t, &foreign);
+        assert!(a.resolve_token(t).is_none());
+        a.remember_token(t, &own);
+        a.remember_token(t, &own);
+        let h = a.resolve_token(t).unwrap();
+        assert!(std::ptr::eq::<CustomerState>(&*h.0, &*own.0));
+        assert!(format!("{t:?}").contains(".."));
+        assert!(!format!("{t:?}").contains("99"));
     }
 }

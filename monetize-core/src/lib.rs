@@ -51,7 +51,7 @@ mod state_sync;
 pub mod store;
 mod store_redb;
 
-pub use customer::{CustomerHandle, CustomerStatus, StateChange};
+pub use customer::{CustomerHandle, CustomerStatus, CustomerToken, StateChange};
 pub use engine::{CustomerUsage, Engine, EngineBuilder, EngineStats, MeterUsage};
 pub use error::{ConfigError, CoreError};
 pub use event::{Event, EventKind};

@@ -3,10 +3,10 @@
 use std::fmt;
 use std::sync::Arc;
 
-use monetize_core::{CustomerHandle, CustomerId, Engine};
+use monetize_core::{CustomerHandle, CustomerId, CustomerToken, Engine};
 use tower_layer::Layer;
 
-use crate::identify::{Identify, Identity};
+use crate::identify::{Identify, Identity, KeyDirectory};
 use crate::response::resolve_refusal;
 use crate::route::{FromRouteTemplate, RouteSource};
 use crate::service::Monetize;
@@ -126,6 +126,9 @@ impl Pattern {
 pub(crate) struct Settings<R> {
     pub(crate) engine: Engine,
     pub(crate) identify: Arc<dyn Identify>,
+    /// `identify`'s key directory, when it has one: keys are then resolved by the layer,
+    /// through each thread's remembered tokens ([`Identify::key_directory`]).
+    pub(crate) keys: Option<KeyDirectory>,
     pub(crate) on_missing: MissingPolicy,
     pub(crate) on_unknown: MissingPolicy,
     pub(crate) exempt: Vec<Pattern>,
@@ -147,6 +150,9 @@ pub(crate) enum Who {
 impl<R> Settings<R> {
     #[inline]
     pub(crate) fn who(&self, head: &RequestHead<'_>) -> Who {
+        if let Some(keys) = &self.keys {
+            return self.who_by_key(keys, head);
+        }
         let resolved = match self.identify.identify(head) {
             Identity::Id(id) => self.engine.resolve(id),
             Identity::Customer(id) => self.engine.resolve(id.as_str()),
@@ -155,6 +161,41 @@ impl<R> Settings<R> {
         };
         match resolved {
             Ok(h) => Who::Customer(h),
+            Err(e) => Who::Refused(Box::new(resolve_refusal(&e))),
+        }
+    }
+
+    /// [`Settings::who`] for a strategy with a key directory: the key's token, then this
+    /// thread's remembered customer for it, else the directory and the customer map.
+    #[inline]
+    fn who_by_key(&self, keys: &KeyDirectory, head: &RequestHead<'_>) -> Who {
+        let Some(key) = self.identify.key(head) else {
+            return self.fallback(&self.on_missing, true);
+        };
+        let (token, mac) = keys.token(key);
+        if let Some(h) = self.engine.resolve_token(token) {
+            return Who::Customer(h);
+        }
+        self.who_by_key_lookup(keys, key, token, mac)
+    }
+
+    /// A key this thread does not remember (or whose customer was evicted since).
+    #[inline(never)]
+    fn who_by_key_lookup(
+        &self,
+        keys: &KeyDirectory,
+        key: &[u8],
+        token: CustomerToken,
+        mac: u128,
+    ) -> Who {
+        let Some(id) = keys.lookup_mac(key, mac) else {
+            return self.fallback(&self.on_unknown, false);
+        };
+        match self.engine.resolve(id.as_str()) {
+            Ok(h) => {
+                self.engine.remember_token(token, &h);
+                Who::Customer(h)
+            }
             Err(e) => Who::Refused(Box::new(resolve_refusal(&e))),
         }
     }
@@ -193,10 +234,12 @@ impl MonetizeLayer<FromRouteTemplate> {
     /// `engine`. Missing and unknown credentials are refused with `401`.
     pub fn new(engine: Engine, identify: impl Identify) -> Self {
         let keep = Keep::of(&engine);
+        let keys = identify.key_directory().cloned();
         Self {
             settings: Arc::new(Settings {
                 engine,
                 identify: Arc::new(identify),
+                keys,
                 on_missing: MissingPolicy::Reject,
                 on_unknown: MissingPolicy::Reject,
                 exempt: Vec::new(),
@@ -272,6 +315,7 @@ impl<R: RouteSource> MonetizeLayer<R> {
             settings: Arc::new(Settings {
                 engine: s.engine,
                 identify: s.identify,
+                keys: s.keys,
                 on_missing: s.on_missing,
                 on_unknown: s.on_unknown,
                 exempt: s.exempt,

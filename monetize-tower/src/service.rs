@@ -399,6 +399,72 @@ mod tests {
         assert_eq!(v["retry_after"], retry);
     }
 
+    /// Keys a thread remembers (under their MAC and the directory's version) are never
+    /// resolved from memory after the directory changes: a re-assigned key bills its new
+    /// customer at once, a revoked one is refused at once, for API keys and bearer tokens.
+    #[tokio::test(flavor = "current_thread")]
+    async fn remembered_keys_follow_reassignment_and_revocation_at_once() {
+        for bearer in [false, true] {
+            let engine = engine();
+            let keys = keys();
+            let layer = if bearer {
+                MonetizeLayer::new(engine.clone(), crate::identify::Bearer::new(keys.clone()))
+            } else {
+                MonetizeLayer::new(engine.clone(), ApiKey::new(keys.clone()))
+            };
+            let svc = layer.layer_fn_service(service_fn(hello));
+            let req = || {
+                let b = Request::get("/v1/x");
+                let b = if bearer {
+                    b.header("authorization", "Bearer key-acme")
+                } else {
+                    b.header("x-api-key", "key-acme")
+                };
+                b.body(Full::default()).unwrap()
+            };
+            let status = |res: &Response<_>| res.status();
+            // Seen twice on this thread: the key is remembered from the second request on.
+            for _ in 0..4 {
+                let res = svc.clone().oneshot(req()).await.unwrap();
+                assert_eq!(status(&res), StatusCode::OK);
+            }
+            assert_eq!(used(&engine, "acme", "calls"), 4);
+            // Re-assigned: the very next request is the new customer's.
+            keys.insert("key-acme", CustomerId::new("globex").unwrap());
+            for _ in 0..3 {
+                let res = svc.clone().oneshot(req()).await.unwrap();
+                assert_eq!(status(&res), StatusCode::OK);
+            }
+            assert_eq!(used(&engine, "acme", "calls"), 4, "bearer: {bearer}");
+            assert_eq!(used(&engine, "globex", "calls"), 3, "bearer: {bearer}");
+            // An unrelated change (another key added) keeps it working.
+            keys.insert("key-new", CustomerId::new("initech").unwrap());
+            let res = svc.clone().oneshot(req()).await.unwrap();
+            assert_eq!(status(&res), StatusCode::OK);
+            // Metered when the body ends (a meter counts response bytes).
+            drop(res);
+            assert_eq!(used(&engine, "globex", "calls"), 4);
+            // Revoked: refused at once.
+            assert!(keys.remove("key-acme").is_some());
+            for _ in 0..2 {
+                let res = svc.clone().oneshot(req()).await.unwrap();
+                assert_eq!(status(&res), StatusCode::UNAUTHORIZED, "bearer: {bearer}");
+            }
+            assert_eq!(used(&engine, "globex", "calls"), 4);
+            // A remembered customer evicted since comes back through the directory, its
+            // usage kept.
+            keys.insert("key-acme", CustomerId::new("initech").unwrap());
+            for _ in 0..2 {
+                svc.clone().oneshot(req()).await.unwrap();
+            }
+            assert_eq!(engine.evict_idle(0), 3, "acme, globex and initech are idle");
+            let res = svc.clone().oneshot(req()).await.unwrap();
+            assert_eq!(status(&res), StatusCode::OK);
+            drop(res);
+            assert_eq!(used(&engine, "initech", "calls"), 3);
+        }
+    }
+
     #[tokio::test]
     async fn missing_and_unknown_keys_get_401_and_never_reach_the_api() {
         let engine = engine();
@@ -940,7 +1006,9 @@ mod tests {
             });
             let layered =
                 MonetizeLayer::new(engine.clone(), ApiKey::new(keys())).layer_fn_service(inner);
-            // Warm up: admit the customer.
+            // Warm up: admit the customer; then this thread remembers its key (on the
+            // key's second sighting, allocating the thread's token slots once).
+            allocations_of(&layered, layered_request()).await;
             allocations_of(&layered, layered_request()).await;
             let base = allocations_of(&inner, layered_request()).await;
             let with = allocations_of(&layered, layered_request()).await;
@@ -948,7 +1016,7 @@ mod tests {
             eprintln!(
                 "allocations per request: inner alone {base}, with the layer {with} (+{extra})"
             );
-            assert_eq!(used(&engine, "acme", "calls"), 2);
+            assert_eq!(used(&engine, "acme", "calls"), 3);
             // No header copies (no meter reads headers), no extension slot, no box.
             assert_eq!(extra, 0, "{extra} allocations added by the layer");
         });

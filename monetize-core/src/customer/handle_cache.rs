@@ -14,10 +14,16 @@
 //! calling rarely, filling the cache would cost two extra cache misses per request (the
 //! slot and the reference count of the customer it displaces) and win nothing.
 //!
+//! Customers named by a [`CustomerToken`](super::CustomerToken) (an identification
+//! layer's name for verified credentials) have slots of their own, keyed by the whole
+//! 128-bit token, in two-way sets: a hit costs no id hash and no id comparison. Tokens go
+//! through the same doorkeeper.
+//!
 //! Memory: [`SLOTS`] slots of 16 bytes (a set of four is one 64-byte cache line) and
 //! [`SEEN_BITS`] bits per thread that resolves customers (72 KiB), allocated on the first
-//! resolve; an evicted customer's state stays
-//! allocated until its slot is reused or the thread ends.
+//! resolve; [`TOKEN_SLOTS`] slots of 32 bytes (128 KiB) when the thread first remembers a
+//! token. An evicted customer's state stays allocated until its slot is reused or the
+//! thread ends.
 
 use std::cell::RefCell;
 
@@ -46,8 +52,29 @@ struct Slot {
 #[repr(align(64))]
 struct Set([Slot; WAYS]);
 
+/// Token slots per thread (a power of two), in sets of [`TOKEN_WAYS`]: customers known by
+/// a [`CustomerToken`](super::CustomerToken) rather than their id.
+const TOKEN_SLOTS: usize = 4096;
+const TOKEN_WAYS: usize = 2;
+
+#[derive(Default)]
+struct TokenSlot {
+    /// The token's two halves (the whole token is compared: it stands for the id).
+    token: [u64; 2],
+    /// As in [`Slot`].
+    registry: u32,
+    watch: Option<Watch>,
+}
+
+/// One set of token slots: a cache line.
+#[derive(Default)]
+#[repr(align(64))]
+struct TokenSet([TokenSlot; TOKEN_WAYS]);
+
 struct Cache {
     sets: Box<[Set]>,
+    /// Allocated when this thread first remembers a token (128 KiB).
+    tokens: Option<Box<[TokenSet]>>,
     seen: Box<[u64]>,
     /// Bits set in `seen` since it was last cleared.
     seen_count: usize,
@@ -57,6 +84,7 @@ impl Cache {
     fn new() -> Cache {
         Cache {
             sets: (0..SLOTS / WAYS).map(|_| Set::default()).collect(),
+            tokens: None,
             seen: vec![0; SEEN_BITS / 64].into_boxed_slice(),
             seen_count: 0,
         }
@@ -157,6 +185,85 @@ pub(crate) fn put(registry: u64, hash: u64, pinned: &Pinned) {
             ways[..=same].rotate_right(1);
             ways[0] = Slot {
                 hash: tag,
+                registry,
+                watch: Some(pinned.watch()),
+            };
+        }
+    });
+}
+
+/// The token set of `token` (from its high half; tokens are pseudo-random).
+#[inline]
+fn token_set(token: [u64; 2]) -> usize {
+    (token[1] >> (64 - (TOKEN_SLOTS / TOKEN_WAYS).trailing_zeros())) as usize
+}
+
+#[inline]
+fn halves(token: u128) -> [u64; 2] {
+    [token as u64, (token >> 64) as u64]
+}
+
+/// The customer of `token` in `registry`, pinned, if this thread remembered it and it was
+/// not evicted since.
+#[inline]
+pub(crate) fn get_token(registry: u64, token: u128) -> Option<Pinned> {
+    let Ok(registry) = u32::try_from(registry) else {
+        return None;
+    };
+    let token = halves(token);
+    CACHE
+        .try_with(|cache| {
+            let cache = cache.try_borrow().ok()?;
+            let TokenSet(ways) = cache.as_ref()?.tokens.as_ref()?.get(token_set(token))?;
+            ways.iter()
+                .find(|s| s.token == token && s.registry == registry)?
+                .watch
+                .as_ref()?
+                .pin()
+        })
+        .ok()
+        .flatten()
+}
+
+/// Marks `token` as seen on this thread; whether it was seen lately (the doorkeeper, as
+/// for ids: a token is remembered on its second sighting).
+pub(crate) fn token_seen_before(token: u128) -> bool {
+    CACHE
+        .try_with(|cache| {
+            let Ok(mut cache) = cache.try_borrow_mut() else {
+                return false;
+            };
+            cache
+                .get_or_insert_with(Cache::new)
+                .seen_before(halves(token)[0])
+        })
+        .unwrap_or(false)
+}
+
+/// Remembers the customer of `token` (resolved by its id after [`get_token`] missed).
+pub(crate) fn put_token(registry: u64, token: u128, pinned: &Pinned) {
+    let Ok(registry) = u32::try_from(registry) else {
+        return;
+    };
+    let token = halves(token);
+    let _ = CACHE.try_with(|cache| {
+        let Ok(mut cache) = cache.try_borrow_mut() else {
+            return;
+        };
+        let cache = cache.get_or_insert_with(Cache::new);
+        let sets = cache.tokens.get_or_insert_with(|| {
+            (0..TOKEN_SLOTS / TOKEN_WAYS)
+                .map(|_| TokenSet::default())
+                .collect()
+        });
+        if let Some(TokenSet(ways)) = sets.get_mut(token_set(token)) {
+            let same = ways
+                .iter()
+                .position(|s| s.token == token && s.registry == registry)
+                .unwrap_or(TOKEN_WAYS - 1);
+            ways[..=same].rotate_right(1);
+            ways[0] = TokenSlot {
+                token,
                 registry,
                 watch: Some(pinned.watch()),
             };

@@ -7,10 +7,12 @@ mod hashed_id;
 mod plan;
 mod registry;
 mod resident;
+mod token;
 
 pub use change::StateChange;
 pub(crate) use handle::CustomerState;
 pub use handle::{CustomerHandle, CustomerStatus};
+pub use token::CustomerToken;
 pub(crate) mod handle_flags {
     pub(crate) use super::handle::{BLOCKED, CANCELLED, DELINQUENT, NO_PLAN};
 }

@@ -114,6 +114,25 @@ impl Registry {
         }
     }
 
+    /// The customer a thread remembered for `token` ([`Registry::remember_token`]), pinned;
+    /// `None` when this thread has none or it was evicted since (resolve it by id).
+    #[inline]
+    pub(crate) fn get_token(&self, token: u128) -> Option<CustomerHandle> {
+        handle_cache::get_token(self.id, token).map(CustomerHandle)
+    }
+
+    /// Remembers on this thread that `token` names the customer of `handle`, if the
+    /// thread saw the token lately and the handle's state is this registry's (a handle of
+    /// another engine, or of a customer evicted since, is not remembered).
+    pub(crate) fn remember_token(&self, token: u128, handle: &CustomerHandle) {
+        if handle_cache::token_seen_before(token)
+            && let Some(own) = self.get(handle.id().as_str())
+            && std::ptr::eq::<CustomerState>(&*own.0, &*handle.0)
+        {
+            handle_cache::put_token(self.id, token, &own.0);
+        }
+    }
+
     #[inline(never)]
     fn get_uncached(&self, q: IdQuery<'_>, remember: bool) -> Option<CustomerHandle> {
         let guard = self.map.guard();

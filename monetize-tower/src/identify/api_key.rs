@@ -64,13 +64,24 @@ impl ApiKey {
 
 impl Identify for ApiKey {
     fn identify<'a>(&'a self, request: &RequestHead<'a>) -> Identity<'a> {
-        match first_value(request.headers, &self.header) {
-            Some(v) if !v.is_empty() => match self.keys.lookup(v.as_bytes()) {
+        match self.key(request) {
+            Some(key) => match self.keys.lookup(key) {
                 Some(id) => Identity::Customer(id),
                 None => Identity::Unknown,
             },
-            _ => Identity::Missing,
+            None => Identity::Missing,
         }
+    }
+
+    fn key_directory(&self) -> Option<&KeyDirectory> {
+        Some(&self.keys)
+    }
+
+    #[inline]
+    fn key<'a>(&self, request: &RequestHead<'a>) -> Option<&'a [u8]> {
+        first_value(request.headers, &self.header)
+            .map(HeaderValue::as_bytes)
+            .filter(|v| !v.is_empty())
     }
 
     fn unauthorized(&self, missing: bool) -> Block {

@@ -44,13 +44,22 @@ fn token(value: &HeaderValue) -> Option<&[u8]> {
 
 impl Identify for Bearer {
     fn identify<'a>(&'a self, request: &RequestHead<'a>) -> Identity<'a> {
-        let Some(t) = request.headers.get(header::AUTHORIZATION).and_then(token) else {
+        let Some(t) = self.key(request) else {
             return Identity::Missing;
         };
         match self.keys.lookup(t) {
             Some(id) => Identity::Customer(id),
             None => Identity::Unknown,
         }
+    }
+
+    fn key_directory(&self) -> Option<&KeyDirectory> {
+        Some(&self.keys)
+    }
+
+    #[inline]
+    fn key<'a>(&self, request: &RequestHead<'a>) -> Option<&'a [u8]> {
+        request.headers.get(header::AUTHORIZATION).and_then(token)
     }
 
     fn unauthorized(&self, missing: bool) -> Block {

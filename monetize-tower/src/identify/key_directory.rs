@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
 use arc_swap::ArcSwap;
-use monetize_core::CustomerId;
+use monetize_core::{CustomerId, CustomerToken};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -642,7 +642,28 @@ impl KeyDirectory {
     #[inline]
     pub fn lookup(&self, key: impl AsRef<[u8]>) -> Option<CustomerId> {
         let key = key.as_ref();
-        let mac = self.inner.key.mac(key);
+        self.lookup_mac(key, self.inner.key.mac(key))
+    }
+
+    /// The token that names the customer of `key` while the directory stays as it is now
+    /// (see [`Identify::key_directory`](super::Identify::key_directory)), and the key's
+    /// MAC (for [`KeyDirectory::lookup_mac`]). The token is the MAC combined with this
+    /// directory's number and version: every change to the directory changes every token,
+    /// so that no thread resolves a revoked or re-assigned key from what it remembered.
+    #[inline]
+    pub(crate) fn token(&self, key: &[u8]) -> (CustomerToken, Mac) {
+        let inner = &*self.inner;
+        // Before the table is read (in `lookup_mac`): a token remembered from a lookup is
+        // never older than the table the lookup read.
+        let version = inner.version.load(Ordering::Acquire);
+        let mac = inner.key.mac(key);
+        let salt = (u128::from(inner.id) << 64) | u128::from(version);
+        (CustomerToken::new(mac ^ salt), mac)
+    }
+
+    /// [`KeyDirectory::lookup`] of a key whose MAC is known.
+    #[inline]
+    pub(crate) fn lookup_mac(&self, key: &[u8], mac: Mac) -> Option<CustomerId> {
         self.with_table(|table| {
             // Each index is probed only when it holds something (a directory of digests
             // only has an empty `by_mac`; one of keys only never verifies).

@@ -53,6 +53,30 @@ pub trait Identify: Send + Sync + 'static {
     /// cheap, and never block.
     fn identify<'a>(&'a self, request: &RequestHead<'a>) -> Identity<'a>;
 
+    /// For a strategy that reads a key from the request and looks it up in a
+    /// [`KeyDirectory`] (as [`ApiKey`] and [`Bearer`] do): that directory. The layer then
+    /// reads the key with [`Identify::key`] and resolves the customer itself, and each
+    /// thread remembers which customer a key it saw twice names, under a
+    /// [`CustomerToken`](monetize_core::CustomerToken) made of the key's MAC and the
+    /// directory's version (never the key), so that the key's next request skips the
+    /// directory and the customer map. Any change to the directory changes every token.
+    ///
+    /// A strategy that answers here must identify as the directory does: `identify` is
+    /// [`Identity::Missing`] when `key` is `None`, else [`Identity::Customer`] with the
+    /// directory's customer for the key, or [`Identity::Unknown`]. The default: `None`
+    /// (the layer calls `identify`).
+    fn key_directory(&self) -> Option<&KeyDirectory> {
+        None
+    }
+
+    /// The key a request carries, for a strategy with a
+    /// [`key_directory`](Identify::key_directory); `None` when it carries none (the
+    /// request is then [`Identity::Missing`]). The default: `None`.
+    fn key<'a>(&self, request: &RequestHead<'a>) -> Option<&'a [u8]> {
+        let _ = request;
+        None
+    }
+
     /// The refusal sent when the layer's policy rejects a request without credentials
     /// (`missing` is true) or with unknown ones. The default is a `401` with reason
     /// `missing_credentials` or `unknown_credentials`.
@@ -78,6 +102,14 @@ impl<T: Identify + ?Sized> Identify for std::sync::Arc<T> {
         (**self).identify(request)
     }
 
+    fn key_directory(&self) -> Option<&KeyDirectory> {
+        (**self).key_directory()
+    }
+
+    fn key<'a>(&self, request: &RequestHead<'a>) -> Option<&'a [u8]> {
+        (**self).key(request)
+    }
+
     fn unauthorized(&self, missing: bool) -> Block {
         (**self).unauthorized(missing)
     }
@@ -86,6 +118,14 @@ impl<T: Identify + ?Sized> Identify for std::sync::Arc<T> {
 impl<T: Identify + ?Sized> Identify for Box<T> {
     fn identify<'a>(&'a self, request: &RequestHead<'a>) -> Identity<'a> {
         (**self).identify(request)
+    }
+
+    fn key_directory(&self) -> Option<&KeyDirectory> {
+        (**self).key_directory()
+    }
+
+    fn key<'a>(&self, request: &RequestHead<'a>) -> Option<&'a [u8]> {
+        (**self).key(request)
     }
 
     fn unauthorized(&self, missing: bool) -> Block {
