@@ -19,7 +19,7 @@
 //!   `tokens` instead, the handler adding [`TOKENS`] through the `Usage` extractor (the cost
 //!   of handler-reported usage; the handler differs from the plain app's);
 //! - `monetize-cached`: the same as `monetize` with `KeyDirectory::with_verified_cache` (a key seen
-//!   before costs two SipHash runs instead of a SHA-256);
+//!   before costs a MAC and a cache read instead of a SHA-256);
 //! - `governor`: `tower_governor` alone, keyed per client on the `x-api-key` header (a
 //!   custom `KeyExtractor`: 0.8 ships only IP-based and global ones), with a quota that
 //!   never refuses;

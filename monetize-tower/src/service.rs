@@ -133,7 +133,7 @@ where
             }
             return ResponseFuture::unmetered(self.inner.call(req), Some(handle));
         }
-        let keep = settings.keep;
+        let keep = &settings.keep;
         // Only meters read request bytes (rules do not).
         let request_bytes = if keep.request_bytes || keep.request_capture.is_some() {
             content_length(head.headers)
