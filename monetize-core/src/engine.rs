@@ -1980,6 +1980,41 @@ mod token_tests {
     }
 
     #[test]
+    fn a_thread_remembers_a_thousand_customers_by_token() {
+        let e = engine();
+        // Pseudo-random tokens (splitmix64), as MAC-derived tokens are.
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = || {
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        let tokens: Vec<CustomerToken> = (0..1_000)
+            .map(|_| CustomerToken::new(u128::from(next()) << 64 | u128::from(next())))
+            .collect();
+        // Each seen twice (the doorkeeper).
+        for _ in 0..2 {
+            for (i, t) in tokens.iter().enumerate() {
+                let h = e.resolve(&format!("c{i}")).unwrap();
+                e.remember_token(*t, &h);
+            }
+        }
+        // Two candidate sets per token: with one, about 90 of these would keep evicting
+        // each other.
+        let hits = tokens
+            .iter()
+            .enumerate()
+            .filter(|(i, t)| {
+                e.resolve_token(**t)
+                    .is_some_and(|h| h.id().as_str() == format!("c{i}"))
+            })
+            .count();
+        assert!(hits >= 995, "{hits} of 1,000 remembered");
+    }
+
+    #[test]
     fn another_engines_handle_is_not_remembered() {
         let (a, b) = (engine(), engine());
         let t = CustomerToken::new(99);

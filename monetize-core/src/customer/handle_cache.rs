@@ -16,7 +16,8 @@
 //!
 //! Customers named by a [`CustomerToken`](super::CustomerToken) (an identification
 //! layer's name for verified credentials) have slots of their own, keyed by the whole
-//! 128-bit token, in two-way sets: a hit costs no id hash and no id comparison. Tokens go
+//! 128-bit token, in two-way sets, two candidate sets per token: a hit costs no id hash
+//! and no id comparison. Tokens go
 //! through the same doorkeeper.
 //!
 //! Memory: [`SLOTS`] slots of 16 bytes (a set of four is one 64-byte cache line) and
@@ -52,8 +53,9 @@ struct Slot {
 #[repr(align(64))]
 struct Set([Slot; WAYS]);
 
-/// Token slots per thread (a power of two), in sets of [`TOKEN_WAYS`]: customers known by
-/// a [`CustomerToken`](super::CustomerToken) rather than their id.
+/// Token slots per thread (a power of two), in sets of [`TOKEN_WAYS`], each token with two
+/// sets to choose from: customers known by a [`CustomerToken`](super::CustomerToken)
+/// rather than their id.
 const TOKEN_SLOTS: usize = 4096;
 const TOKEN_WAYS: usize = 2;
 
@@ -192,10 +194,14 @@ pub(crate) fn put(registry: u64, hash: u64, pinned: &Pinned) {
     });
 }
 
-/// The token set of `token` (from its high half; tokens are pseudo-random).
+/// The two sets `token` may sit in (from the top bits of each half; tokens are
+/// pseudo-random): two choices keep a full set from evicting a customer the thread still
+/// calls (with one choice, about one key in eleven of a thread's thousand shares a set with
+/// two others and misses on every request).
 #[inline]
-fn token_set(token: [u64; 2]) -> usize {
-    (token[1] >> (64 - (TOKEN_SLOTS / TOKEN_WAYS).trailing_zeros())) as usize
+fn token_sets(token: [u64; 2]) -> [usize; 2] {
+    let shift = 64 - (TOKEN_SLOTS / TOKEN_WAYS).trailing_zeros();
+    [(token[1] >> shift) as usize, (token[0] >> shift) as usize]
 }
 
 #[inline]
@@ -214,12 +220,14 @@ pub(crate) fn get_token(registry: u64, token: u128) -> Option<Pinned> {
     CACHE
         .try_with(|cache| {
             let cache = cache.try_borrow().ok()?;
-            let TokenSet(ways) = cache.as_ref()?.tokens.as_ref()?.get(token_set(token))?;
-            ways.iter()
-                .find(|s| s.token == token && s.registry == registry)?
-                .watch
-                .as_ref()?
-                .pin()
+            let sets = cache.as_ref()?.tokens.as_ref()?;
+            let find = |set: usize| {
+                let TokenSet(ways) = sets.get(set)?;
+                ways.iter()
+                    .find(|s| s.token == token && s.registry == registry)
+            };
+            let [a, b] = token_sets(token);
+            find(a).or_else(|| find(b))?.watch.as_ref()?.pin()
         })
         .ok()
         .flatten()
@@ -256,10 +264,28 @@ pub(crate) fn put_token(registry: u64, token: u128, pinned: &Pinned) {
                 .map(|_| TokenSet::default())
                 .collect()
         });
-        if let Some(TokenSet(ways)) = sets.get_mut(token_set(token)) {
+        let [a, b] = token_sets(token);
+        let holds = |set: usize, f: &dyn Fn(&TokenSlot) -> bool| {
+            sets.get(set)
+                .is_some_and(|TokenSet(ways)| ways.iter().any(f))
+        };
+        let this = |s: &TokenSlot| s.token == token && s.registry == registry;
+        let free = |s: &TokenSlot| s.watch.is_none();
+        // Where the token already is (a customer evicted since), else the first set with
+        // a free way, else the first set (its oldest entry goes).
+        let set = if holds(a, &this) {
+            a
+        } else if holds(b, &this) {
+            b
+        } else if holds(a, &free) || !holds(b, &free) {
+            a
+        } else {
+            b
+        };
+        if let Some(TokenSet(ways)) = sets.get_mut(set) {
             let same = ways
                 .iter()
-                .position(|s| s.token == token && s.registry == registry)
+                .position(|s| this(s) || free(s))
                 .unwrap_or(TOKEN_WAYS - 1);
             ways[..=same].rotate_right(1);
             ways[0] = TokenSlot {
