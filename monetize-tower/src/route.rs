@@ -119,7 +119,7 @@ impl Statics {
         match self {
             Statics::Few(list) => list
                 .iter()
-                .find(|t| t.len() == path.len() && t.as_bytes() == path.as_bytes())
+                .find(|t| crate::identify::same_name(t.as_bytes(), path.as_bytes()))
                 .map(|t| &**t),
             Statics::Many(map) => map.get(path).map(|t| &**t),
         }

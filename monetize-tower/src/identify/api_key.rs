@@ -122,10 +122,11 @@ fn first_value<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a Head
         .map(|(_, v)| v)
 }
 
-/// Whether two header names are equal: names of 8 to 16 bytes (most custom ones) are
-/// compared as two overlapping words, others byte by byte.
+/// Whether two short byte strings (header names, route templates) are equal: 8 to 16
+/// bytes (most custom header names and short routes) are compared as two overlapping
+/// words, shorter ones byte by byte, longer ones by `memcmp`.
 #[inline]
-fn same_name(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same_name(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -137,6 +138,9 @@ fn same_name(a: &[u8], b: &[u8]) -> bool {
             u64::from_ne_bytes(w)
         };
         return word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8);
+    }
+    if n > 16 {
+        return a == b;
     }
     a.iter().zip(b).all(|(x, y)| x == y)
 }
