@@ -1,6 +1,8 @@
 //! The usage engine: resolves customers, decides, records and checkpoints.
 //!
-//! Hot-path cost: [`Engine::resolve`] is one shared-lock map read and an `Arc` clone;
+//! Hot-path cost: [`Engine::resolve`] is a probe of the thread's cache of customers (else
+//! one lock-free map read) and one atomic increment ([`Engine::resolve_token`]: the probe
+//! and the increment, no id hash);
 //! [`Engine::decide`] reads a few atomics of the handle and walks the compiled rules without
 //! allocating when it allows; [`Engine::meter`] costs one relaxed atomic add per matching
 //! meter (plus one for the period counter and one for credits on priced meters);
@@ -9,7 +11,7 @@
 //! on these paths awaits, blocks on a lock held by background work, or touches the disk.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,13 +24,14 @@ use crate::config::{Config, Mode, Period};
 use crate::customer::handle_flags::{BLOCKED, CANCELLED, DELINQUENT, NO_PLAN};
 use crate::customer::registry_admission::Admission;
 use crate::customer::{
-    CustomerHandle, CustomerState, CustomerStatus, CustomerToken, Plan, Registry, StateChange,
+    CustomerHandle, CustomerState, CustomerStatus, CustomerToken, Registry, StateChange,
 };
 use crate::error::{ConfigError, CoreError};
 use crate::event::{Event, EventKind};
 use crate::govern::{Allow, Block, Ctx, Decision, Facts, Predicate, QuotaInfo, RuleAction};
 use crate::id::{CustomerId, MeterId, MeterIndex, PlanId};
 use crate::meter::{Aggregation, Exchange, ExchangeNeeds, Meter, MeterMatch, Sample};
+use crate::metering::Metering;
 use crate::quota::{period_end, period_number, period_start};
 use crate::report::Delta;
 use crate::store::{AccountState, PeriodUsage};
@@ -46,11 +49,11 @@ pub struct Engine {
 }
 
 struct Inner {
-    config: ConfigCell,
+    /// The configuration and the event queue, shared with every customer state this
+    /// engine makes (so that a handle can meter without the engine).
+    metering: Arc<Metering>,
     instance: Arc<str>,
     registry: Registry,
-    events: ArrayQueue<Event>,
-    events_dropped: AtomicU64,
     epoch: Instant,
     /// Seconds since `epoch`, advanced by [`Engine::tick`]; used for idle tracking.
     coarse_secs: AtomicU32,
@@ -88,11 +91,12 @@ impl EngineBuilder {
         let instance = compiled.instance.clone();
         let engine = Engine {
             inner: Arc::new(Inner {
-                config: ConfigCell::new(compiled),
+                metering: Arc::new(Metering::new(
+                    ConfigCell::new(compiled),
+                    ArrayQueue::new(self.event_capacity),
+                )),
                 instance,
                 registry: Registry::new(),
-                events: ArrayQueue::new(self.event_capacity),
-                events_dropped: AtomicU64::new(0),
                 epoch: Instant::now(),
                 coarse_secs: AtomicU32::new(0),
                 last_checkpoint_len: std::sync::atomic::AtomicUsize::new(0),
@@ -206,6 +210,7 @@ impl Engine {
     /// The configured meters, in index order.
     pub fn meters(&self) -> Vec<MeterId> {
         self.inner
+            .metering
             .config
             .load()
             .meters
@@ -216,18 +221,24 @@ impl Engine {
 
     /// The index of a meter, to record through [`Engine::record`].
     pub fn meter_index(&self, name: &str) -> Option<MeterIndex> {
-        self.inner.config.load().meter_index.get(name).copied()
+        self.inner
+            .metering
+            .config
+            .load()
+            .meter_index
+            .get(name)
+            .copied()
     }
 
     /// The largest request and response body prefixes that JSON-field meters read; the
     /// HTTP layer captures no body when both are `None`.
     pub fn json_capture(&self) -> (Option<usize>, Option<usize>) {
-        self.inner.config.load().json_capture
+        self.inner.metering.config.load().json_capture
     }
 
     /// What the meters look at, so the HTTP layer keeps only that for each request.
     pub fn exchange_needs(&self) -> ExchangeNeeds {
-        self.inner.config.load().needs
+        self.inner.metering.config.load().needs
     }
 
     /// Resolves a customer: for one in memory, a lock-free map read and one atomic
@@ -269,7 +280,7 @@ impl Engine {
             value: id.chars().take(64).collect(),
             source,
         })?;
-        let cfg = self.inner.config.load();
+        let cfg = self.inner.metering.config.load();
         let balance = cfg.plan(cfg.default_plan).map_or(0, |p| p.initial_credits);
         let (h, overflowed) = self.inner.registry.admit(
             cid.clone(),
@@ -280,6 +291,7 @@ impl Engine {
                 max: cfg.customers.max,
                 policy: cfg.customers.overflow,
                 overflow_id: &cfg.overflow_id,
+                metering: &self.inner.metering,
             },
         )?;
         if overflowed {
@@ -292,7 +304,7 @@ impl Engine {
     /// Registers a customer on a plan. A new customer starts with the plan's
     /// `initial_credits`; an existing one only changes plan (its balance is kept).
     pub fn register(&self, customer: &str, plan: &str) -> Result<CustomerHandle, CoreError> {
-        let cfg = self.inner.config.load();
+        let cfg = self.inner.metering.config.load();
         let idx = *cfg
             .plan_index
             .get(plan)
@@ -316,6 +328,7 @@ impl Engine {
                 max: cfg.customers.max,
                 policy: crate::config::OverflowPolicy::Reject,
                 overflow_id: &cfg.overflow_id,
+                metering: &self.inner.metering,
             },
         )?;
         h.0.touch(self.inner.coarse_secs.load(Ordering::Relaxed));
@@ -328,7 +341,7 @@ impl Engine {
     /// of it is set, this is a few loads; otherwise the rules are walked out of line.
     #[inline]
     pub fn decide(&self, handle: &CustomerHandle, ex: &Exchange<'_>) -> Decision {
-        let cfg = self.inner.config.load();
+        let cfg = self.inner.metering.config.load();
         match quiet_allow(cfg, &handle.0) {
             Some(allow) => Decision::Allow(allow),
             None => self.decide_rules(cfg, handle, ex),
@@ -348,7 +361,7 @@ impl Engine {
         handle: &CustomerHandle,
         ex: &Exchange<'_>,
     ) -> (Decision, MeterMatch) {
-        let cfg = self.inner.config.load();
+        let cfg = self.inner.metering.config.load();
         // The match first (it reads only the request and the config), so that the
         // decision is built in place in the returned pair rather than moved into it.
         let matched = request_match(cfg, ex);
@@ -458,13 +471,13 @@ impl Engine {
 
     /// Runs every meter against a completed exchange and records what matches.
     pub fn meter(&self, handle: &CustomerHandle, ex: &Exchange<'_>) {
-        let cfg = self.inner.config.load();
+        let cfg = self.inner.metering.config.load();
         let s: &CustomerState = &handle.0;
         // The plan is read once for the exchange, as `meter_response` does.
         let plan = cfg.plan(s.plan.load(Ordering::Relaxed));
         for m in &cfg.meters {
             if let Some(sample) = m.sample(ex) {
-                self.add_on(plan, s, m, sample);
+                self.inner.metering.add_on(plan, s, m, sample);
             }
         }
     }
@@ -483,7 +496,7 @@ impl Engine {
     /// allocation, no lock.
     #[inline]
     pub fn meter_request(&self, ex: &Exchange<'_>) -> MeterMatch {
-        request_match(self.inner.config.load(), ex)
+        request_match(self.inner.metering.config.load(), ex)
     }
 
     /// The response half of two-phase metering: for each meter whose request-side filter
@@ -507,55 +520,18 @@ impl Engine {
     /// [`ExchangeNeeds::request_at_response`]: crate::ExchangeNeeds::request_at_response
     #[inline]
     pub fn meter_response(&self, handle: &CustomerHandle, m: MeterMatch, ex: &Exchange<'_>) {
-        let Some(cfg) = self.inner.config.at(m.generation()) else {
-            // A match from another engine: nothing of it can be trusted here.
-            return;
-        };
-        let phases = &cfg.phases;
-        // A mixed meter's response-side filter is its whole filter.
-        let mut todo = (m.bits() & phases.split()) | phases.mixed;
-        if todo != 0 {
-            let s: &CustomerState = &handle.0;
-            // The plan is read once for the exchange (`add` reads it per meter).
-            let plan = cfg.plan(s.plan.load(Ordering::Relaxed));
-            while todo != 0 {
-                let i = todo.trailing_zeros() as usize;
-                todo &= todo - 1;
-                let Some(meter) = cfg.meters.get(i) else {
-                    break;
-                };
-                if meter.response_filter.matches(ex)
-                    && let Some(sample) = meter.value_of(ex)
-                {
-                    self.add_on(plan, s, meter, sample);
-                }
-            }
-        }
-        if cfg.meters.len() > MeterMatch::CAPACITY {
-            self.meter_past_capacity(cfg, handle, ex);
-        }
-    }
-
-    /// The meters from index 64 on, which [`Engine::meter_response`] decides whole.
-    #[cold]
-    #[inline(never)]
-    fn meter_past_capacity(&self, cfg: &Compiled, handle: &CustomerHandle, ex: &Exchange<'_>) {
-        if let Some(rest) = cfg.meters.get(MeterMatch::CAPACITY..) {
-            for meter in rest {
-                if let Some(sample) = meter.sample(ex) {
-                    self.add(cfg, &handle.0, meter, sample);
-                }
-            }
-        }
+        self.inner.metering.meter_response(&handle.0, m, ex);
     }
 
     /// Records `quantity` base units on a meter directly (no filter), taking credits and
     /// counting quota as a metered request would. Never allocates, locks or awaits.
     #[inline]
     pub fn record(&self, handle: &CustomerHandle, meter: MeterIndex, quantity: u64) {
-        let cfg = self.inner.config.load();
+        let cfg = self.inner.metering.config.load();
         if let Some(m) = cfg.meters.get(meter.get()) {
-            self.add(cfg, &handle.0, m, sample_of(m, quantity));
+            self.inner
+                .metering
+                .add(cfg, &handle.0, m, sample_of(m, quantity));
         }
     }
 
@@ -567,7 +543,7 @@ impl Engine {
         meter: &str,
         quantity: u64,
     ) -> Result<(), CoreError> {
-        let cfg = self.inner.config.load();
+        let cfg = self.inner.metering.config.load();
         let m = cfg
             .meter_index
             .get(meter)
@@ -575,96 +551,14 @@ impl Engine {
             .ok_or_else(|| CoreError::UnknownMeter(meter.to_owned()))?;
         let sample = sample_of(m, quantity);
         let h = self.resolve(customer)?;
-        self.add(cfg, &h.0, m, sample);
+        self.inner.metering.add(cfg, &h.0, m, sample);
         Ok(())
-    }
-
-    /// Records a sample under the customer's current plan.
-    #[inline]
-    fn add(&self, cfg: &Compiled, s: &CustomerState, m: &Meter, sample: Sample) {
-        self.add_on(cfg.plan(s.plan.load(Ordering::Relaxed)), s, m, sample);
-    }
-
-    /// Records a sample: one atomic operation on the meter's cell; then, for a count or
-    /// sum, the quota test when `plan` limits this meter and one atomic subtraction from
-    /// the balance when it prices it. Events are raised out of line.
-    #[inline]
-    fn add_on(&self, plan: Option<&Plan>, s: &CustomerState, m: &Meter, sample: Sample) {
-        let i = m.index.get();
-        let q = match sample {
-            Sample::Distinct(h) => {
-                s.cells.add_distinct(i, h);
-                return;
-            }
-            Sample::Quantity(q) => q,
-        };
-        let prev_cell = match m.aggregation {
-            Aggregation::Max => {
-                s.cells.max(i, q);
-                return;
-            }
-            Aggregation::Latest => {
-                s.cells.set_latest(i, q);
-                return;
-            }
-            _ => s.cells.add(i, q),
-        };
-        let Some(plan) = plan else {
-            return;
-        };
-        let Some(terms) = plan.terms.get(i) else {
-            return;
-        };
-        if let Some(quota) = &terms.quota {
-            let prev = s.cells.base(i).saturating_add(prev_cell);
-            let now = prev.saturating_add(q);
-            if prev < quota.limit && now >= quota.limit {
-                self.quota_event(s, m, now, quota.limit, true);
-            } else if prev < quota.warn_at && now >= quota.warn_at {
-                self.quota_event(s, m, now, quota.limit, false);
-            }
-        }
-        if terms.price > 0 {
-            let cost = i64::try_from(q.saturating_mul(terms.price)).unwrap_or(i64::MAX);
-            let before = s.balance.fetch_sub(cost, Ordering::Relaxed);
-            let after = before.saturating_sub(cost);
-            if before > 0 && after <= 0 {
-                self.credits_event(s, after, true);
-            } else if before > plan.credits_low_at && after <= plan.credits_low_at {
-                self.credits_event(s, after, false);
-            }
-        }
-    }
-
-    /// Raises `QuotaReached` (`reached`) or `QuotaWarning`.
-    #[cold]
-    #[inline(never)]
-    fn quota_event(&self, s: &CustomerState, m: &Meter, used: u64, limit: u64, reached: bool) {
-        let meter = m.id.clone();
-        let kind = if reached {
-            EventKind::QuotaReached { meter, used, limit }
-        } else {
-            EventKind::QuotaWarning { meter, used, limit }
-        };
-        self.emit(Event::new(Some(s.id.clone()), kind));
-    }
-
-    /// Raises `CreditsExhausted` (`exhausted`) or `CreditsLow`.
-    #[cold]
-    #[inline(never)]
-    fn credits_event(&self, s: &CustomerState, balance: i64, exhausted: bool) {
-        let kind = if exhausted {
-            EventKind::CreditsExhausted { balance }
-        } else {
-            EventKind::CreditsLow { balance }
-        };
-        self.emit(Event::new(Some(s.id.clone()), kind));
     }
 
     /// Swaps every non-zero usage cell to zero and returns the deltas. An add racing with
     /// a checkpoint lands in this checkpoint or the next, never both and never neither.
     pub fn checkpoint(&self) -> Vec<Delta> {
-        let cfg = self.inner.config.load();
+        let cfg = self.inner.metering.config.load();
         // Sized like the last checkpoint: under steady load, no regrowth of a large vector.
         let mut out = Vec::with_capacity(self.inner.last_checkpoint_len.load(Ordering::Relaxed));
         self.inner.registry.checkpoint(&cfg.meters, &mut out);
@@ -680,7 +574,7 @@ impl Engine {
     pub fn tick(&self) {
         let secs = self.inner.epoch.elapsed().as_secs().min(u32::MAX as u64) as u32;
         self.inner.coarse_secs.store(secs, Ordering::Relaxed);
-        let cfg = self.inner.config.load();
+        let cfg = self.inner.metering.config.load();
         let now = unix_now();
         let kinds = [Period::Minute, Period::Hour, Period::Day, Period::Month];
         let current = kinds.map(|p| period_number(p, now));
@@ -728,7 +622,7 @@ impl Engine {
     /// request holds; their usage goes to the next checkpoint and their state is kept.
     /// Returns how many were evicted.
     pub fn evict_idle(&self, idle_secs: u32) -> usize {
-        let cfg = self.inner.config.load();
+        let cfg = self.inner.metering.config.load();
         let secs = self.inner.epoch.elapsed().as_secs().min(u32::MAX as u64) as u32;
         self.inner.coarse_secs.store(secs, Ordering::Relaxed);
         let cutoff = secs
@@ -744,16 +638,14 @@ impl Engine {
 
     /// Pushes an event; when the queue is full the oldest event is dropped and counted.
     pub(crate) fn emit(&self, event: Event) {
-        if let Some(_dropped) = self.inner.events.force_push(event) {
-            self.inner.events_dropped.fetch_add(1, Ordering::Relaxed);
-        }
+        self.inner.metering.emit(event);
     }
 
     /// Takes up to `max` pending events, oldest first.
     pub fn drain_events(&self, max: usize) -> Vec<Event> {
         let mut out = Vec::new();
         while out.len() < max {
-            match self.inner.events.pop() {
+            match self.inner.metering.events.pop() {
                 Some(e) => out.push(e),
                 None => break,
             }
@@ -770,7 +662,7 @@ impl Engine {
             StateChange::Cancelled(on) => s.set_flag(CANCELLED, on),
             StateChange::Blocked(on) => s.set_flag(BLOCKED, on),
             StateChange::Plan(p) => {
-                let cfg = self.inner.config.load();
+                let cfg = self.inner.metering.config.load();
                 let idx = *cfg
                     .plan_index
                     .get(p.as_str())
@@ -788,7 +680,7 @@ impl Engine {
     /// A customer's current figures, or `None` when it is not known to this process.
     pub fn usage(&self, customer: &str) -> Option<CustomerUsage> {
         let h = self.inner.registry.get(customer)?;
-        let cfg = self.inner.config.load();
+        let cfg = self.inner.metering.config.load();
         let s = &h.0;
         let plan_idx = s.plan.load(Ordering::Relaxed);
         let plan = cfg.plan(plan_idx);
@@ -826,7 +718,7 @@ impl Engine {
     /// A customer's durable state (status, plan, balance, quota usage this period), for a
     /// [`crate::StateStore`].
     pub fn account(&self, customer: &str) -> Option<AccountState> {
-        let cfg = self.inner.config.load();
+        let cfg = self.inner.metering.config.load();
         let now = unix_now();
         self.inner
             .registry
@@ -836,7 +728,7 @@ impl Engine {
     /// Every customer's durable state: those in memory and those evicted to dormant
     /// records.
     pub fn accounts(&self) -> Vec<(CustomerId, AccountState)> {
-        let cfg = self.inner.config.load();
+        let cfg = self.inner.metering.config.load();
         let now = unix_now();
         let mut out = Vec::with_capacity(self.inner.registry.len());
         // No eviction meanwhile: every customer is listed once, in memory or dormant.
@@ -860,7 +752,7 @@ impl Engine {
     /// usage is restored only for periods that are still current. A plan the config does
     /// not know is an error and changes nothing; usage of unknown meters is skipped.
     pub fn restore_account(&self, customer: &str, state: &AccountState) -> Result<(), CoreError> {
-        let cfg = self.inner.config.load();
+        let cfg = self.inner.metering.config.load();
         let plan = match &state.plan {
             Some(p) => *cfg
                 .plan_index
@@ -890,13 +782,13 @@ impl Engine {
 
     /// Counters for operators.
     pub fn stats(&self) -> EngineStats {
-        let cfg = self.inner.config.load();
+        let cfg = self.inner.metering.config.load();
         EngineStats {
             customers: self.inner.registry.len(),
             dormant: self.inner.registry.dormant_len(),
             overflowed: self.inner.registry.overflowed.load(Ordering::Relaxed),
             rejected: self.inner.registry.rejected.load(Ordering::Relaxed),
-            events_dropped: self.inner.events_dropped.load(Ordering::Relaxed),
+            events_dropped: self.inner.metering.events_dropped.load(Ordering::Relaxed),
             rule_hits: cfg
                 .rules
                 .iter()
@@ -919,7 +811,7 @@ impl Engine {
     /// started with ([`Engine::meter_response`]).
     pub fn reload(&self, config: Config) -> Result<(), ConfigError> {
         let compiled = compile(&config, &self.inner.predicates)?;
-        let cur = self.inner.config.load();
+        let cur = self.inner.metering.config.load();
         let same = cur.meters.len() == compiled.meters.len()
             && cur
                 .meters
@@ -954,13 +846,13 @@ impl Engine {
                 "plans can be added or changed while running, not removed (customers refer to them by position)",
             ));
         }
-        self.inner.config.store(compiled);
+        self.inner.metering.config.store(compiled);
         Ok(())
     }
 
     /// The checkpoint interval and report window from the config.
     pub fn reporting(&self) -> crate::config::ReportingConfig {
-        self.inner.config.load().reporting.clone()
+        self.inner.metering.config.load().reporting.clone()
     }
 
     /// Whether a customer has no plan (for tests of defaults).

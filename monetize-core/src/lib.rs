@@ -42,6 +42,7 @@ mod govern;
 pub mod id;
 pub mod ledger;
 pub mod meter;
+mod metering;
 pub mod notify;
 pub mod provider;
 mod quota;

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use monetize_core::{CustomerHandle, Engine, Exchange, MeterMatch, ReportedUsage};
+use monetize_core::{CustomerHandle, Exchange, MeterMatch, ReportedUsage};
 use pin_project_lite::pin_project;
 
 use crate::usage::{Slots, with_reported};
@@ -188,7 +188,6 @@ fn empty_headers() -> &'static HeaderMap {
 /// request-side filters matched, and the request side itself only when a meter needs it
 /// again ([`Keep::request_at_response`](crate::layer::Keep)).
 pub(crate) struct RequestSide {
-    pub(crate) engine: Engine,
     pub(crate) matched: MeterMatch,
     pub(crate) bytes: u64,
     pub(crate) tap: Option<RequestTap>,
@@ -260,7 +259,8 @@ impl RequestSide {
             .response(res.status, res.headers, res.bytes)
             .reported(res.reported)
             .bodies(req_body, res.body);
-        self.engine.meter_response(handle, self.matched, &ex);
+        // Through the handle: the layer keeps no reference to the engine per request.
+        handle.meter_response(self.matched, &ex);
     }
 }
 

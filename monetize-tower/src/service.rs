@@ -177,7 +177,6 @@ where
             Some(t) => self.inner.call(M::tap_request(req, t.clone())),
         };
         let side = RequestSide {
-            engine: settings.engine.clone(),
             matched,
             bytes: request_bytes,
             tap,
@@ -1148,8 +1147,9 @@ mod tests {
         // Moved a few times per request by tower and axum (memcpy), so kept small.
         let pending = std::mem::size_of::<crate::future::Pending>();
         let future = std::mem::size_of::<crate::ResponseFuture<std::future::Ready<()>>>();
-        assert!(pending <= 208, "{pending}");
-        assert!(future <= 256, "{future}");
+        eprintln!("Pending {pending} bytes, ResponseFuture<Ready<()>> {future} bytes");
+        assert!(pending <= 128, "{pending}");
+        assert!(future <= 160, "{future}");
     }
 
     impl<R: crate::RouteSource> MonetizeLayer<R> {

@@ -1,10 +1,12 @@
 //! A customer's live state, shared by every request of that customer.
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 
 use crate::id::CustomerId;
-use crate::meter::{Aggregation, UsageCells};
+use crate::meter::{Aggregation, Exchange, MeterMatch, UsageCells};
+use crate::metering::Metering;
 
 use super::resident::Pinned;
 
@@ -31,6 +33,9 @@ pub(crate) struct CustomerState {
     pub(crate) refs: AtomicU64,
     /// Prepaid balance in micro-credits.
     pub(crate) balance: AtomicI64,
+    /// The configuration and event queue of the engine that made this state: a handle
+    /// meters through it, with no reference to the engine of its own.
+    pub(crate) metering: Arc<Metering>,
     /// Usage since the last checkpoint.
     pub(crate) cells: UsageCells,
     pub(crate) id: CustomerId,
@@ -45,9 +50,16 @@ pub(crate) struct CustomerState {
 }
 
 impl CustomerState {
-    pub(crate) fn new(id: CustomerId, aggs: &[Aggregation], plan: u32, balance: i64) -> Self {
+    pub(crate) fn new(
+        id: CustomerId,
+        aggs: &[Aggregation],
+        plan: u32,
+        balance: i64,
+        metering: Arc<Metering>,
+    ) -> Self {
         Self {
             id,
+            metering,
             flags: AtomicU32::new(0),
             plan: AtomicU32::new(plan),
             balance: AtomicI64::new(balance),
@@ -129,6 +141,15 @@ impl CustomerHandle {
     /// Whether this is the shared overflow customer (admitted past the customer cap).
     pub fn is_overflow(&self) -> bool {
         self.0.is_overflow
+    }
+
+    /// The response half of two-phase metering, through the engine that resolved this
+    /// handle: what [`Engine::meter_response`](crate::Engine::meter_response) on that engine
+    /// does, without a reference to the engine (an HTTP layer keeps only the handle and the
+    /// match until the response).
+    #[inline]
+    pub fn meter_response(&self, m: MeterMatch, ex: &Exchange<'_>) {
+        self.0.metering.meter_response(&self.0, m, ex);
     }
 }
 

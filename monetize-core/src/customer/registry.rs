@@ -12,7 +12,7 @@
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use foldhash::fast::RandomState;
 
@@ -24,6 +24,7 @@ use crate::config::OverflowPolicy;
 use crate::error::CoreError;
 use crate::id::CustomerId;
 use crate::meter::{Aggregation, Meter};
+use crate::metering::Metering;
 use crate::report::Delta;
 
 /// The compact state kept for an evicted customer, restored when it comes back.
@@ -44,6 +45,8 @@ pub(crate) struct Admission<'a> {
     pub(crate) max: usize,
     pub(crate) policy: OverflowPolicy,
     pub(crate) overflow_id: &'a CustomerId,
+    /// The engine's metering, for new states.
+    pub(crate) metering: &'a Arc<Metering>,
 }
 
 pub(crate) struct Registry {
@@ -181,7 +184,13 @@ impl Registry {
                 return Ok((CustomerHandle(h), false));
             }
             if self.map.len() < a.max {
-                let s = CustomerState::new(id.clone(), a.aggs, a.plan, a.balance);
+                let s = CustomerState::new(
+                    id.clone(),
+                    a.aggs,
+                    a.plan,
+                    a.balance,
+                    Arc::clone(a.metering),
+                );
                 // Under the stripe, an eviction of this customer is wholly before (its
                 // dormant record is here) or wholly after (it sees this state).
                 let dguard = self.dormant.guard();
@@ -214,7 +223,13 @@ impl Registry {
         if let Some(h) = self.map.get(&q, &guard).and_then(Resident::pin) {
             return Ok((CustomerHandle(h), true));
         }
-        let mut s = CustomerState::new(a.overflow_id.clone(), a.aggs, a.plan, a.balance);
+        let mut s = CustomerState::new(
+            a.overflow_id.clone(),
+            a.aggs,
+            a.plan,
+            a.balance,
+            Arc::clone(a.metering),
+        );
         s.is_overflow = true;
         let key = HashedId {
             hash: q.hash,
@@ -392,6 +407,7 @@ mod tests {
             max: usize::MAX,
             policy: OverflowPolicy::Reject,
             overflow_id: overflow,
+            metering: crate::metering::for_tests(),
         }
     }
 

@@ -264,7 +264,13 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     fn state() -> CustomerState {
-        CustomerState::new(CustomerId::new("c").unwrap(), &[], 0, 0)
+        CustomerState::new(
+            CustomerId::new("c").unwrap(),
+            &[],
+            0,
+            0,
+            Arc::clone(crate::metering::for_tests()),
+        )
     }
 
     #[test]

@@ -1,0 +1,180 @@
+//! [`Metering`]: what recording usage needs of an engine (its configuration and its event
+//! queue), shared by the engine and every customer state it makes, so that a customer
+//! handle meters a response without a reference to the engine.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam_queue::ArrayQueue;
+
+use crate::config::cell::ConfigCell;
+use crate::config::validate::Compiled;
+use crate::customer::{CustomerState, Plan};
+use crate::event::{Event, EventKind};
+use crate::meter::{Aggregation, Exchange, Meter, MeterMatch, Sample};
+
+/// The configuration and the event queue of one engine.
+pub(crate) struct Metering {
+    pub(crate) config: ConfigCell,
+    pub(crate) events: ArrayQueue<Event>,
+    pub(crate) events_dropped: AtomicU64,
+}
+
+impl Metering {
+    pub(crate) fn new(config: ConfigCell, events: ArrayQueue<Event>) -> Self {
+        Self {
+            config,
+            events,
+            events_dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Pushes an event; when the queue is full the oldest event is dropped and counted.
+    pub(crate) fn emit(&self, event: Event) {
+        if let Some(_dropped) = self.events.force_push(event) {
+            self.events_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The response half of two-phase metering for the customer `s` (see
+    /// [`Engine::meter_response`](crate::Engine::meter_response)).
+    #[inline]
+    pub(crate) fn meter_response(&self, s: &CustomerState, m: MeterMatch, ex: &Exchange<'_>) {
+        let Some(cfg) = self.config.at(m.generation()) else {
+            // A match from another engine: nothing of it can be trusted here.
+            return;
+        };
+        let phases = &cfg.phases;
+        // A mixed meter's response-side filter is its whole filter.
+        let mut todo = (m.bits() & phases.split()) | phases.mixed;
+        if todo != 0 {
+            // The plan is read once for the exchange (`add` reads it per meter).
+            let plan = cfg.plan(s.plan.load(Ordering::Relaxed));
+            while todo != 0 {
+                let i = todo.trailing_zeros() as usize;
+                todo &= todo - 1;
+                let Some(meter) = cfg.meters.get(i) else {
+                    break;
+                };
+                if meter.response_filter.matches(ex)
+                    && let Some(sample) = meter.value_of(ex)
+                {
+                    self.add_on(plan, s, meter, sample);
+                }
+            }
+        }
+        if cfg.meters.len() > MeterMatch::CAPACITY {
+            self.meter_past_capacity(cfg, s, ex);
+        }
+    }
+
+    /// The meters from index 64 on, which [`Metering::meter_response`] decides whole.
+    #[cold]
+    #[inline(never)]
+    fn meter_past_capacity(&self, cfg: &Compiled, s: &CustomerState, ex: &Exchange<'_>) {
+        if let Some(rest) = cfg.meters.get(MeterMatch::CAPACITY..) {
+            for meter in rest {
+                if let Some(sample) = meter.sample(ex) {
+                    self.add(cfg, s, meter, sample);
+                }
+            }
+        }
+    }
+
+    /// Records a sample under the customer's current plan.
+    #[inline]
+    pub(crate) fn add(&self, cfg: &Compiled, s: &CustomerState, m: &Meter, sample: Sample) {
+        self.add_on(cfg.plan(s.plan.load(Ordering::Relaxed)), s, m, sample);
+    }
+
+    /// Records a sample: one atomic operation on the meter's cell; then, for a count or
+    /// sum, the quota test when `plan` limits this meter and one atomic subtraction from
+    /// the balance when it prices it. Events are raised out of line.
+    #[inline]
+    pub(crate) fn add_on(&self, plan: Option<&Plan>, s: &CustomerState, m: &Meter, sample: Sample) {
+        let i = m.index.get();
+        let q = match sample {
+            Sample::Distinct(h) => {
+                s.cells.add_distinct(i, h);
+                return;
+            }
+            Sample::Quantity(q) => q,
+        };
+        let prev_cell = match m.aggregation {
+            Aggregation::Max => {
+                s.cells.max(i, q);
+                return;
+            }
+            Aggregation::Latest => {
+                s.cells.set_latest(i, q);
+                return;
+            }
+            _ => s.cells.add(i, q),
+        };
+        let Some(plan) = plan else {
+            return;
+        };
+        let Some(terms) = plan.terms.get(i) else {
+            return;
+        };
+        if let Some(quota) = &terms.quota {
+            let prev = s.cells.base(i).saturating_add(prev_cell);
+            let now = prev.saturating_add(q);
+            if prev < quota.limit && now >= quota.limit {
+                self.quota_event(s, m, now, quota.limit, true);
+            } else if prev < quota.warn_at && now >= quota.warn_at {
+                self.quota_event(s, m, now, quota.limit, false);
+            }
+        }
+        if terms.price > 0 {
+            let cost = i64::try_from(q.saturating_mul(terms.price)).unwrap_or(i64::MAX);
+            let before = s.balance.fetch_sub(cost, Ordering::Relaxed);
+            let after = before.saturating_sub(cost);
+            if before > 0 && after <= 0 {
+                self.credits_event(s, after, true);
+            } else if before > plan.credits_low_at && after <= plan.credits_low_at {
+                self.credits_event(s, after, false);
+            }
+        }
+    }
+
+    /// Raises `QuotaReached` (`reached`) or `QuotaWarning`.
+    #[cold]
+    #[inline(never)]
+    fn quota_event(&self, s: &CustomerState, m: &Meter, used: u64, limit: u64, reached: bool) {
+        let meter = m.id.clone();
+        let kind = if reached {
+            EventKind::QuotaReached { meter, used, limit }
+        } else {
+            EventKind::QuotaWarning { meter, used, limit }
+        };
+        self.emit(Event::new(Some(s.id.clone()), kind));
+    }
+
+    /// Raises `CreditsExhausted` (`exhausted`) or `CreditsLow`.
+    #[cold]
+    #[inline(never)]
+    fn credits_event(&self, s: &CustomerState, balance: i64, exhausted: bool) {
+        let kind = if exhausted {
+            EventKind::CreditsExhausted { balance }
+        } else {
+            EventKind::CreditsLow { balance }
+        };
+        self.emit(Event::new(Some(s.id.clone()), kind));
+    }
+}
+
+/// A metering of an empty configuration, for tests of customer states.
+#[cfg(test)]
+pub(crate) fn for_tests() -> &'static std::sync::Arc<Metering> {
+    use crate::config::Config;
+    use crate::config::validate::{Predicates, compile};
+    static M: std::sync::OnceLock<std::sync::Arc<Metering>> = std::sync::OnceLock::new();
+    M.get_or_init(|| {
+        let compiled = compile(&Config::builder().build(), &Predicates::default())
+            .expect("an empty config is valid");
+        std::sync::Arc::new(Metering::new(
+            ConfigCell::new(compiled),
+            ArrayQueue::new(16),
+        ))
+    })
+}
