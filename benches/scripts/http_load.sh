@@ -14,6 +14,12 @@
 #   benches/scripts/http_load.sh                          # 6 rounds x 5 s, plain monetize-router governor-router monetize governor
 #   ROUNDS=8 DURATION=5 VARIANTS="plain monetize monetize-cached governor" benches/scripts/http_load.sh
 #
+# Old and new side by side: build the old commit's http_server into target/base (for
+# example `git worktree add /tmp/wt_base OLD && cd /tmp/wt_base && CARGO_TARGET_DIR=<root>/target/base
+# cargo build --release -p monetize-benches --bin http_server`), then name its variants with a
+# `base-` prefix: VARIANTS="plain base-monetize-router monetize-router governor-router"
+# (BASE_SERVER overrides the binary).
+#
 # The machine is shared and the scheduler shares CPU fairly between sessions (autogroups),
 # not between processes, so that other sessions' builds take half of each core whatever our
 # processes' nice value. The server and wrk therefore run in sessions of their own whose
@@ -36,6 +42,7 @@ LOAD_CPU="${LOAD_CPU:-1}"
 BASE_PORT="${BASE_PORT:-18080}"
 NICE="${NICE:--15}"
 OUT="$ROOT/target/http-load"
+BASE_SERVER="${BASE_SERVER:-$ROOT/target/base/release/http_server}"
 LUA="$ROOT/benches/scripts/http_keys.lua"
 mkdir -p "$OUT"
 
@@ -69,7 +76,15 @@ trap cleanup EXIT
 port=$BASE_PORT
 for v in $VARIANTS; do
     port=$((port + 1))
-    boosted taskset -c "$SERVER_CPU" "$SERVER" "$v" "$port" >"$OUT/server.$v.log" 2>&1 &
+    # A `base-` variant is served by another build (BASE_SERVER), for old/new side by side.
+    srv="$SERVER"
+    vv="$v"
+    if [[ $v == base-* ]]; then
+        srv="$BASE_SERVER"
+        vv="${v#base-}"
+        [[ -x "$srv" ]] || { echo "$v needs BASE_SERVER (no $srv)" >&2; exit 1; }
+    fi
+    boosted taskset -c "$SERVER_CPU" "$srv" "$vv" "$port" >"$OUT/server.$v.log" 2>&1 &
     PID[$v]=$!
     PORT[$v]=$port
     for _ in $(seq 1 100); do
@@ -80,7 +95,7 @@ for v in $VARIANTS; do
     grep -q '^listening on' "$OUT/server.$v.log" || { echo "server $v did not start" >&2; exit 1; }
     # setsid forks when it leads a process group: follow to the server itself.
     if [[ "$(cat "/proc/${PID[$v]}/comm")" != http_server ]]; then
-        PID[$v]=$(pgrep -n -f "http_server $v $port")
+        PID[$v]=$(pgrep -n -f "http_server $vv $port")
     fi
 done
 echo "servers: $(for v in $VARIANTS; do printf '%s pid %s (%s) ' "$v" "${PID[$v]}" "$(cat "/proc/${PID[$v]}/autogroup" 2>/dev/null)"; done)" >&2
