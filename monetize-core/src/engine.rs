@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_queue::ArrayQueue;
 use serde::Serialize;
 
 use crate::config::cell::ConfigCell;
@@ -31,7 +30,7 @@ use crate::event::{Event, EventKind};
 use crate::govern::{Allow, Block, Ctx, Decision, Facts, Predicate, QuotaInfo, RuleAction};
 use crate::id::{CustomerId, MeterId, MeterIndex, PlanId};
 use crate::meter::{Aggregation, Exchange, ExchangeNeeds, Meter, MeterMatch, Sample};
-use crate::metering::Metering;
+use crate::metering::{Events, Metering};
 use crate::quota::{period_end, period_number, period_start};
 use crate::report::Delta;
 use crate::store::{AccountState, PeriodUsage};
@@ -52,6 +51,8 @@ struct Inner {
     /// The configuration and the event queue, shared with every customer state this
     /// engine makes (so that a handle can meter without the engine).
     metering: Arc<Metering>,
+    /// The event queue (customer states reach it only weakly, through `metering`).
+    events: Arc<Events>,
     instance: Arc<str>,
     registry: Registry,
     epoch: Instant,
@@ -89,12 +90,11 @@ impl EngineBuilder {
     pub fn build(self) -> Result<Engine, ConfigError> {
         let compiled = compile(&self.config, &self.predicates)?;
         let instance = compiled.instance.clone();
+        let events = Arc::new(Events::new(self.event_capacity));
         let engine = Engine {
             inner: Arc::new(Inner {
-                metering: Arc::new(Metering::new(
-                    ConfigCell::new(compiled),
-                    ArrayQueue::new(self.event_capacity),
-                )),
+                metering: Arc::new(Metering::new(ConfigCell::new(compiled), &events)),
+                events,
                 instance,
                 registry: Registry::new(),
                 epoch: Instant::now(),
@@ -638,14 +638,14 @@ impl Engine {
 
     /// Pushes an event; when the queue is full the oldest event is dropped and counted.
     pub(crate) fn emit(&self, event: Event) {
-        self.inner.metering.emit(event);
+        self.inner.events.push(event);
     }
 
     /// Takes up to `max` pending events, oldest first.
     pub fn drain_events(&self, max: usize) -> Vec<Event> {
         let mut out = Vec::new();
         while out.len() < max {
-            match self.inner.metering.events.pop() {
+            match self.inner.events.queue.pop() {
                 Some(e) => out.push(e),
                 None => break,
             }
@@ -788,7 +788,7 @@ impl Engine {
             dormant: self.inner.registry.dormant_len(),
             overflowed: self.inner.registry.overflowed.load(Ordering::Relaxed),
             rejected: self.inner.registry.rejected.load(Ordering::Relaxed),
-            events_dropped: self.inner.metering.events_dropped.load(Ordering::Relaxed),
+            events_dropped: self.inner.events.dropped.load(Ordering::Relaxed),
             rule_hits: cfg
                 .rules
                 .iter()
@@ -1904,6 +1904,27 @@ mod token_tests {
             })
             .count();
         assert!(hits >= 995, "{hits} of 1,000 remembered");
+    }
+
+    #[test]
+    fn handles_and_thread_caches_do_not_keep_a_dropped_engines_event_queue() {
+        let e = engine();
+        let t = CustomerToken::new(7 << 64 | 7);
+        let h = e.resolve("acme").unwrap();
+        e.remember_token(t, &h);
+        e.remember_token(t, &h);
+        assert!(e.resolve_token(t).is_some());
+        let queue = Arc::downgrade(&e.inner.events);
+        let config = Arc::downgrade(&h.0.metering);
+        drop(e);
+        // The handle and this thread's token slot still hold the customer's state, and
+        // through it the configuration; the event queue went with the engine.
+        assert!(queue.upgrade().is_none());
+        assert!(config.upgrade().is_some());
+        // Recording through the handle still works; its events have nowhere to go.
+        h.0.metering
+            .emit(Event::new(None, EventKind::CustomerOverflow));
+        drop(h);
     }
 
     #[test]

@@ -1,8 +1,9 @@
-//! [`Metering`]: what recording usage needs of an engine (its configuration and its event
-//! queue), shared by the engine and every customer state it makes, so that a customer
-//! handle meters a response without a reference to the engine.
+//! [`Metering`]: what recording usage needs of an engine (its configuration, and a way to
+//! its event queue), shared by the engine and every customer state it makes, so that a
+//! customer handle meters a response without a reference to the engine.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 
 use crossbeam_queue::ArrayQueue;
 
@@ -12,26 +13,53 @@ use crate::customer::{CustomerState, Plan};
 use crate::event::{Event, EventKind};
 use crate::meter::{Aggregation, Exchange, Meter, MeterMatch, Sample};
 
-/// The configuration and the event queue of one engine.
-pub(crate) struct Metering {
-    pub(crate) config: ConfigCell,
-    pub(crate) events: ArrayQueue<Event>,
-    pub(crate) events_dropped: AtomicU64,
+/// An engine's queue of events for notifiers, and how many it dropped when full.
+pub(crate) struct Events {
+    pub(crate) queue: ArrayQueue<Event>,
+    pub(crate) dropped: AtomicU64,
 }
 
-impl Metering {
-    pub(crate) fn new(config: ConfigCell, events: ArrayQueue<Event>) -> Self {
+impl Events {
+    pub(crate) fn new(capacity: usize) -> Self {
         Self {
-            config,
-            events,
-            events_dropped: AtomicU64::new(0),
+            queue: ArrayQueue::new(capacity),
+            dropped: AtomicU64::new(0),
         }
     }
 
     /// Pushes an event; when the queue is full the oldest event is dropped and counted.
+    pub(crate) fn push(&self, event: Event) {
+        if let Some(_dropped) = self.queue.force_push(event) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The configuration of one engine, and a weak reference to its event queue.
+///
+/// Customer states hold it (and threads' caches hold customer states), so it may outlive
+/// its engine: it keeps the configuration (small) but not the event queue (the engine's
+/// 65,536 slots by default), which goes with the engine; an event raised after that has
+/// nobody to drain it and is dropped.
+pub(crate) struct Metering {
+    pub(crate) config: ConfigCell,
+    events: Weak<Events>,
+}
+
+impl Metering {
+    pub(crate) fn new(config: ConfigCell, events: &Arc<Events>) -> Self {
+        Self {
+            config,
+            events: Arc::downgrade(events),
+        }
+    }
+
+    /// Pushes an event to the engine's queue, if the engine is still there (events are
+    /// raised out of line: crossing a quota or credit threshold).
+    #[cold]
     pub(crate) fn emit(&self, event: Event) {
-        if let Some(_dropped) = self.events.force_push(event) {
-            self.events_dropped.fetch_add(1, Ordering::Relaxed);
+        if let Some(events) = self.events.upgrade() {
+            events.push(event);
         }
     }
 
@@ -165,16 +193,16 @@ impl Metering {
 
 /// A metering of an empty configuration, for tests of customer states.
 #[cfg(test)]
-pub(crate) fn for_tests() -> &'static std::sync::Arc<Metering> {
+pub(crate) fn for_tests() -> &'static Arc<Metering> {
     use crate::config::Config;
     use crate::config::validate::{Predicates, compile};
-    static M: std::sync::OnceLock<std::sync::Arc<Metering>> = std::sync::OnceLock::new();
+    static M: std::sync::OnceLock<Arc<Metering>> = std::sync::OnceLock::new();
     M.get_or_init(|| {
         let compiled = compile(&Config::builder().build(), &Predicates::default())
             .expect("an empty config is valid");
-        std::sync::Arc::new(Metering::new(
+        Arc::new(Metering::new(
             ConfigCell::new(compiled),
-            ArrayQueue::new(16),
+            &Arc::new(Events::new(16)),
         ))
     })
 }

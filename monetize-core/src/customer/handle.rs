@@ -33,8 +33,8 @@ pub(crate) struct CustomerState {
     pub(crate) refs: AtomicU64,
     /// Prepaid balance in micro-credits.
     pub(crate) balance: AtomicI64,
-    /// The configuration and event queue of the engine that made this state: a handle
-    /// meters through it, with no reference to the engine of its own.
+    /// The configuration of the engine that made this state (and a weak way to its event
+    /// queue): a handle meters through it, with no reference to the engine of its own.
     pub(crate) metering: Arc<Metering>,
     /// Usage since the last checkpoint.
     pub(crate) cells: UsageCells,
