@@ -150,6 +150,11 @@ where
             Err(b) => Body::new(b),
         }
     }
+
+    #[inline]
+    fn map_plain(b: B) -> Body {
+        Body::new(b)
+    }
 }
 
 impl TapRequestBody<Body> for IntoAxumBody {

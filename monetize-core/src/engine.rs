@@ -1014,7 +1014,7 @@ mod two_phase_tests {
         BodySide, FilterConfig, JsonFieldConfig, MeterConfig, PlanConfig, QuotaConfig, ValueConfig,
     };
     use crate::meter::Measure;
-    use crate::{ExchangeNeeds, ReportedUsage};
+    use crate::{ExchangeNeeds, ReportedUsage, ResponseView};
     use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
     use proptest::prelude::*;
     use proptest::{collection::vec, option, sample::select};
@@ -1328,6 +1328,8 @@ mod two_phase_tests {
         Empty,
         /// A different request altogether: nothing may read it.
         Decoy,
+        /// [`Exchange::at_response`]: the response's headers stand in for the request's.
+        OneStep,
     }
 
     /// Meters every case through `meter` on one engine and through the two halves on
@@ -1345,13 +1347,25 @@ mod two_phase_tests {
                 case.request()
             } else {
                 match placeholder {
-                    Placeholder::Empty => Exchange::new(&get, "", &no_headers),
+                    Placeholder::Empty | Placeholder::OneStep => {
+                        Exchange::new(&get, "", &no_headers)
+                    }
                     Placeholder::Decoy => Exchange::new(&Method::PATCH, "/v2/x", &decoy_headers)
                         .route(Some("/v1/users/{id}"))
                         .query(Some("q=1&dry_run=0")),
                 }
             };
-            two.meter_response(&h2, m, &case.at_response(req));
+            let at_response = match placeholder {
+                Placeholder::OneStep if !needs.request_at_response => {
+                    let response =
+                        ResponseView::new(case.status, &case.response_headers, case.response_bytes);
+                    Exchange::at_response(response, case.request_bytes)
+                        .reported(case.reported.as_ref())
+                        .bodies(case.request_body.as_deref(), case.response_body.as_deref())
+                }
+                _ => case.at_response(req),
+            };
+            two.meter_response(&h2, m, &at_response);
             let (d1, d2) = (deltas(&one), deltas(&two));
             if m.is_empty() {
                 prop_assert!(d1.is_empty(), "empty match but `meter` recorded {:?}", d1);
@@ -1385,14 +1399,18 @@ mod two_phase_tests {
             meters in vec((select(RESPONSE_SAFE_KINDS.to_vec()), split_filter_strategy()), 1..6),
             pad in select(vec![0usize, 0, 0, 61]),
             cases in vec(case_strategy(), 1..8),
-            decoy: bool,
+            decoy: Option<bool>,
         ) {
             let cfg = config(pad, &meters);
             if pad == 0 {
                 let (e, _) = engine(&cfg);
                 prop_assert!(!e.exchange_needs().request_at_response);
             }
-            let placeholder = if decoy { Placeholder::Decoy } else { Placeholder::Empty };
+            let placeholder = match decoy {
+                Some(true) => Placeholder::Decoy,
+                Some(false) => Placeholder::Empty,
+                None => Placeholder::OneStep,
+            };
             check(&cfg, &cases, placeholder)?;
         }
     }

@@ -58,7 +58,7 @@ pub use error::{ConfigError, CoreError};
 pub use event::{Event, EventKind};
 pub use govern::{Allow, Block, Decision, Predicate, QuotaInfo};
 pub use id::{CustomerId, MeterId, MeterIndex, PlanId};
-pub use meter::{Exchange, ExchangeNeeds, MeterMatch, ReportedUsage};
+pub use meter::{Exchange, ExchangeNeeds, MeterMatch, ReportedUsage, ResponseView};
 pub use notify::{MemoryNotifier, Notifier, NotifyError};
 pub use provider::{BillingProvider, ProviderError, RecordOutcome, UsageRecord};
 pub use rate_limit::RateLimitInfo;

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use monetize_core::{CustomerHandle, Exchange, MeterMatch, ReportedUsage};
+use monetize_core::{CustomerHandle, Exchange, MeterMatch, ReportedUsage, ResponseView};
 use pin_project_lite::pin_project;
 
 use crate::usage::{Slots, with_reported};
@@ -143,6 +143,15 @@ pub trait MapBody<B>: 'static {
 
     /// Converts the layer's body (called once per response).
     fn map_body(body: ResponseBody<B>) -> Self::Body;
+
+    /// Converts a body the layer passes through untouched (the exchange was metered when
+    /// the response head arrived, or is not metered). The default wraps it in a
+    /// [`ResponseBody`] for [`MapBody::map_body`]; an adapter whose body type can hold `B`
+    /// itself converts it directly.
+    #[inline]
+    fn map_plain(body: B) -> Self::Body {
+        Self::map_body(ResponseBody::plain(body))
+    }
 }
 
 /// Answer with the layer's own [`ResponseBody`] (the default [`MapBody`]).
@@ -230,7 +239,22 @@ impl<'a> ResponseSide<'a> {
 }
 
 impl RequestSide {
+    /// Runs the response-side half of the meters on a response metered at its head with
+    /// no handler-reported usage: when the request side was not kept (no meter reads it at
+    /// the response) and its body not tapped, the exchange is only the status, the
+    /// response headers and the request body size, built in one step.
+    #[inline]
+    pub(crate) fn meter_head<B>(&self, handle: &CustomerHandle, res: &http::Response<B>) {
+        if self.kept.is_none() && self.tap.is_none() {
+            let response = ResponseView::new(res.status(), res.headers(), 0);
+            handle.meter_response(self.matched, &Exchange::at_response(response, self.bytes));
+        } else {
+            self.meter(handle, &ResponseSide::head(res, None));
+        }
+    }
+
     /// Runs the response-side half of the meters on the exchange.
+    #[inline(never)]
     pub(crate) fn meter(&self, handle: &CustomerHandle, res: &ResponseSide<'_>) {
         let tapped = self
             .tap

@@ -1,12 +1,15 @@
 //! [`MonetizeLayer`]: the layer and its settings.
 
+use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
+
+use http::HeaderName;
 
 use monetize_core::{CustomerHandle, CustomerId, CustomerToken, Engine};
 use tower_layer::Layer;
 
-use crate::identify::{Identify, Identity, KeyDirectory};
+use crate::identify::{ApiKey, Identify, Identity, KeyDirectory, header_key};
 use crate::response::resolve_refusal;
 use crate::route::{FromRouteTemplate, RouteSource};
 use crate::service::Monetize;
@@ -129,6 +132,9 @@ pub(crate) struct Settings<R> {
     /// `identify`'s key directory, when it has one: keys are then resolved by the layer,
     /// through each thread's remembered tokens ([`Identify::key_directory`]).
     pub(crate) keys: Option<KeyDirectory>,
+    /// `identify`'s header, when it is an [`ApiKey`]: the layer reads the key itself
+    /// rather than through `dyn Identify` (the same read: [`header_key`]).
+    pub(crate) key_header: Option<HeaderName>,
     pub(crate) on_missing: MissingPolicy,
     pub(crate) on_unknown: MissingPolicy,
     pub(crate) exempt: Vec<Pattern>,
@@ -169,7 +175,11 @@ impl<R> Settings<R> {
     /// thread's remembered customer for it, else the directory and the customer map.
     #[inline]
     fn who_by_key(&self, keys: &KeyDirectory, head: &RequestHead<'_>) -> Who {
-        let Some(key) = self.identify.key(head) else {
+        let key = match &self.key_header {
+            Some(name) => header_key(head.headers, name),
+            None => self.identify.key(head),
+        };
+        let Some(key) = key else {
             return self.fallback(&self.on_missing, true);
         };
         let (token, mac) = keys.token(key);
@@ -235,11 +245,15 @@ impl MonetizeLayer<FromRouteTemplate> {
     pub fn new(engine: Engine, identify: impl Identify) -> Self {
         let keep = Keep::of(&engine);
         let keys = identify.key_directory().cloned();
+        let key_header = (&identify as &dyn Any)
+            .downcast_ref::<ApiKey>()
+            .map(|a| a.header_name().clone());
         Self {
             settings: Arc::new(Settings {
                 engine,
                 identify: Arc::new(identify),
                 keys,
+                key_header,
                 on_missing: MissingPolicy::Reject,
                 on_unknown: MissingPolicy::Reject,
                 exempt: Vec::new(),
@@ -316,6 +330,7 @@ impl<R: RouteSource> MonetizeLayer<R> {
                 engine: s.engine,
                 identify: s.identify,
                 keys: s.keys,
+                key_header: s.key_header,
                 on_missing: s.on_missing,
                 on_unknown: s.on_unknown,
                 exempt: s.exempt,

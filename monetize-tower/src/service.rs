@@ -495,6 +495,55 @@ mod tests {
         assert_eq!(engine.stats().customers, 0);
     }
 
+    /// The layer reads an `ApiKey`'s header itself (not through `dyn Identify`): a custom
+    /// header is the one read, for the directory's and the remembered-token paths alike,
+    /// and the refusal names it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_custom_api_key_header_is_the_one_read() {
+        let engine = engine();
+        let api_key = ApiKey::new(keys()).header("x-acme-key").unwrap();
+        let svc = MonetizeLayer::new(engine.clone(), api_key).layer_fn_service(service_fn(hello));
+        for _ in 0..3 {
+            let req = Request::get("/v1/x")
+                .header("x-acme-key", "key-globex")
+                .header("x-api-key", "key-acme")
+                .body(Full::default())
+                .unwrap();
+            let res = svc.clone().oneshot(req).await.unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+            res.into_body().collect().await.unwrap();
+        }
+        assert_eq!(used(&engine, "globex", "calls"), 3);
+        assert_eq!(used(&engine, "acme", "calls"), 0);
+        // `x-api-key` alone is no key for this layer; an empty value is none either.
+        for value in ["key-acme", ""] {
+            let mut b = Request::get("/v1/x").header("x-api-key", "key-acme");
+            if value.is_empty() {
+                b = b.header("x-acme-key", "");
+            }
+            let res = svc
+                .clone()
+                .oneshot(b.body(Full::default()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+            let v = json(res).await;
+            assert_eq!(v["reason"], "missing_api_key");
+            assert!(v["message"].as_str().unwrap().contains("x-acme-key"), "{v}");
+        }
+        // The same strategy behind an `Arc` is read through `dyn Identify`, alike.
+        let shared = Arc::new(ApiKey::new(keys()).header("x-acme-key").unwrap());
+        let svc = MonetizeLayer::new(engine.clone(), shared).layer_fn_service(service_fn(hello));
+        let req = Request::get("/v1/x")
+            .header("x-acme-key", "key-globex")
+            .body(Full::default())
+            .unwrap();
+        let res = svc.oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        res.into_body().collect().await.unwrap();
+        assert_eq!(used(&engine, "globex", "calls"), 4);
+    }
+
     #[tokio::test]
     async fn anonymous_policy_lets_through_unmetered() {
         let engine = engine();

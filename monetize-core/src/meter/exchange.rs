@@ -96,6 +96,18 @@ pub struct ResponseView<'a> {
     pub bytes: u64,
 }
 
+impl<'a> ResponseView<'a> {
+    /// A response: its status, headers and the body bytes sent so far.
+    #[inline]
+    pub fn new(status: StatusCode, headers: &'a HeaderMap, bytes: u64) -> Self {
+        Self {
+            status,
+            headers,
+            bytes,
+        }
+    }
+}
+
 impl<'a> Exchange<'a> {
     /// A request-side view; add the rest with the builder methods.
     pub fn new(method: &'a Method, path: &'a str, request_headers: &'a HeaderMap) -> Self {
@@ -107,6 +119,29 @@ impl<'a> Exchange<'a> {
             request_headers,
             request_bytes: 0,
             response: None,
+            reported: None,
+            request_body: None,
+            response_body: None,
+        }
+    }
+
+    /// The exchange the response half of two-phase metering
+    /// ([`Engine::meter_response`](crate::Engine::meter_response)) is given when
+    /// [`ExchangeNeeds::request_at_response`] is `false`: the response and the request body
+    /// size, with placeholders for the rest of the request (method `GET`, path `""`, no
+    /// route or query, the response headers standing in for the request's, which nothing
+    /// reads then). Built in one step, where the builder methods copy the whole view at
+    /// each call: this is the exchange an HTTP layer builds for every metered response.
+    #[inline]
+    pub fn at_response(response: ResponseView<'a>, request_bytes: u64) -> Self {
+        Self {
+            method: &Method::GET,
+            route: None,
+            path: "",
+            query: None,
+            request_headers: response.headers,
+            request_bytes,
+            response: Some(response),
             reported: None,
             request_body: None,
             response_body: None,

@@ -79,9 +79,7 @@ impl Identify for ApiKey {
 
     #[inline]
     fn key<'a>(&self, request: &RequestHead<'a>) -> Option<&'a [u8]> {
-        first_value(request.headers, &self.header)
-            .map(HeaderValue::as_bytes)
-            .filter(|v| !v.is_empty())
+        header_key(request.headers, &self.header)
     }
 
     fn unauthorized(&self, missing: bool) -> Block {
@@ -102,6 +100,15 @@ impl Identify for ApiKey {
             )
         }
     }
+}
+
+/// The key in header `name`: its first value, unless empty. What [`ApiKey`] reads, also
+/// called by the layer directly for an `ApiKey` strategy (no call through `dyn Identify`).
+#[inline]
+pub(crate) fn header_key<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a [u8]> {
+    first_value(headers, name)
+        .map(HeaderValue::as_bytes)
+        .filter(|v| !v.is_empty())
 }
 
 /// Headers up to which a linear scan beats hashing a custom header name.

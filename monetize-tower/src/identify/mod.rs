@@ -26,7 +26,7 @@ use http::StatusCode;
 use monetize_core::{Block, CustomerId};
 
 pub use api_key::ApiKey;
-pub(crate) use api_key::same_name;
+pub(crate) use api_key::{header_key, same_name};
 pub use bearer::Bearer;
 pub use closure::{IdentifyFn, identify_fn};
 pub use extension::FromExtension;
