@@ -77,13 +77,23 @@ impl Metering {
         if todo != 0 {
             // The plan is read once for the exchange (`add` reads it per meter).
             let plan = cfg.plan(s.plan.load(Ordering::Relaxed));
+            let status = ex.response.map(|r| r.status.as_u16());
             while todo != 0 {
                 let i = todo.trailing_zeros() as usize;
+                let bit = todo & todo.wrapping_neg();
                 todo &= todo - 1;
                 let Some(meter) = cfg.meters.get(i) else {
                     break;
                 };
-                if meter.response_filter.matches(ex)
+                if phases.status_counts & bit != 0 {
+                    // A count on at most a status range: what the general path below does
+                    // for it, without its filter and value dispatch.
+                    let (lo, hi) = phases.status_range[i];
+                    if status.is_some_and(|st| (lo..=hi).contains(&st)) {
+                        let prev = s.cells.add(i, 1);
+                        self.charge(plan, s, meter, prev, 1);
+                    }
+                } else if meter.response_filter.matches(ex)
                     && let Some(sample) = meter.value_of(ex)
                 {
                     self.add_on(plan, s, meter, sample);
@@ -138,6 +148,15 @@ impl Metering {
             }
             _ => s.cells.add(i, q),
         };
+        self.charge(plan, s, m, prev_cell, q);
+    }
+
+    /// After `q` was added to a count or sum meter's cell (which held `prev_cell`): the
+    /// quota test when `plan` limits the meter, and one atomic subtraction from the balance
+    /// when it prices it. Events are raised out of line.
+    #[inline]
+    fn charge(&self, plan: Option<&Plan>, s: &CustomerState, m: &Meter, prev_cell: u64, q: u64) {
+        let i = m.index.get();
         let Some(plan) = plan else {
             return;
         };

@@ -47,6 +47,14 @@ pin_project! {
     }
 }
 
+impl Pending {
+    /// Whether dropping this state would release nothing.
+    #[inline]
+    fn owns_nothing(&self) -> bool {
+        self.side.tap.is_none() && self.side.kept.is_none() && self.allow.headers.is_none()
+    }
+}
+
 impl<F, M> ResponseFuture<F, M> {
     #[inline(always)]
     pub(crate) fn metered(future: F, customer: CustomerHandle, pending: Pending) -> Self {
@@ -155,7 +163,14 @@ where
                         p.side.meter_head(handle, res);
                     }
                     // Done: metered once (read in place rather than moved out first).
-                    *pending = None;
+                    // In the common case the pending state owns nothing (no request tap, no
+                    // kept request side, no rule headers): it is let go without a call to
+                    // its drop.
+                    if pending.as_ref().is_some_and(Pending::owns_nothing) {
+                        std::mem::forget(pending.take());
+                    } else {
+                        *pending = None;
+                    }
                     *customer = None;
                     return polled.map(|r| r.map(|res| res.map(M::map_plain)));
                 }

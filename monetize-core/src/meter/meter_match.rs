@@ -2,7 +2,7 @@
 //! request-side filters passed, so that the response half needs neither the request nor
 //! a second look at it.
 
-use super::{Filter, Meter};
+use super::{Aggregation, Filter, Meter};
 use crate::id::MeterIndex;
 
 /// Which meters' request-side filters passed, as found by
@@ -67,7 +67,7 @@ impl MeterMatch {
 }
 
 /// How the meters divide between the two phases, by index; computed with the config.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct MeterPhases {
     /// Split meters (index below 64) whose request-side filter is `True`: always in the
     /// mask, without a test.
@@ -78,6 +78,26 @@ pub(crate) struct MeterPhases {
     pub(crate) mixed: u64,
     /// Some meter's whole filter is tested at the response (mixed, or index 64 and up).
     pub(crate) whole: bool,
+    /// Split count meters (index below 64) whose response-side filter is at most a status
+    /// range: at the response they add one when the status is in
+    /// [`MeterPhases::status_range`], without the general filter and value code.
+    pub(crate) status_counts: u64,
+    /// Per meter index below 64: the status range of a meter in `status_counts` (all
+    /// statuses when its response side has no test).
+    pub(crate) status_range: [(u16, u16); MeterMatch::CAPACITY],
+}
+
+impl Default for MeterPhases {
+    fn default() -> Self {
+        Self {
+            always: 0,
+            checked: 0,
+            mixed: 0,
+            whole: false,
+            status_counts: 0,
+            status_range: [(0, 0); MeterMatch::CAPACITY],
+        }
+    }
 }
 
 impl MeterPhases {
@@ -95,10 +115,21 @@ impl MeterPhases {
             let bit = 1u64 << i;
             if m.mixed {
                 p.mixed |= bit;
-            } else if matches!(m.request_filter, Filter::True) {
+                continue;
+            }
+            if matches!(m.request_filter, Filter::True) {
                 p.always |= bit;
             } else {
                 p.checked |= bit;
+            }
+            let range = match m.response_filter {
+                Filter::True => Some((0, u16::MAX)),
+                Filter::StatusRange(lo, hi) => Some((lo, hi)),
+                _ => None,
+            };
+            if let (Some(range), Aggregation::Count) = (range, m.aggregation) {
+                p.status_counts |= bit;
+                p.status_range[i] = range;
             }
         }
         p
