@@ -372,6 +372,37 @@ impl Engine {
         (decision, matched)
     }
 
+    /// [`Engine::decide_and_match`] for an HTTP layer that keeps what it needs until the
+    /// response in a state of its own: an allow is written into `allow` (replacing what it
+    /// held) and the match returned; a block is returned as the error, `allow` untouched.
+    /// The same decision and match, on one configuration, without building a
+    /// [`Decision`]: the allow (80 bytes) is written once, into the caller's state,
+    /// instead of being moved through the decision, the returned pair and the caller's
+    /// locals.
+    #[inline]
+    pub fn decide_and_match_into(
+        &self,
+        handle: &CustomerHandle,
+        ex: &Exchange<'_>,
+        allow: &mut Allow,
+    ) -> Result<MeterMatch, Box<Block>> {
+        let cfg = self.inner.metering.config.load();
+        let matched = request_match(cfg, ex);
+        if let Some(balance) = quiet_balance(cfg, &handle.0) {
+            allow.credits_remaining = balance;
+            allow.rate_limit = None;
+            allow.headers = None;
+            return Ok(matched);
+        }
+        match self.decide_rules(cfg, handle, ex) {
+            Decision::Allow(a) => {
+                *allow = a;
+                Ok(matched)
+            }
+            Decision::Block(block) => Err(block),
+        }
+    }
+
     /// [`Engine::decide`] past the quiet check: walks the rules.
     #[inline(never)]
     fn decide_rules(&self, cfg: &Compiled, handle: &CustomerHandle, ex: &Exchange<'_>) -> Decision {
@@ -878,6 +909,17 @@ impl std::fmt::Debug for Engine {
 /// this customer: allow, with the balance on prepaid plans. `None`: walk the rules.
 #[inline]
 fn quiet_allow(cfg: &Compiled, s: &CustomerState) -> Option<Allow> {
+    quiet_balance(cfg, s).map(|balance| Allow {
+        credits_remaining: balance,
+        rate_limit: None,
+        headers: None,
+    })
+}
+
+/// The quiet check of [`quiet_allow`]: `Some` (with the balance of a prepaid customer)
+/// when no rule can fire.
+#[inline]
+fn quiet_balance(cfg: &Compiled, s: &CustomerState) -> Option<Option<i64>> {
     let q = cfg.quiet.as_ref()?;
     let plan = cfg.plan(s.plan.load(Ordering::Relaxed));
     if s.flags.load(Ordering::Relaxed) & q.flag_mask != 0 {
@@ -894,11 +936,7 @@ fn quiet_allow(cfg: &Compiled, s: &CustomerState) -> Option<Allow> {
     if over_quota || rate_limited {
         return None;
     }
-    Some(Allow {
-        credits_remaining: balance,
-        rate_limit: None,
-        headers: None,
-    })
+    Some(balance)
 }
 
 /// The request half of two-phase metering (see [`Engine::meter_request`]).
@@ -1671,7 +1709,7 @@ mod decide_and_match_tests {
         ) {
             let cfg = config(rules);
             let mut engines = Vec::new();
-            for _ in 0..2 {
+            for _ in 0..3 {
                 let engine = Engine::new(cfg.clone()).unwrap_or_else(|e| panic!("config: {e}"));
                 let h = engine.resolve("c").unwrap_or_else(|e| panic!("resolve: {e}"));
                 let apply = |c| engine.apply("c", c).unwrap_or_else(|e| panic!("apply: {e}"));
@@ -1693,19 +1731,51 @@ mod decide_and_match_tests {
                 let (d2, m2) = two.decide_and_match(h2, &ex);
                 prop_assert_eq!(outcome(&d1), outcome(&d2), "{} {}", method, path);
                 prop_assert_eq!(m1, m2, "{} {}", method, path);
-                prop_assert_eq!(events(one), events(two));
+                let e1 = events(one);
+                prop_assert_eq!(&e1, &events(two));
+                // The same through `decide_and_match_into`, over a slot holding a stale
+                // allow with every field set: an allow replaces all of it.
+                let (three, h3) = &engines[2];
+                let mut slot = Allow {
+                    credits_remaining: Some(-77),
+                    rate_limit: Some(crate::RateLimitInfo {
+                        limit: 9,
+                        remaining: 9,
+                        reset_secs: 9,
+                        retry_after_secs: Some(9),
+                    }),
+                    headers: Some(Arc::from(vec![(
+                        http::HeaderName::from_static("x-stale"),
+                        http::HeaderValue::from_static("1"),
+                    )])),
+                };
+                let (d3, m3) = match three.decide_and_match_into(h3, &ex, &mut slot) {
+                    Ok(m) => (Decision::Allow(slot), m),
+                    Err(block) => (Decision::Block(block), MeterMatch::new(0, false, 0)),
+                };
+                prop_assert_eq!(outcome(&d1), outcome(&d3), "into: {} {}", method, path);
+                if d3.is_allow() {
+                    prop_assert_eq!(m1, m3, "into: {} {}", method, path);
+                }
+                let m3 = m1;
+                prop_assert_eq!(&e1, &events(three));
                 let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
                 let at_response = ex.response(status, &hs, 0).reported(Some(&reported));
                 one.meter_response(h1, m1, &at_response);
                 two.meter_response(h2, m2, &at_response);
-                prop_assert_eq!(events(one), events(two));
+                three.meter_response(h3, m3, &at_response);
+                let e1 = events(one);
+                prop_assert_eq!(&e1, &events(two));
+                prop_assert_eq!(&e1, &events(three));
             }
             let used = |e: &Engine| e.usage("c").map(|u| {
                 (u.balance, u.meters.iter().map(|m| m.used).collect::<Vec<_>>())
             });
             prop_assert_eq!(used(&engines[0].0), used(&engines[1].0));
+            prop_assert_eq!(used(&engines[0].0), used(&engines[2].0));
             let hits = |e: &Engine| e.stats().rule_hits;
             prop_assert_eq!(hits(&engines[0].0), hits(&engines[1].0));
+            prop_assert_eq!(hits(&engines[0].0), hits(&engines[2].0));
         }
     }
 }

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, header};
 use http_body::Body;
-use monetize_core::{Allow, Decision, Exchange};
+use monetize_core::{Allow, Exchange};
 use tower_service::Service;
 
 use crate::RequestHead;
@@ -145,13 +145,15 @@ where
             .query(head.uri.query())
             .request_bytes(request_bytes);
         // The decision, and the request-side half of every meter's filter (the rest is
-        // tested at the response), on one configuration.
-        let (decision, matched) = settings.engine.decide_and_match(&handle, &ex);
-        let mut allow = match decision {
-            Decision::Allow(a) => a,
-            Decision::Block(block) => return ResponseFuture::early(BlockParts::new(&block)),
-            // A decision kind this layer does not know yet: serve the request.
-            _ => Allow::default(),
+        // tested at the response), on one configuration; an allow is written straight
+        // into the state kept until the response.
+        let mut allow = Allow::default();
+        let matched = match settings
+            .engine
+            .decide_and_match_into(&handle, &ex, &mut allow)
+        {
+            Ok(matched) => matched,
+            Err(block) => return ResponseFuture::early(BlockParts::new(&block)),
         };
         if !settings.credits_header {
             allow.credits_remaining = None;
