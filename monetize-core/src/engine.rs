@@ -1393,7 +1393,12 @@ mod two_phase_tests {
                         .query(Some("q=1&dry_run=0")),
                 }
             };
+            // Status-only meters first, with no exchange, as the HTTP layer does.
+            let by_status = matches!(placeholder, Placeholder::OneStep)
+                && !needs.request_at_response
+                && h2.meter_status(m, case.status);
             let at_response = match placeholder {
+                _ if by_status => Exchange::new(&get, "", &no_headers),
                 Placeholder::OneStep if !needs.request_at_response => {
                     let response =
                         ResponseView::new(case.status, &case.response_headers, case.response_bytes);
@@ -1403,7 +1408,9 @@ mod two_phase_tests {
                 }
                 _ => case.at_response(req),
             };
-            two.meter_response(&h2, m, &at_response);
+            if !by_status {
+                two.meter_response(&h2, m, &at_response);
+            }
             let (d1, d2) = (deltas(&one), deltas(&two));
             if m.is_empty() {
                 prop_assert!(d1.is_empty(), "empty match but `meter` recorded {:?}", d1);
@@ -1484,6 +1491,37 @@ mod two_phase_tests {
         engine.meter_response(&h, m, &placeholder.response(StatusCode::OK, &hs, 0));
         let used = engine.usage("c").map(|u| u.meters[0].used);
         assert_eq!(used, Some(1));
+    }
+
+    #[test]
+    fn status_only_meters_are_metered_without_an_exchange() {
+        let (engine, _) = needs_of(vec![
+            MeterConfig::count("ok").status("2xx"),
+            MeterConfig::count("all"),
+            MeterConfig::count("posts_failed")
+                .method("POST")
+                .status("5xx"),
+        ]);
+        let h = engine.resolve("c").unwrap_or_else(|e| panic!("{e}"));
+        let (get, post, hs) = (Method::GET, Method::POST, HeaderMap::new());
+        for (method, status) in [(&get, 200), (&post, 503), (&get, 404), (&post, 201)] {
+            let m = engine.meter_request(&Exchange::new(method, "/", &hs));
+            let status = StatusCode::from_u16(status).unwrap_or_else(|e| panic!("{e}"));
+            assert!(h.meter_status(m, status), "only statuses are read");
+        }
+        let used = engine
+            .usage("c")
+            .map(|u| u.meters.iter().map(|m| m.used).collect());
+        assert_eq!(used, Some(vec![2, 4, 1]));
+        // A meter that reads more than the status: nothing recorded, `false`.
+        let (engine, _) = needs_of(vec![
+            MeterConfig::count("ok").status("2xx"),
+            MeterConfig::sum("egress", ValueConfig::ResponseBytes),
+        ]);
+        let h = engine.resolve("c").unwrap_or_else(|e| panic!("{e}"));
+        let m = engine.meter_request(&Exchange::new(&get, "/", &hs));
+        assert!(!h.meter_status(m, StatusCode::OK));
+        assert_eq!(engine.usage("c").map(|u| u.meters[0].used), Some(0));
     }
 
     #[test]

@@ -63,6 +63,39 @@ impl Metering {
         }
     }
 
+    /// The response half of two-phase metering for the customer `s` when every meter in
+    /// play reads only the response status (see
+    /// [`CustomerHandle::meter_status`](crate::CustomerHandle::meter_status)): `false`,
+    /// having recorded nothing, when one reads more.
+    #[inline]
+    pub(crate) fn meter_status(&self, s: &CustomerState, m: MeterMatch, status: u16) -> bool {
+        let Some(cfg) = self.config.at(m.generation()) else {
+            // A match from another engine: nothing to record, as `meter_response` does.
+            return true;
+        };
+        let phases = &cfg.phases;
+        let mut todo = (m.bits() & phases.split()) | phases.mixed;
+        if todo & !phases.status_counts != 0 || cfg.meters.len() > MeterMatch::CAPACITY {
+            return false;
+        }
+        if todo != 0 {
+            let plan = cfg.plan(s.plan.load(Ordering::Relaxed));
+            while todo != 0 {
+                let i = todo.trailing_zeros() as usize;
+                todo &= todo - 1;
+                let Some(meter) = cfg.meters.get(i) else {
+                    break;
+                };
+                let (lo, hi) = phases.status_range[i];
+                if (lo..=hi).contains(&status) {
+                    let prev = s.cells.add(i, 1);
+                    self.charge(plan, s, meter, prev, 1);
+                }
+            }
+        }
+        true
+    }
+
     /// The response half of two-phase metering for the customer `s` (see
     /// [`Engine::meter_response`](crate::Engine::meter_response)).
     #[inline]

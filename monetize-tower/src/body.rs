@@ -246,8 +246,11 @@ impl RequestSide {
     #[inline]
     pub(crate) fn meter_head<B>(&self, handle: &CustomerHandle, res: &http::Response<B>) {
         if self.kept.is_none() && self.tap.is_none() {
-            let response = ResponseView::new(res.status(), res.headers(), 0);
-            handle.meter_response(self.matched, &Exchange::at_response(response, self.bytes));
+            // Most meters read only the status here: then no exchange is built at all.
+            if !handle.meter_status(self.matched, res.status()) {
+                let response = ResponseView::new(res.status(), res.headers(), 0);
+                handle.meter_response(self.matched, &Exchange::at_response(response, self.bytes));
+            }
         } else {
             self.meter(handle, &ResponseSide::head(res, None));
         }

@@ -151,6 +151,38 @@ impl CustomerHandle {
     pub fn meter_response(&self, m: MeterMatch, ex: &Exchange<'_>) {
         self.0.metering.meter_response(&self.0, m, ex);
     }
+
+    /// [`CustomerHandle::meter_response`] for a response of which the meters in play read
+    /// only the status (counts whose response-side filter is at most a status range), with
+    /// no exchange to build: returns `true` once recorded. Returns `false`, recording
+    /// nothing, when a meter in `m` reads more of the response (or is decided whole at the
+    /// response): call [`CustomerHandle::meter_response`] then.
+    ///
+    /// ```
+    /// use monetize_core::config::{Config, MeterConfig};
+    /// use monetize_core::{Engine, Exchange, ResponseView};
+    ///
+    /// let engine = Engine::new(
+    ///     Config::builder()
+    ///         .meter(MeterConfig::count("calls").route("/v1/*").status("2xx"))
+    ///         .meter(MeterConfig::sum("egress", monetize_core::config::ValueConfig::ResponseBytes))
+    ///         .build(),
+    /// )?;
+    /// let h = engine.resolve("acme")?;
+    /// let (get, headers) = (http::Method::GET, http::HeaderMap::new());
+    /// let request = Exchange::new(&get, "/v1/things", &headers).route(Some("/v1/things"));
+    /// let m = engine.meter_request(&request);
+    /// // `egress` reads the response's bytes: the status is not enough.
+    /// assert!(!h.meter_status(m, http::StatusCode::OK));
+    /// let response = ResponseView::new(http::StatusCode::OK, &headers, 512);
+    /// h.meter_response(m, &Exchange::at_response(response, 0));
+    /// assert_eq!(engine.usage("acme").map(|u| u.meters[0].used), Some(1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[inline]
+    pub fn meter_status(&self, m: MeterMatch, status: http::StatusCode) -> bool {
+        self.0.metering.meter_status(&self.0, m, status.as_u16())
+    }
 }
 
 impl fmt::Debug for CustomerHandle {
