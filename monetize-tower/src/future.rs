@@ -41,7 +41,9 @@ pin_project! {
         pending: Option<Pending>,
         // In the thread's scope while the inner future is polled.
         customer: Option<CustomerHandle>,
-        slots: Slots,
+        // Where the request's usage recorders attach, lent to the thread's scope while the
+        // inner future is polled (in place: no move in and out per poll).
+        slots: RefCell<Slots>,
         early: Option<Box<BlockParts>>,
         body: PhantomData<fn() -> M>,
     }
@@ -62,7 +64,7 @@ impl<F, M> ResponseFuture<F, M> {
             future: Some(future),
             pending: Some(pending),
             customer: Some(customer),
-            slots: Slots::default(),
+            slots: RefCell::new(Slots::default()),
             early: None,
             body: PhantomData,
         }
@@ -75,7 +77,7 @@ impl<F, M> ResponseFuture<F, M> {
             future: Some(future),
             pending: None,
             customer,
-            slots: Slots::default(),
+            slots: RefCell::new(Slots::default()),
             early: None,
             body: PhantomData,
         }
@@ -86,7 +88,7 @@ impl<F, M> ResponseFuture<F, M> {
             future: None,
             pending: None,
             customer: None,
-            slots: Slots::default(),
+            slots: RefCell::new(Slots::default()),
             early: Some(Box::new(parts)),
             body: PhantomData,
         }
@@ -118,16 +120,15 @@ where
             Some(future) => {
                 // Mark this request as the one being served on this thread, so that
                 // `current_customer` and `UsageRecorder::current` find it.
-                let attached = RefCell::new(std::mem::take(slots));
                 let frame = Frame {
                     metered: pending.is_some(),
                     customer: customer.as_ref(),
-                    slots: &attached,
+                    slots: &*slots,
                 };
                 let scope = scope::enter(&frame);
                 let mut polled = future.poll(cx);
                 drop(scope);
-                *slots = attached.into_inner();
+                let slots = slots.get_mut();
                 // The response is read and changed where the inner future left it, and
                 // moved once, into this future's output: taken out first, it was copied
                 // (128 bytes) at each step.

@@ -13,7 +13,7 @@ use http::{Extensions, HeaderMap, Method, Request, Uri, Version};
 ///
 /// let req = http::Request::get("/v1/users?page=2").header("x-api-key", "sk_1").body(()).unwrap();
 /// let head = RequestHead::of(&req);
-/// assert_eq!(head.uri.path(), "/v1/users");
+/// assert_eq!(head.path, "/v1/users");
 /// assert_eq!(head.headers.get("x-api-key").unwrap(), "sk_1");
 /// ```
 #[derive(Clone, Copy, Debug)]
@@ -23,6 +23,8 @@ pub struct RequestHead<'a> {
     pub method: &'a Method,
     /// The request URI.
     pub uri: &'a Uri,
+    /// The request path (`uri.path()`, read once for everything that looks at it).
+    pub path: &'a str,
     /// The HTTP version.
     pub version: Version,
     /// The request headers.
@@ -38,6 +40,7 @@ impl<'a> RequestHead<'a> {
         Self {
             method: request.method(),
             uri: request.uri(),
+            path: request.uri().path(),
             version: request.version(),
             headers: request.headers(),
             extensions: request.extensions(),
@@ -50,6 +53,7 @@ impl<'a> RequestHead<'a> {
         Self {
             method: &parts.method,
             uri: &parts.uri,
+            path: parts.uri.path(),
             version: parts.version,
             headers: &parts.headers,
             extensions: &parts.extensions,

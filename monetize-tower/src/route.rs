@@ -177,7 +177,7 @@ impl fmt::Debug for RouteTable {
 impl RouteSource for RouteTable {
     #[inline]
     fn route<'a>(&'a self, request: &RequestHead<'a>) -> Option<&'a str> {
-        self.template(request.uri.path())
+        self.template(request.path)
     }
 }
 

@@ -126,7 +126,7 @@ where
             Who::Refused(block) => return ResponseFuture::early(BlockParts::new(&block)),
         };
         let route = settings.route.route(&head);
-        let path = head.uri.path();
+        let path = head.path;
         if settings.is_exempt(route, path) {
             if settings.customer_extension {
                 req.extensions_mut().insert(handle.clone());
@@ -1200,7 +1200,10 @@ mod tests {
         let future = std::mem::size_of::<crate::ResponseFuture<std::future::Ready<()>>>();
         eprintln!("Pending {pending} bytes, ResponseFuture<Ready<()>> {future} bytes");
         assert!(pending <= 128, "{pending}");
-        assert!(future <= 160, "{future}");
+        // 168: the inner future's `Option` tag, the pending state, the customer, the
+        // recorder slots' `RefCell` (a borrow flag: lending them in place costs fewer
+        // instructions than moving them in and out per poll) and the early response.
+        assert!(future <= 168, "{future}");
     }
 
     impl<R: crate::RouteSource> MonetizeLayer<R> {
