@@ -116,9 +116,13 @@
 //! [`meter_response`](monetize_core::Engine::meter_response)): the request-side tests of
 //! every meter (method, route template, path, query, request headers) run in `call`, so
 //! until the response the layer keeps only a 16-byte mask of the meters still in play,
-//! the customer handle and the decision. Only meters whose filters mix request and
-//! response tests under `any`/`not`, or whose values read a request header, make it keep
-//! the request side (one allocation per request). It wraps the response body only when
+//! the customer handle and the decision. At the response, meters that read only the
+//! status (counts filtered at most by a status range: the common case) are metered
+//! without building a view of the exchange
+//! ([`CustomerHandle::meter_status`](monetize_core::CustomerHandle::meter_status)): one
+//! atomic add per meter, one more when a meter is priced. Only meters whose filters mix
+//! request and response tests under `any`/`not`, or whose values read a request header,
+//! make it keep the request side (one allocation per request). It wraps the response body only when
 //! metering waits for its end, and allocates nothing of its own otherwise; a usage
 //! recorder reuses a pooled slot and its list of reported quantities.
 //!
