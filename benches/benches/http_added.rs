@@ -18,30 +18,17 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
 use criterion::{Criterion, criterion_group, criterion_main};
-use http::Request;
-use http_body_util::BodyExt;
 
 #[path = "../src/http_app.rs"]
 #[allow(dead_code)] // the command-line helpers serve the bins
 mod http_app;
 
-use http_app::{App, BODY, CUSTOMERS, Variant};
+use http_app::{App, Variant};
 
 /// Requests per chunk: long enough to time (tens of microseconds), short enough that the
 /// machine's speed cannot change between a chunk and the next.
 const CHUNK: u64 = 32;
-
-/// Serves one request and reads the body to the end; returns the body length.
-async fn serve(app: &App, req: Request<Body>) -> usize {
-    let res = app.serve(req).await;
-    debug_assert_eq!(res.status(), http::StatusCode::OK);
-    match res.into_body().collect().await {
-        Ok(b) => b.to_bytes().len(),
-        Err(e) => panic!("body: {e}"),
-    }
-}
 
 /// One side of the comparison: an app, its variant and where it is in the key rotation.
 struct Side {
@@ -52,20 +39,7 @@ struct Side {
 
 impl Side {
     fn new(variant: Variant, keys: &[http::HeaderValue], rt: &tokio::runtime::Runtime) -> Self {
-        let (app, engine) = http_app::app(variant);
-        // Check once, outside the measurement, that the variant answers and meters.
-        let served: usize = (0..CUSTOMERS)
-            .map(|i| rt.block_on(serve(&app, http_app::request(variant, &keys[i]))))
-            .sum();
-        assert_eq!(served, CUSTOMERS * BODY.len(), "{}", variant.name());
-        if let Some(engine) = &engine {
-            assert_eq!(
-                http_app::metered(engine),
-                variant.expected(CUSTOMERS as u64),
-                "{}: (api_calls, requests or tokens)",
-                variant.name()
-            );
-        }
+        let (app, _engine) = http_app::checked_app(variant, keys, rt);
         Self {
             variant,
             app,
@@ -88,7 +62,7 @@ impl Side {
             .collect();
         let start = Instant::now();
         for req in reqs {
-            black_box(rt.block_on(serve(&self.app, req)));
+            black_box(rt.block_on(http_app::serve_to_end(&self.app, req)));
         }
         start.elapsed()
     }

@@ -17,26 +17,13 @@
 
 use std::hint::black_box;
 
-use axum::body::Body;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use http::Request;
-use http_body_util::BodyExt;
 
 #[path = "../src/http_app.rs"]
 #[allow(dead_code)] // the command-line helpers serve the bins
 mod http_app;
 
-use http_app::{App, BODY, CUSTOMERS, Variant};
-
-/// Serves one request and reads the body to the end; returns the body length.
-async fn serve(app: &App, req: Request<Body>) -> usize {
-    let res = app.serve(req).await;
-    debug_assert_eq!(res.status(), http::StatusCode::OK);
-    match res.into_body().collect().await {
-        Ok(b) => b.to_bytes().len(),
-        Err(e) => panic!("body: {e}"),
-    }
-}
+use http_app::{CUSTOMERS, Variant};
 
 fn http_layer(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -45,20 +32,7 @@ fn http_layer(c: &mut Criterion) {
     let keys = http_app::key_values();
     let mut group = c.benchmark_group("http_layer");
     for variant in Variant::ALL {
-        let (app, engine) = http_app::app(variant);
-        // Check once, outside the measurement, that the variant answers and meters.
-        let served: usize = (0..CUSTOMERS)
-            .map(|i| rt.block_on(serve(&app, http_app::request(variant, &keys[i]))))
-            .sum();
-        assert_eq!(served, CUSTOMERS * BODY.len(), "{}", variant.name());
-        if let Some(engine) = &engine {
-            assert_eq!(
-                http_app::metered(engine),
-                variant.expected(CUSTOMERS as u64),
-                "{}: (api_calls, requests or tokens)",
-                variant.name()
-            );
-        }
+        let (app, _engine) = http_app::checked_app(variant, &keys, &rt);
         let mut k = 0;
         group.bench_function(variant.name(), |b| {
             b.iter_batched(
@@ -66,7 +40,7 @@ fn http_layer(c: &mut Criterion) {
                     k = if k + 1 == CUSTOMERS { 0 } else { k + 1 };
                     http_app::request(variant, &keys[k])
                 },
-                |req| black_box(rt.block_on(serve(&app, req))),
+                |req| black_box(rt.block_on(http_app::serve_to_end(&app, req))),
                 BatchSize::SmallInput,
             );
         });

@@ -389,3 +389,37 @@ pub fn metered(engine: &Engine) -> (u64, u64) {
     }
     totals
 }
+
+/// Serves one request and reads its body to the end (where metering happens); returns the
+/// body's length. The unit of work of the in-process benchmarks.
+pub async fn serve_to_end(app: &App, req: Request<Body>) -> usize {
+    let res = app.serve(req).await;
+    debug_assert_eq!(res.status(), http::StatusCode::OK);
+    match http_body_util::BodyExt::collect(res.into_body()).await {
+        Ok(b) => b.to_bytes().len(),
+        Err(e) => panic!("body: {e}"),
+    }
+}
+
+/// The app of `variant`, checked once, outside any measurement: one request per customer
+/// is answered `hello` and, for the monetized variants, metered.
+pub fn checked_app(
+    variant: Variant,
+    keys: &[HeaderValue],
+    rt: &tokio::runtime::Runtime,
+) -> (App, Option<Engine>) {
+    let (app, engine) = app(variant);
+    let served: usize = (0..CUSTOMERS)
+        .map(|i| rt.block_on(serve_to_end(&app, request(variant, &keys[i]))))
+        .sum();
+    assert_eq!(served, CUSTOMERS * BODY.len(), "{}", variant.name());
+    if let Some(engine) = &engine {
+        assert_eq!(
+            metered(engine),
+            variant.expected(CUSTOMERS as u64),
+            "{}: (api_calls, requests or tokens)",
+            variant.name()
+        );
+    }
+    (app, engine)
+}

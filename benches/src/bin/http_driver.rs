@@ -24,6 +24,7 @@ use http_body_util::BodyExt;
 use tokio::runtime::Runtime;
 
 #[path = "../http_app.rs"]
+#[allow(dead_code)] // the criterion benches' helpers
 mod http_app;
 
 use http::HeaderValue;
