@@ -21,6 +21,9 @@ use crate::scope::{self, Frame};
 use crate::usage::{Slots, with_reported};
 
 /// What a metered request carries from `call` to its response.
+///
+/// A field that owns memory must be tested in [`Pending::owns_nothing`]: a finished
+/// request's pending state is forgotten, not dropped, when that says it owns nothing.
 pub(crate) struct Pending {
     pub(crate) side: RequestSide,
     pub(crate) allow: Allow,
