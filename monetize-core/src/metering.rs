@@ -11,7 +11,7 @@ use crate::config::cell::ConfigCell;
 use crate::config::validate::Compiled;
 use crate::customer::{CustomerState, Plan};
 use crate::event::{Event, EventKind};
-use crate::meter::{Aggregation, Exchange, Meter, MeterMatch, Sample};
+use crate::meter::{Aggregation, Exchange, Meter, MeterMatch, MeterPhases, Sample};
 
 /// An engine's queue of events for notifiers, and how many it dropped when full.
 pub(crate) struct Events {
@@ -86,14 +86,29 @@ impl Metering {
                 let Some(meter) = cfg.meters.get(i) else {
                     break;
                 };
-                let (lo, hi) = phases.status_range[i];
-                if (lo..=hi).contains(&status) {
-                    let prev = s.cells.add(i, 1);
-                    self.charge(plan, s, meter, prev, 1);
-                }
+                self.count_on_status(phases, plan, s, (i, meter), status);
             }
         }
         true
+    }
+
+    /// Count meter `i` of `MeterPhases::status_counts`: one more when `status` is in its
+    /// range, then the quota test and the price, as [`Metering::add_on`] does. `i` is below
+    /// 64 (a bit of a match).
+    #[inline(always)]
+    fn count_on_status(
+        &self,
+        phases: &MeterPhases,
+        plan: Option<&Plan>,
+        s: &CustomerState,
+        (i, meter): (usize, &Meter),
+        status: u16,
+    ) {
+        let (lo, hi) = phases.status_range[i % MeterMatch::CAPACITY];
+        if (lo..=hi).contains(&status) {
+            let prev = s.cells.add(i, 1);
+            self.charge(plan, s, meter, prev, 1);
+        }
     }
 
     /// The response half of two-phase metering for the customer `s` (see
@@ -121,10 +136,8 @@ impl Metering {
                 if phases.status_counts & bit != 0 {
                     // A count on at most a status range: what the general path below does
                     // for it, without its filter and value dispatch.
-                    let (lo, hi) = phases.status_range[i];
-                    if status.is_some_and(|st| (lo..=hi).contains(&st)) {
-                        let prev = s.cells.add(i, 1);
-                        self.charge(plan, s, meter, prev, 1);
+                    if let Some(status) = status {
+                        self.count_on_status(phases, plan, s, (i, meter), status);
                     }
                 } else if meter.response_filter.matches(ex)
                     && let Some(sample) = meter.value_of(ex)
