@@ -6,6 +6,11 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::id::{CustomerId, MeterId};
+use crate::meter::Aggregation;
+
+/// How long a provider is assumed to remember an idempotency key when it does not say
+/// (Stripe documents 24 hours).
+pub const DEFAULT_DEDUP_HORIZON: Duration = Duration::from_secs(24 * 3600);
 
 /// One closed report window of one meter for one customer, ready to deliver.
 ///
@@ -35,6 +40,11 @@ pub struct UsageRecord {
     /// have reached the provider: a provider without idempotency keys should check what it
     /// holds before sending again.
     pub attempts: u32,
+    /// How the meter aggregates: a provider maps it to its own (Stripe: sum, count, last)
+    /// and must never sum parts of a non-additive meter (`max`, `latest`,
+    /// `unique_count`).
+    #[serde(default)]
+    pub aggregation: Aggregation,
 }
 
 impl UsageRecord {
@@ -62,7 +72,14 @@ impl UsageRecord {
             part,
             quantity,
             attempts: 0,
+            aggregation: Aggregation::Count,
         }
+    }
+
+    /// Sets how the record's meter aggregates ([`Aggregation::Count`] by default).
+    pub fn with_aggregation(mut self, aggregation: Aggregation) -> Self {
+        self.aggregation = aggregation;
+        self
     }
 
     /// Unix seconds at which the usage is dated when a provider wants one timestamp:
@@ -131,7 +148,15 @@ pub enum ProviderError {
         /// What the provider said.
         message: String,
     },
-    /// The call can never succeed as sent (bad credentials, malformed request): the
+    /// The provider refused the credentials (401/403): keys get rotated, so the records
+    /// stay pending and are retried with backoff, and an alert is raised so that somebody
+    /// fixes the key.
+    #[error("provider refused the credentials: {message}")]
+    Unauthorized {
+        /// What the provider said.
+        message: String,
+    },
+    /// The call can never succeed as sent (malformed request, unknown customer): the
     /// records go to the dead letter list and an alert is raised.
     #[error("permanent provider failure: {message}")]
     Permanent {
@@ -154,6 +179,23 @@ pub trait BillingProvider: Send + Sync + 'static {
     /// The most records one `report` call takes.
     fn max_batch(&self) -> usize {
         100
+    }
+
+    /// How long the provider remembers an idempotency key (default
+    /// [`DEFAULT_DEDUP_HORIZON`], 24 h). A record whose first delivery is older than this
+    /// and whose outcome is unknown is never re-sent blindly: it moves to the
+    /// reconciliation list instead. Return [`Duration::MAX`] for a provider that checks
+    /// what it holds before re-sending (see [`UsageRecord::attempts`]).
+    fn dedup_horizon(&self) -> Duration {
+        DEFAULT_DEDUP_HORIZON
+    }
+
+    /// Called at start-up for every meter routed to this provider: refuse a meter it
+    /// cannot bill honestly (a `max` meter sent to a provider meter that sums, say) with
+    /// a message naming what is wrong. The default accepts every meter.
+    fn check_meter(&self, meter: &MeterId, aggregation: Aggregation) -> Result<(), String> {
+        let _ = (meter, aggregation);
+        Ok(())
     }
 
     /// Delivers a batch. On `Ok`, the vector has one outcome per record, in order.

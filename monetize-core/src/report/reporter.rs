@@ -943,6 +943,11 @@ async fn deliver(
                 tracing::warn!(records = remaining.len(), %message, "provider call failed; retrying");
                 backoff.next()
             }
+            Ok(Err(ProviderError::Unauthorized { message })) => {
+                bump(&shared.counters.call_failures, 1);
+                tracing::error!(records = remaining.len(), %message, "provider refused the credentials; retrying (check the API key)");
+                backoff.next()
+            }
             Ok(Err(ProviderError::Throttled {
                 retry_after,
                 message,
