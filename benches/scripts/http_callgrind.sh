@@ -34,8 +34,13 @@ mkdir -p "$OUT"
 
 command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
 
-(cd "$ROOT" && cargo build --release -q -p monetize-benches --bin http_driver)
-DRIVER="$ROOT/target/release/http_driver"
+# DRIVER=path runs another build's driver (a "before" build) instead of building this one.
+if [[ -z "${DRIVER:-}" ]]; then
+    (cd "$ROOT" && cargo build --release -q -p monetize-benches --bin http_driver)
+    DRIVER="$ROOT/target/release/http_driver"
+fi
+OUT="${OUT_DIR:-$OUT}"
+mkdir -p "$OUT"
 
 total() { # the event total of a callgrind output file
     awk '/^(summary|totals):/ { print $2; exit }' "$1"

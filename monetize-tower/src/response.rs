@@ -85,45 +85,10 @@ thread_local! {
     static DIGITS: RefCell<BytesMut> = RefCell::new(BytesMut::new());
 }
 
-/// Two-digit decimal strings, `00` to `99`.
-const PAIRS: &[u8; 200] = b"\
-    0001020304050607080910111213141516171819\
-    2021222324252627282930313233343536373839\
-    4041424344454647484950515253545556575859\
-    6061626364656667686970717273747576777879\
-    8081828384858687888990919293949596979899";
-
-/// `n` in decimal into the end of `buf`; returns where it starts.
-#[inline]
-fn decimal(n: i64, buf: &mut [u8; 20]) -> usize {
-    let mut i = buf.len();
-    let mut u = n.unsigned_abs();
-    while u >= 100 {
-        let d = (u % 100) as usize * 2;
-        u /= 100;
-        i -= 2;
-        buf[i..i + 2].copy_from_slice(&PAIRS[d..d + 2]);
-    }
-    if u >= 10 {
-        let d = u as usize * 2;
-        i -= 2;
-        buf[i..i + 2].copy_from_slice(&PAIRS[d..d + 2]);
-    } else {
-        i -= 1;
-        buf[i] = b'0' + u as u8;
-    }
-    if n < 0 {
-        i -= 1;
-        buf[i] = b'-';
-    }
-    i
-}
-
 /// `n` in decimal as a header value, without allocating (but once per [`CHUNK`] bytes).
 pub(crate) fn number_value(n: i64) -> HeaderValue {
-    let mut buf = [0u8; 20];
-    let start = decimal(n, &mut buf);
-    let digits = &buf[start..];
+    let mut buf = itoa::Buffer::new();
+    let digits = buf.format(n).as_bytes();
     let bytes = DIGITS
         .try_with(|d| {
             let mut d = d.borrow_mut();
@@ -134,10 +99,9 @@ pub(crate) fn number_value(n: i64) -> HeaderValue {
             d.split().freeze()
         })
         .unwrap_or_else(|_| Bytes::copy_from_slice(digits));
-    debug_assert!(HeaderValue::from_maybe_shared(bytes.clone()).is_ok());
-    // SAFETY: `bytes` holds ASCII digits and at most a leading `-`: visible characters,
-    // valid in a header value.
-    unsafe { HeaderValue::from_maybe_shared_unchecked(bytes) }
+    // Decimal digits and a leading `-` are always a valid header value; the checked
+    // constructor says so rather than an `unsafe` promise.
+    HeaderValue::from_maybe_shared(bytes).unwrap_or_else(|_| HeaderValue::from(n))
 }
 
 /// The refusal for a customer id the engine would not resolve.
