@@ -130,9 +130,8 @@
 //! `X-Credits-Remaining` only with [`MonetizeLayer::credits_header`] (a header insert is a
 //! few hundred instructions); blocks always carry both.
 //!
-//! Identification by key costs one keyed 128-bit MAC of the key sent (AES-128 CBC-MAC
-//! with the CPU's AES instructions, about 60 instructions for a 30-byte key; SipHash-2-4
-//! without them) and one probe of the thread's remembered keys (a key seen twice on the
+//! Identification by key costs one keyed 128-bit MAC of the key sent (AES-CMAC from the
+//! `cmac` and `aes` crates, with the CPU's AES instructions where it has them) and one probe of the thread's remembered keys (a key seen twice on the
 //! thread) or else one map read:
 //! [`KeyDirectory`](identify::KeyDirectory) keeps SHA-256 digests as the stored form and
 //! verifies a key given only as a digest once, on its first request (a SHA-256: about
