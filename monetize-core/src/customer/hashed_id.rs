@@ -4,7 +4,7 @@
 //! thread's cache, the admission stripe and the map: the map's hasher only passes the
 //! stored hash through.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{Hash, Hasher};
 
 use crate::id::CustomerId;
 
@@ -48,64 +48,23 @@ impl papaya::Equivalent<HashedId> for IdQuery<'_> {
     }
 }
 
-/// Byte equality of two ids, inline for the short ids most customers have.
+/// Byte equality of two ids.
 #[inline]
 pub(crate) fn same_id(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() != b.len() {
-        return false;
-    }
-    let n = a.len();
-    let word = |s: &[u8], at: usize| {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(&s[at..at + 8]);
-        u64::from_ne_bytes(w)
-    };
-    match n {
-        8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
-        17..=24 => {
-            word(a, 0) == word(b, 0) && word(a, 8) == word(b, 8) && word(a, n - 8) == word(b, n - 8)
-        }
-        _ => a == b,
-    }
+    a == b
 }
 
 /// The map's hasher: the key's stored hash, as is (it is already a keyed hash).
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct PassHash;
+pub(crate) type PassHash = nohash_hasher::BuildNoHashHasher<HashedId>;
 
-impl BuildHasher for PassHash {
-    type Hasher = PassHasher;
-
-    fn build_hasher(&self) -> PassHasher {
-        PassHasher(0)
-    }
-}
-
-/// See [`PassHash`].
-pub(crate) struct PassHasher(u64);
-
-impl Hasher for PassHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used by the keys above; fold anything else in so that a
-        // misuse still hashes.
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
+// Keys hash with one `write_u64` of their stored hash, which is what `nohash_hasher`
+// passes through.
+impl nohash_hasher::IsEnabled for HashedId {}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::hash::BuildHasher;
 
     #[test]
     fn same_id_is_byte_equality() {
@@ -128,7 +87,9 @@ mod tests {
     #[test]
     fn a_query_finds_its_key_through_the_map() {
         let h = foldhash::fast::RandomState::default();
-        let map = papaya::HashMap::builder().hasher(PassHash).build();
+        let map = papaya::HashMap::builder()
+            .hasher(PassHash::default())
+            .build();
         let pinned = map.pin();
         for i in 0..1_000 {
             let id = format!("cus_{i:06}");

@@ -91,7 +91,9 @@ impl Registry {
     pub(crate) fn new() -> Self {
         Self {
             id: NEXT_REGISTRY.fetch_add(1, Ordering::Relaxed),
-            map: papaya::HashMap::builder().hasher(PassHash).build(),
+            map: papaya::HashMap::builder()
+                .hasher(PassHash::default())
+                .build(),
             dormant: papaya::HashMap::builder()
                 .hasher(RandomState::default())
                 .build(),
