@@ -30,7 +30,7 @@ pub(crate) struct CustomerState {
     /// Engine-clock seconds of the last request (coarse), for idle eviction.
     pub(crate) last_seen: AtomicU32,
     /// Pinned references, watches and the eviction seal (see [`super::resident`]).
-    pub(crate) refs: AtomicU64,
+    pub(crate) refs: super::resident::RefCount,
     /// Prepaid balance in micro-credits.
     pub(crate) balance: AtomicI64,
     /// The configuration of the engine that made this state (and a weak way to its event

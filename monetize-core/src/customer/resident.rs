@@ -34,9 +34,27 @@
 
 use std::ops::Deref;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering, fence};
+use std::sync::atomic::Ordering;
+
+// Under `--cfg monetize_loom` the count word and its fences are loom's, so that the loom
+// model at the foot of this file explores every interleaving of pin, unpin, watch, seal
+// and free (`scripts/test` runs it).
+#[cfg(monetize_loom)]
+use loom::sync::atomic::{AtomicU64, fence};
+#[cfg(not(monetize_loom))]
+use std::sync::atomic::{AtomicU64, fence};
 
 use super::handle::CustomerState;
+
+/// The type of [`CustomerState::refs`].
+pub(crate) type RefCount = AtomicU64;
+
+// What the `unsafe impl Send/Sync` below rely on: the state they point to is itself
+// `Send + Sync`.
+const _: () = {
+    const fn shared_between_threads<T: Send + Sync>() {}
+    shared_between_threads::<CustomerState>();
+};
 
 /// Set by the evictor once no handle exists: pinning fails from then on.
 const SEALED: u64 = 1 << 63;
@@ -53,9 +71,13 @@ const WATCHES: u64 = PINS << 31;
 const MAX_PINS: u64 = PINS >> 1;
 
 /// The new count word of a state.
-pub(crate) const fn refs_new() -> AtomicU64 {
+pub(crate) fn refs_new() -> RefCount {
     AtomicU64::new(0)
 }
+
+/// The ids of the states freed (the loom model checks that each is freed exactly once).
+#[cfg(all(test, monetize_loom))]
+static FREED: std::sync::Mutex<Vec<crate::id::CustomerId>> = std::sync::Mutex::new(Vec::new());
 
 /// Whether `after` (the word after an operation) leaves nobody holding the allocation.
 #[inline]
@@ -72,6 +94,12 @@ fn nobody_left(after: u64) -> bool {
 unsafe fn free(ptr: NonNull<CustomerState>) {
     // Acquire: every use of the state through other references happens before the free.
     fence(Ordering::Acquire);
+    #[cfg(all(test, monetize_loom))]
+    FREED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        // Safety: as below; the state is read before it is dropped.
+        .push(unsafe { ptr.as_ref() }.id.clone());
     // Safety: allocated by `Resident::new` with `Box`, and the last reference is ours.
     unsafe { drop(Box::from_raw(ptr.as_ptr())) }
 }
@@ -256,7 +284,7 @@ impl Drop for Watch {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(monetize_loom)))]
 mod tests {
     use super::*;
     use crate::id::CustomerId;
@@ -359,5 +387,137 @@ mod tests {
             assert_eq!(r.state().balance.load(Ordering::Relaxed), sealed_at);
             assert_eq!(sealed_at as usize, recorded.load(Ordering::Relaxed));
         }
+    }
+}
+
+/// A loom model of the protocol: every interleaving of pins, unpins, watches, seals and the
+/// resident's drop, checking that a seal never succeeds while a pin is out, that nothing
+/// records after a seal, and that the state is freed exactly once, after its last
+/// reference. Run with
+/// `RUSTFLAGS="--cfg monetize_loom" cargo test -p monetize-core --lib --release loom`.
+#[cfg(all(test, monetize_loom))]
+mod loom_model {
+    use super::*;
+    use crate::id::CustomerId;
+    use loom::sync::Arc;
+    use loom::sync::atomic::AtomicUsize;
+
+    /// A state named after its test, so that tests running side by side count only
+    /// their own frees.
+    fn state(test: &str) -> CustomerState {
+        FREED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|id| id.as_str() != test);
+        CustomerState::new(
+            CustomerId::new(test).unwrap(),
+            &[],
+            0,
+            0,
+            std::sync::Arc::clone(crate::metering::for_tests()),
+        )
+    }
+
+    /// How many times the state of `test` was freed.
+    fn freed(test: &str) -> usize {
+        let freed = FREED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        freed.iter().filter(|id| id.as_str() == test).count()
+    }
+
+    /// Resident lives in a loom `Arc` so that the threads share it; a `Resident` has no
+    /// `Clone`.
+    struct Shared(Resident);
+
+    #[test]
+    fn seal_excludes_pins_and_nothing_records_after_it() {
+        loom::model(|| {
+            const T: &str = "seal_excludes_pins_and_nothing_records_a";
+            let r = Arc::new(Shared(Resident::new(state(T))));
+            let recorded = Arc::new(AtomicUsize::new(0));
+            let worker = {
+                let (r, recorded) = (r.clone(), recorded.clone());
+                loom::thread::spawn(move || {
+                    if let Some(p) = r.0.pin() {
+                        recorded.fetch_add(1, Ordering::Relaxed);
+                        drop(p);
+                    }
+                })
+            };
+            let sealed = r.0.seal();
+            // What the sealer sees once sealed is final.
+            let seen = recorded.load(Ordering::Relaxed);
+            worker.join().unwrap();
+            if sealed {
+                assert_eq!(
+                    recorded.load(Ordering::Relaxed),
+                    seen,
+                    "recorded after the seal"
+                );
+                assert!(r.0.pin().is_none());
+            }
+            drop(r);
+            assert_eq!(freed(T), 1, "freed exactly once");
+        });
+    }
+
+    #[test]
+    fn the_last_of_resident_pin_and_watch_frees() {
+        loom::model(|| {
+            const T: &str = "the_last_of_resident_pin_and_watch_frees";
+            let r = Resident::new(state(T));
+            let p = r.pin().expect("a new state pins");
+            let w = p.watch();
+            let t1 = loom::thread::spawn(move || drop(p));
+            let t2 = loom::thread::spawn(move || {
+                // Pinning through the watch may win or lose against the resident's drop.
+                if let Some(again) = w.pin() {
+                    drop(again);
+                }
+                drop(w);
+            });
+            drop(r);
+            t1.join().unwrap();
+            t2.join().unwrap();
+            assert_eq!(freed(T), 1, "freed exactly once, after the last reference");
+        });
+    }
+
+    #[test]
+    fn a_seal_racing_a_pin_through_a_watch_excludes_it() {
+        loom::model(|| {
+            const T: &str = "a_seal_racing_a_pin_through_a_watch_excl";
+            let r = Arc::new(Shared(Resident::new(state(T))));
+            let w = r.0.pin().expect("a new state pins").watch();
+            let recorded = Arc::new(AtomicUsize::new(0));
+            let pinner = {
+                let recorded = recorded.clone();
+                loom::thread::spawn(move || {
+                    let pinned = w.pin();
+                    let held = pinned.is_some();
+                    if held {
+                        recorded.fetch_add(1, Ordering::Relaxed);
+                    }
+                    drop(pinned);
+                    drop(w);
+                    held
+                })
+            };
+            let sealed = r.0.seal();
+            let seen = recorded.load(Ordering::Relaxed);
+            let held = pinner.join().unwrap();
+            if sealed {
+                assert_eq!(
+                    recorded.load(Ordering::Relaxed),
+                    seen,
+                    "recorded after the seal"
+                );
+            } else {
+                assert!(held, "a seal fails only while a pin is out");
+            }
+            drop(r);
+            assert_eq!(freed(T), 1);
+        });
     }
 }
