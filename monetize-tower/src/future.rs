@@ -128,9 +128,7 @@ where
                     customer: customer.as_ref(),
                     slots: &*slots,
                 };
-                let scope = scope::enter(&frame);
-                let mut polled = future.poll(cx);
-                drop(scope);
+                let mut polled = scope::set(&frame, || future.poll(cx));
                 let slots = slots.get_mut();
                 // The response is read and changed where the inner future left it, and
                 // moved once, into this future's output: taken out first, it was copied

@@ -28,27 +28,24 @@ thread_local! {
     static CURRENT: Cell<*const ()> = const { Cell::new(ptr::null()) };
 }
 
-/// Marks `frame` as the request being served on this thread until dropped (also when the
-/// inner poll unwinds), then restores the outer one.
-pub(crate) struct Entered {
-    prev: *const (),
-}
-
-/// Enters the scope of a request. Keep the guard in the same stack frame as `frame`,
-/// declared after it (so that it is dropped first).
+/// Runs `f` with `frame` marked as the request being served on this thread, then
+/// restores the outer mark, also when `f` unwinds (in the manner of `scoped-tls`, whose
+/// keys take only `'static` types). The frame is borrowed for the whole call and the mark
+/// is restored before `set` returns, so no safe caller can leave it pointing at a frame
+/// that is gone.
 #[inline]
-pub(crate) fn enter(frame: &Frame<'_>) -> Entered {
+pub(crate) fn set<R>(frame: &Frame<'_>, f: impl FnOnce() -> R) -> R {
+    /// Restores the outer mark when dropped: at the end of `set`, or while unwinding.
+    struct Restore(*const ());
+    impl Drop for Restore {
+        #[inline]
+        fn drop(&mut self) {
+            let _ = CURRENT.try_with(|c| c.set(self.0));
+        }
+    }
     let p = ptr::from_ref(frame).cast::<()>();
-    Entered {
-        prev: CURRENT.with(|c| c.replace(p)),
-    }
-}
-
-impl Drop for Entered {
-    #[inline]
-    fn drop(&mut self) {
-        let _ = CURRENT.try_with(|c| c.set(self.prev));
-    }
+    let _restore = Restore(CURRENT.with(|c| c.replace(p)));
+    f()
 }
 
 /// Runs `f` with the request being served on this thread, if any.
@@ -58,10 +55,9 @@ pub(crate) fn with_current<T>(f: impl for<'x> FnOnce(Option<&'x Frame<'x>>) -> T
     if p.is_null() {
         return f(None);
     }
-    // SAFETY: a non-null `CURRENT` was set by `enter` from a `&Frame` whose `Entered`
-    // guard is still alive: both live in the stack frame of a `poll` that is running on
-    // this thread below us (the guard resets `CURRENT` before the frame is dropped, also
-    // when unwinding). So the frame is alive for the whole call of `f`, which cannot keep
+    // SAFETY: a non-null `CURRENT` was set by a call of `set` that is still running on
+    // this thread below us, from a `&Frame` that call borrows for its whole length (it
+    // restores `CURRENT` before it returns, also when unwinding). So the frame is alive for the whole call of `f`, which cannot keep
     // the reference (`T` does not depend on `'x`). Frames are only read through shared
     // references (their slots through a `RefCell`).
     f(Some(unsafe { &*p.cast::<Frame<'_>>() }))
@@ -100,40 +96,35 @@ mod tests {
             customer: Some(&a),
             slots: &slots,
         };
-        let outer_scope = enter(&outer);
-        assert_eq!(current_customer().unwrap().id().as_str(), "a");
-        {
+        set(&outer, || {
+            assert_eq!(current_customer().unwrap().id().as_str(), "a");
             let inner = Frame {
                 metered: false,
                 customer: Some(&b),
                 slots: &slots,
             };
-            let _s = enter(&inner);
-            assert_eq!(current_customer().unwrap().id().as_str(), "b");
-        }
-        {
+            set(&inner, || {
+                assert_eq!(current_customer().unwrap().id().as_str(), "b");
+            });
             let anonymous = Frame {
                 metered: false,
                 customer: None,
                 slots: &slots,
             };
-            let _s = enter(&anonymous);
-            assert!(current_customer().is_none());
-        }
-        assert_eq!(current_customer().unwrap().id().as_str(), "a");
-        let r = std::panic::catch_unwind(|| {
-            let slots = RefCell::new(Slots::default());
-            let inner = Frame {
-                metered: true,
-                customer: None,
-                slots: &slots,
-            };
-            let _s = enter(&inner);
-            panic!("in the handler");
+            set(&anonymous, || assert!(current_customer().is_none()));
+            assert_eq!(current_customer().unwrap().id().as_str(), "a");
+            let r = std::panic::catch_unwind(|| {
+                let slots = RefCell::new(Slots::default());
+                let inner = Frame {
+                    metered: true,
+                    customer: None,
+                    slots: &slots,
+                };
+                set(&inner, || panic!("in the handler"));
+            });
+            assert!(r.is_err());
+            assert_eq!(current_customer().unwrap().id().as_str(), "a");
         });
-        assert!(r.is_err());
-        assert_eq!(current_customer().unwrap().id().as_str(), "a");
-        drop(outer_scope);
         assert!(current_customer().is_none());
     }
 }

@@ -231,7 +231,7 @@ mod tests {
 
     #[test]
     fn recorders_attach_to_the_innermost_scope() {
-        use crate::scope::{Frame, enter};
+        use crate::scope::{Frame, set};
 
         assert!(UsageRecorder::current().is_none());
         let outer_slots = RefCell::new(Slots::default());
@@ -240,27 +240,27 @@ mod tests {
             customer: None,
             slots: &outer_slots,
         };
-        let scope = enter(&outer);
-        let a = UsageRecorder::current().unwrap();
-        a.add("tokens", 3);
-        {
+        let (a, c) = set(&outer, || {
+            let a = UsageRecorder::current().unwrap();
+            a.add("tokens", 3);
             let inner_slots = RefCell::new(Slots::default());
             let inner = Frame {
                 metered: false,
                 customer: None,
                 slots: &inner_slots,
             };
-            let _s = enter(&inner);
-            let b = UsageRecorder::current().unwrap();
-            assert!(!b.is_attached());
-            b.add("tokens", 100);
-            assert!(inner_slots.borrow().0.is_none());
-            assert!(inner_slots.borrow().all_dropped());
-            drop(b);
-        }
-        let c = UsageRecorder::current().unwrap();
-        c.add("tokens", 4);
-        drop(scope);
+            set(&inner, || {
+                let b = UsageRecorder::current().unwrap();
+                assert!(!b.is_attached());
+                b.add("tokens", 100);
+                assert!(inner_slots.borrow().0.is_none());
+                assert!(inner_slots.borrow().all_dropped());
+                drop(b);
+            });
+            let c = UsageRecorder::current().unwrap();
+            c.add("tokens", 4);
+            (a, c)
+        });
         assert!(UsageRecorder::current().is_none());
         let slots = outer_slots.into_inner();
         // One slot for the request, shared by its recorders.
