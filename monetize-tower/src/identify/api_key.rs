@@ -129,27 +129,10 @@ fn first_value<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a Head
         .map(|(_, v)| v)
 }
 
-/// Whether two short byte strings (header names, route templates) are equal: 8 to 16
-/// bytes (most custom header names and short routes) are compared as two overlapping
-/// words, shorter ones byte by byte, longer ones by `memcmp`.
+/// Whether two byte strings (header names, route templates) are equal.
 #[inline]
 pub(crate) fn same_name(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let n = a.len();
-    if (8..=16).contains(&n) {
-        let word = |s: &[u8], at: usize| {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(&s[at..at + 8]);
-            u64::from_ne_bytes(w)
-        };
-        return word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8);
-    }
-    if n > 16 {
-        return a == b;
-    }
-    a.iter().zip(b).all(|(x, y)| x == y)
+    a == b
 }
 
 impl fmt::Debug for ApiKey {
