@@ -12,7 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use monetize_core::{CustomerHandle, Exchange, MeterMatch, ReportedUsage, ResponseView};
 use pin_project_lite::pin_project;
 
-use crate::usage::{Slots, with_reported};
+use crate::slots::{Slots, with_reported};
 
 /// A body prefix kept for JSON-field meters, up to a cap. Past the cap it is dropped:
 /// a truncated JSON document could not be read anyway.

@@ -18,7 +18,7 @@ use crate::body::{
 use crate::layer::AtResponse;
 use crate::response::{BlockParts, apply_allow};
 use crate::scope::{self, Frame};
-use crate::usage::{Slots, with_reported};
+use crate::slots::{Slots, with_reported};
 
 /// What a metered request carries from `call` to its response.
 ///

@@ -150,6 +150,7 @@ mod response;
 mod route;
 mod scope;
 mod service;
+mod slots;
 pub mod usage;
 
 pub use body::{KeepBody, MapBody, RequestTap, ResponseBody, TapBody, TapRequestBody};

@@ -11,7 +11,7 @@ use std::ptr;
 
 use monetize_core::CustomerHandle;
 
-use crate::usage::Slots;
+use crate::slots::Slots;
 
 /// The request being served, on the stack of the layer's poll.
 pub(crate) struct Frame<'a> {
