@@ -7,14 +7,15 @@ mod hashed_id;
 mod plan;
 mod registry;
 mod resident;
+mod state;
 mod token;
 
 pub use change::StateChange;
-pub(crate) use handle::CustomerState;
 pub use handle::{CustomerHandle, CustomerStatus};
+pub(crate) use state::CustomerState;
 pub use token::CustomerToken;
 pub(crate) mod handle_flags {
-    pub(crate) use super::handle::{BLOCKED, CANCELLED, DELINQUENT, NO_PLAN};
+    pub(crate) use super::state::{BLOCKED, CANCELLED, DELINQUENT, NO_PLAN};
 }
 pub(crate) use plan::Plan;
 pub(crate) use registry::Registry;

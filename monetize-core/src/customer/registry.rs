@@ -16,10 +16,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use foldhash::fast::RandomState;
 
-use super::handle::{CustomerHandle, CustomerState};
+use super::handle::CustomerHandle;
 use super::handle_cache::{self, Lookup};
 use super::hashed_id::{HashedId, IdQuery, PassHash};
 use super::resident::Resident;
+use super::state::CustomerState;
 use crate::config::OverflowPolicy;
 use crate::error::CoreError;
 use crate::id::CustomerId;

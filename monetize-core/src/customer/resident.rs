@@ -36,18 +36,15 @@ use std::ops::Deref;
 use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
 
-// Under `--cfg monetize_loom` the count word and its fences are loom's, so that the loom
-// model at the foot of this file explores every interleaving of pin, unpin, watch, seal
-// and free (`scripts/test` runs it).
+// Under `--cfg monetize_loom` the fences are loom's (as is the count word, see
+// `RefCount`), so that the loom model at the foot of this file explores every interleaving
+// of pin, unpin, watch, seal and free (`scripts/test` runs it).
 #[cfg(monetize_loom)]
-use loom::sync::atomic::{AtomicU64, fence};
+use loom::sync::atomic::fence;
 #[cfg(not(monetize_loom))]
-use std::sync::atomic::{AtomicU64, fence};
+use std::sync::atomic::fence;
 
-use super::handle::CustomerState;
-
-/// The type of [`CustomerState::refs`].
-pub(crate) type RefCount = AtomicU64;
+use super::state::CustomerState;
 
 // What the `unsafe impl Send/Sync` below rely on: the state they point to is itself
 // `Send + Sync`.
@@ -69,11 +66,6 @@ const WATCHES: u64 = PINS << 31;
 /// More references of one kind than this means handles are being leaked (`mem::forget`
 /// in a loop): abort, as `Arc` does, rather than let a count run into the next field.
 const MAX_PINS: u64 = PINS >> 1;
-
-/// The new count word of a state.
-pub(crate) fn refs_new() -> RefCount {
-    AtomicU64::new(0)
-}
 
 /// The ids of the states freed (the loom model checks that each is freed exactly once).
 #[cfg(all(test, monetize_loom))]
