@@ -131,7 +131,7 @@ async fn main() -> Result<(), Error> {
         spool,
         vec![ProviderRoute::from_config(ledger.clone(), &reporting)],
         ReporterOptions::from(&reporting),
-    );
+    )?;
 
     // 4. The API, monetized with one layer.
     let usage_routes = UsageRoutes::new(engine.clone());

@@ -219,6 +219,18 @@ impl Engine {
             .collect()
     }
 
+    /// The configured meters with their aggregations, in index order.
+    pub fn meter_aggregations(&self) -> Vec<(MeterId, crate::meter::Aggregation)> {
+        self.inner
+            .metering
+            .config
+            .load()
+            .meters
+            .iter()
+            .map(|m| (m.id.clone(), m.aggregation))
+            .collect()
+    }
+
     /// The index of a meter, to record through [`Engine::record`].
     pub fn meter_index(&self, name: &str) -> Option<MeterIndex> {
         self.inner

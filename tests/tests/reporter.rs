@@ -9,14 +9,15 @@ use async_trait::async_trait;
 use monetize_core::ledger::LedgerProvider;
 use monetize_core::provider::{BillingProvider, ProviderError, RecordOutcome, UsageRecord};
 use monetize_core::report::{
-    Delta, MemorySpool, ProviderRoute, RedbSpool, Reporter, ReporterOptions, Spool, SpoolError,
+    Checkpoint, MemorySpool, ProviderRoute, RedbSpool, Reporter, ReporterOptions, Spool, SpoolError,
 };
 use monetize_core::{Engine, EventKind};
 use monetize_tests::spool::MergeHook;
 use tokio::time::Instant;
 
-/// A window so long that it never closes during a test: only shutdown or flush sends it.
-const NEVER_CLOSES: Duration = Duration::from_secs(1_000_000_000);
+/// The longest window accepted (a UTC day): it does not close during a test (unless the
+/// test runs across midnight UTC), so only shutdown or flush sends it.
+const NEVER_CLOSES: Duration = Duration::from_secs(86_400);
 
 fn fast() -> ReporterOptions {
     ReporterOptions::default()
@@ -58,7 +59,8 @@ async fn shutdown_reports_everything_including_the_open_window() {
         spool.clone(),
         vec![route(ledger.clone())],
         fast(),
-    );
+    )
+    .unwrap();
     for i in 0..100u64 {
         engine.record_by_id("c1", "meter_a", i).unwrap();
         engine.record_by_id("c2", "meter_b", 2).unwrap();
@@ -135,7 +137,8 @@ async fn rejected_records_go_to_the_dead_letter_list_and_raise_an_event() {
         spool.clone(),
         vec![route(picky.clone())],
         fast(),
-    );
+    )
+    .unwrap();
     engine.record_by_id("good", "meter_a", 5).unwrap();
     engine.record_by_id("bad", "meter_a", 3).unwrap();
     let summary = reporter.shutdown().await.unwrap();
@@ -185,7 +188,8 @@ async fn a_permanent_provider_error_dead_letters_the_batch() {
         permanent: true,
     });
     let spool = Arc::new(MemorySpool::new());
-    let reporter = Reporter::start(engine.clone(), spool.clone(), vec![route(picky)], fast());
+    let reporter =
+        Reporter::start(engine.clone(), spool.clone(), vec![route(picky)], fast()).unwrap();
     engine.record_by_id("c1", "meter_a", 5).unwrap();
     engine.record_by_id("c2", "meter_b", 6).unwrap();
     let summary = reporter.shutdown().await.unwrap();
@@ -236,7 +240,8 @@ async fn sealed_entries_keep_key_and_quantity_across_a_restart() {
         spool.clone(),
         vec![route(down.clone())],
         opts.clone(),
-    );
+    )
+    .unwrap();
     engine.record_by_id("c1", "meter_a", 42).unwrap();
     let flushed = reporter.flush_now().await.unwrap();
     assert_eq!(flushed.pending_left, 1);
@@ -278,7 +283,8 @@ async fn sealed_entries_keep_key_and_quantity_across_a_restart() {
         spool.clone(),
         vec![route(ledger.clone())],
         opts,
-    );
+    )
+    .unwrap();
     engine.record_by_id("c1", "meter_a", 8).unwrap();
     let summary = reporter.shutdown().await.unwrap();
     assert_eq!(summary.pending_left, 0);
@@ -308,7 +314,8 @@ async fn late_usage_for_a_sent_window_goes_to_a_new_part() {
         spool.clone(),
         vec![route(ledger.clone())],
         fast(),
-    );
+    )
+    .unwrap();
     engine.record_by_id("c1", "meter_a", 5).unwrap();
     let flushed = reporter.flush_now().await.unwrap();
     assert_eq!((flushed.records_sent, flushed.pending_left), (1, 0));
@@ -333,13 +340,13 @@ async fn failed_merges_keep_the_deltas() {
     let attempts = merges.clone();
     let spool = Arc::new(MergeHook::new(
         MemorySpool::new(),
-        move |inner: &MemorySpool, routes, deltas: &[Delta], now_unix, window_secs| {
+        move |inner: &MemorySpool, routes, checkpoints: &[Checkpoint], window_secs| {
             if attempts.fetch_add(1, Ordering::SeqCst) < 5 {
                 return Err(SpoolError::Unavailable {
                     reason: "disk full".into(),
                 });
             }
-            inner.merge(routes, deltas, now_unix, window_secs)
+            inner.merge_checkpoints(routes, checkpoints, window_secs)
         },
     ));
     engine.record_by_id("c1", "meter_a", 10).unwrap();
@@ -348,7 +355,8 @@ async fn failed_merges_keep_the_deltas() {
         spool.clone(),
         vec![route(ledger.clone())],
         fast(),
-    );
+    )
+    .unwrap();
     // Record while merges fail; each failed merge keeps its deltas for the next one.
     let mut recorded = 10;
     while merges.load(Ordering::SeqCst) < 5 {
@@ -400,7 +408,8 @@ async fn routes_send_each_provider_its_meters() {
                 .with_meters(vec![monetize_core::MeterId::new("meter_b").unwrap()]),
         ],
         fast(),
-    );
+    )
+    .unwrap();
     engine.record_by_id("c1", "meter_a", 4).unwrap();
     engine.record_by_id("c1", "meter_b", 6).unwrap();
     reporter.shutdown().await.unwrap();

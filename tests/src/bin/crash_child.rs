@@ -36,7 +36,9 @@ use async_trait::async_trait;
 use monetize_core::Engine;
 use monetize_core::ledger::LedgerProvider;
 use monetize_core::provider::{BillingProvider, ProviderError, RecordOutcome, UsageRecord};
-use monetize_core::report::{Delta, ProviderRoute, RedbSpool, Reporter, ReporterOptions, Spool};
+use monetize_core::report::{
+    Checkpoint, ProviderRoute, RedbSpool, Reporter, ReporterOptions, Spool,
+};
 use monetize_tests::spool::MergeHook;
 
 /// What the test asked for.
@@ -152,10 +154,11 @@ async fn child(p: Params) -> Result<(), Box<dyn std::error::Error>> {
     let ours = customer.clone();
     let spool = Arc::new(MergeHook::new(
         RedbSpool::open(dir.join("spool.redb"))?,
-        move |inner: &RedbSpool, routes, deltas: &[Delta], now_unix, window_secs| {
-            let n = inner.merge(routes, deltas, now_unix, window_secs)?;
-            let mine: u64 = deltas
+        move |inner: &RedbSpool, routes, checkpoints: &[Checkpoint], window_secs| {
+            let n = inner.merge_checkpoints(routes, checkpoints, window_secs)?;
+            let mine: u64 = checkpoints
                 .iter()
+                .flat_map(|c| &c.deltas)
                 .filter(|d| d.customer.as_str() == ours)
                 .map(|d| d.measure.quantity())
                 .sum();
@@ -182,7 +185,7 @@ async fn child(p: Params) -> Result<(), Box<dyn std::error::Error>> {
         file: counter_file(&dir.join(format!("held-{run}")))?,
     });
     let route = ProviderRoute::new(held).with_report_interval(Duration::from_millis(100));
-    let reporter = Reporter::start(engine.clone(), spool.clone(), vec![route], options);
+    let reporter = Reporter::start(engine.clone(), spool.clone(), vec![route], options)?;
 
     let mut recorded: u64 = 0;
     let mut tick = tokio::time::interval(Duration::from_millis(1));
