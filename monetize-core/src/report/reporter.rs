@@ -1427,6 +1427,7 @@ async fn dead_letter(shared: &Shared, records: Vec<UsageRecord>, reason: String)
 mod tests {
     use super::*;
     use crate::meter::Measure;
+    use crate::report::Spool;
 
     fn d(c: &str, m: &str, measure: Measure) -> Delta {
         Delta::new(
@@ -1475,6 +1476,50 @@ mod tests {
             (r.report_interval, r.meters),
             (Duration::from_secs(10), None)
         );
+    }
+
+    /// Issue 10 item 9: a corrupt row is quarantined once with an event, and the rest is
+    /// reported.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_corrupt_row_is_quarantined_with_an_event() {
+        use crate::report::MemorySpool;
+        use crate::report::spool_kv::{RowKey, Table};
+        let engine = Engine::for_tests(&["calls"]);
+        let spool = Arc::new(MemorySpool::new());
+        let bad = RowKey {
+            provider: "ledger".into(),
+            meter: "calls".into(),
+            customer: "c0".into(),
+            window_start: 60,
+            part: 0,
+        };
+        spool.put_raw(Table::Pending, bad, &[7, 7, 7]);
+        let ledger = Arc::new(crate::ledger::LedgerProvider::new());
+        let reporter = Reporter::start(
+            engine.clone(),
+            spool.clone(),
+            vec![ProviderRoute::new(ledger.clone())],
+            ReporterOptions::default().with_checkpoint_interval(Duration::from_millis(10)),
+        )
+        .unwrap();
+        engine.record_by_id("c1", "calls", 3).unwrap();
+        let summary = reporter.shutdown().await.unwrap();
+        assert_eq!(ledger.total("calls", "c1"), 3);
+        assert_eq!(
+            summary.pending_left, 0,
+            "the corrupt row no longer blocks anything"
+        );
+        assert_eq!(summary.stats.quarantined, 1);
+        let events = engine.drain_events(100);
+        let quarantined: Vec<_> = events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::SpoolRowQuarantined { key, .. } => Some(key.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(quarantined, vec!["ledger/calls/c0/60#0".to_owned()]);
+        assert_eq!(spool.quarantined().unwrap().len(), 1);
     }
 
     #[test]
