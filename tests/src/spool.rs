@@ -1,6 +1,8 @@
 //! A spool wrapper for tests: runs a hook around `merge_checkpoints` and forwards
 //! everything else.
 
+use monetize_core::MeterId;
+use monetize_core::meter::Aggregation;
 use monetize_core::provider::UsageRecord;
 use monetize_core::report::{
     Acknowledged, Checkpoint, DeadLetter, PendingEntry, Pruned, Quarantined, Settled, Spool,
@@ -94,6 +96,14 @@ impl<S: Spool> Spool for MergeHook<S> {
 
     fn to_reconcile(&self, provider: Option<&str>) -> Result<Vec<DeadLetter>, SpoolError> {
         self.inner.to_reconcile(provider)
+    }
+
+    fn stored_aggregation(
+        &self,
+        provider: &str,
+        meter: &MeterId,
+    ) -> Result<Option<Aggregation>, SpoolError> {
+        self.inner.stored_aggregation(provider, meter)
     }
 
     fn quarantined(&self) -> Result<Vec<Quarantined>, SpoolError> {

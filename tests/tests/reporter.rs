@@ -738,3 +738,35 @@ async fn a_401_then_a_fixed_key_bills_everything_once() {
         .count();
     assert_eq!(alerts, 1, "one alert per failure streak");
 }
+
+/// Issue 11 item 1: a meter whose aggregation changed across a restart, with usage still
+/// pending under the old one, is a start-up error naming the meter.
+#[tokio::test]
+async fn a_meter_whose_aggregation_changed_is_refused_at_start() {
+    use monetize_core::meter::Measure;
+    use monetize_core::report::{Delta, SpoolRoute};
+    let spool = Arc::new(MemorySpool::new());
+    let peak = Delta::new(
+        monetize_core::CustomerId::new("c1").unwrap(),
+        MeterId::new("meter_a").unwrap(),
+        Measure::Max(5),
+    );
+    spool
+        .merge(&[SpoolRoute::all("ledger")], &[peak], 100, 60)
+        .unwrap();
+    let err = Reporter::start(
+        Engine::for_tests(&["meter_a", "meter_b"]),
+        spool.clone(),
+        vec![route(Arc::new(LedgerProvider::new()))],
+        fast(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, ReporterError::AggregationChanged { meter, stored: Aggregation::Max, configured: Aggregation::Sum }
+            if meter.as_str() == "meter_a"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("meter_a"), "{err}");
+    // the stored value is untouched
+    assert_eq!(spool.pending(None).unwrap()[0].quantity(), 5);
+}

@@ -325,6 +325,22 @@ pub enum ReporterError {
         /// What the provider said.
         reason: String,
     },
+    /// A meter has usage pending in the spool under another aggregation than the one now
+    /// configured (merging them would replace or mix the stored value). Restore the old
+    /// aggregation until that usage is delivered, or give the changed meter a new id.
+    #[error(
+        "meter {meter} has usage pending in the spool aggregated as {} but is now configured as {}: restore the old aggregation until it is delivered, or give the meter a new id",
+        stored.as_str(),
+        configured.as_str()
+    )]
+    AggregationChanged {
+        /// The meter.
+        meter: MeterId,
+        /// The aggregation of its pending usage.
+        stored: crate::meter::Aggregation,
+        /// The configured one.
+        configured: crate::meter::Aggregation,
+    },
     /// An option is out of range.
     #[error("invalid reporter option {field}: {reason}")]
     InvalidOptions {
@@ -505,6 +521,26 @@ impl Reporter {
                         meter: meter.clone(),
                         reason,
                     })?;
+            }
+        }
+        for p in &providers {
+            let name = p.provider.name();
+            let route = SpoolRoute {
+                provider: name.to_owned(),
+                meters: p.meters.clone(),
+            };
+            for (meter, configured) in meters.iter().filter(|(m, _)| route.takes(m)) {
+                // One key lookup per routed meter (blocking, at start-up only).
+                let stored = spool.stored_aggregation(name, meter)?;
+                if let Some(stored) = stored
+                    && stored != *configured
+                {
+                    return Err(ReporterError::AggregationChanged {
+                        meter: meter.clone(),
+                        stored,
+                        configured: *configured,
+                    });
+                }
             }
         }
         let mut writer = [0u8; 8];

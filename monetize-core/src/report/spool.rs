@@ -469,6 +469,18 @@ pub trait Spool: Send + Sync + 'static {
     /// Rows moved out of the way because they could not be decoded.
     fn quarantined(&self) -> Result<Vec<Quarantined>, SpoolError>;
 
+    /// How the pending entries of `meter` for `provider` aggregate (read from its first
+    /// pending entry), or `None` when it has none. [`Reporter::start`] compares it with the
+    /// configured aggregation: a meter whose aggregation changed across a restart is an
+    /// error, never a silent replacement of the stored value.
+    ///
+    /// [`Reporter::start`]: crate::report::Reporter::start
+    fn stored_aggregation(
+        &self,
+        provider: &str,
+        meter: &MeterId,
+    ) -> Result<Option<Aggregation>, SpoolError>;
+
     /// Deletes up to `max` acknowledged records whose report window ended before
     /// `before_unix`, scanning at most a bounded number of rows after `after`. Windows that
     /// ended before `before_unix` take no more usage from then on (a late delta goes to the

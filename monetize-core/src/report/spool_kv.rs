@@ -797,6 +797,27 @@ pub(crate) fn settled_in<T: KvRead + ?Sized>(
         .collect()
 }
 
+pub(crate) fn stored_aggregation_in<T: KvRead + ?Sized>(
+    txn: &mut T,
+    provider: &str,
+    meter: &MeterId,
+) -> Result<Option<Aggregation>, SpoolError> {
+    let from = RowKey {
+        provider: provider.to_owned(),
+        meter: meter.as_str().to_owned(),
+        customer: String::new(),
+        window_start: 0,
+        part: 0,
+    };
+    let rows = txn.scan(Table::Pending, &from, 1, &|k| {
+        k.provider == provider && k.meter == meter.as_str()
+    })?;
+    match rows.first() {
+        Some((rk, bytes)) => Ok(Some(decode::<PendingRow>(rk, bytes)?.aggregation())),
+        None => Ok(None),
+    }
+}
+
 pub(crate) fn quarantined_in<T: KvRead + ?Sized>(
     txn: &mut T,
 ) -> Result<Vec<Quarantined>, SpoolError> {

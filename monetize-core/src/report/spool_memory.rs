@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Mutex, PoisonError};
 
+use crate::id::MeterId;
+use crate::meter::Aggregation;
 use crate::provider::UsageRecord;
 use crate::report::dead_letter::DeadLetter;
 use crate::report::spool::{
@@ -13,7 +15,8 @@ use crate::report::spool::{
 };
 use crate::report::spool_kv::{
     KvRead, KvWrite, RowKey, Table, ack_in, acknowledged_in, dead_letter_in, last_checkpoint_in,
-    merge_in, pending_in, prune_batch_in, quarantined_in, requeue_in, settled_in, take_in,
+    merge_in, pending_in, prune_batch_in, quarantined_in, requeue_in, settled_in,
+    stored_aggregation_in, take_in,
 };
 
 type Rows = BTreeMap<RowKey, Vec<u8>>;
@@ -184,6 +187,14 @@ impl Spool for MemorySpool {
 
     fn to_reconcile(&self, provider: Option<&str>) -> Result<Vec<DeadLetter>, SpoolError> {
         self.with(|t| settled_in(t, Settled::Reconciliation, provider))
+    }
+
+    fn stored_aggregation(
+        &self,
+        provider: &str,
+        meter: &MeterId,
+    ) -> Result<Option<Aggregation>, SpoolError> {
+        self.with(|t| stored_aggregation_in(t, provider, meter))
     }
 
     fn quarantined(&self) -> Result<Vec<Quarantined>, SpoolError> {

@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use crate::id::MeterId;
+use crate::meter::Aggregation;
 use crate::provider::UsageRecord;
 use crate::report::dead_letter::DeadLetter;
 use crate::report::spool::{
@@ -22,7 +24,7 @@ use crate::report::spool::{
 use crate::report::spool_kv::{
     KvRead, KvWrite, RowKey, Table, ack_in, acknowledged_in, dead_letter_in, last_checkpoint_in,
     merge_in, pending_in, prune_batch_in, quarantined_in, requeue_in, settled_in, spool_id_in,
-    take_in,
+    stored_aggregation_in, take_in,
 };
 
 type Key = (&'static str, &'static str, &'static str, u64, u32);
@@ -320,6 +322,14 @@ impl Spool for RedbSpool {
 
     fn to_reconcile(&self, provider: Option<&str>) -> Result<Vec<DeadLetter>, SpoolError> {
         self.read(|r| settled_in(r, Settled::Reconciliation, provider))
+    }
+
+    fn stored_aggregation(
+        &self,
+        provider: &str,
+        meter: &MeterId,
+    ) -> Result<Option<Aggregation>, SpoolError> {
+        self.read(|r| stored_aggregation_in(r, provider, meter))
     }
 
     fn quarantined(&self) -> Result<Vec<Quarantined>, SpoolError> {
