@@ -1,25 +1,39 @@
 //! The reporter: moves usage from the engine's cells to the spool (checkpoints) and from the
 //! spool to billing providers (reports), exactly once.
 //!
-//! [`Reporter::start`] spawns one checkpoint task and one task per provider:
+//! [`Reporter::start`] checks the routes (distinct provider names, every routed meter
+//! accepted by its provider's [`BillingProvider::check_meter`], no meter whose aggregation
+//! changed while usage is pending) and spawns one checkpoint task, one prune task and one
+//! task per provider:
 //!
 //! - **Checkpoint**, every `checkpoint_interval`: [`Engine::checkpoint`] swaps every usage
-//!   cell to zero and returns the deltas, which [`Spool::merge`] adds into the current report
-//!   window in one transaction. If the merge fails, the deltas stay in the reporter's memory
-//!   and are merged with the next checkpoint's (never dropped; each failure is a
-//!   `tracing` warning).
-//! - **Report**, every provider's `report_interval`: [`Spool::take_due`] seals the closed
-//!   windows and hands them out in batches of the provider's `max_batch`; each batch is sent
-//!   under `call_timeout`. Timeouts and retryable errors are retried within the round with
-//!   exponential backoff and jitter (`min_backoff` .. `max_backoff`, at most `max_retries`
-//!   times); a throttle waits at least the provider's `retry_after`. Accepted records are
-//!   acknowledged; records refused for good go to the dead letter list and raise an
-//!   [`EventKind::DeadLetter`] event. Anything else stays sealed in the spool and is sent
-//!   again next round (and after a restart) with the same idempotency key and quantity, so
-//!   a provider that deduplicates on the key bills it once.
+//!   cell to zero and returns the deltas, dated by the swap time and numbered (this run's
+//!   writer id and a sequence number), which [`Spool::merge_checkpoints`] adds into the
+//!   report window of the swap time in one transaction that also stores the number. If the
+//!   merge fails, the checkpoint stays in the reporter's memory; before the next attempt
+//!   the reporter asks the spool which numbers committed anyway (an error does not mean no
+//!   effect), drops those, and merges the rest with the next checkpoint (never dropped,
+//!   never added twice; each failure is a `tracing` warning).
+//! - **Report**, every provider's `report_interval`: [`Spool::take`] seals the closed
+//!   windows and hands them out in batches of the provider's `max_batch`, examining a
+//!   bounded number of rows per batch; each batch is sent under `call_timeout`. Timeouts,
+//!   retryable errors and refused credentials (with one [`EventKind::ProviderUnauthorized`]
+//!   per failure streak) are retried within the round with exponential backoff and jitter
+//!   (`min_backoff` .. `max_backoff`, at most `max_retries` times); a throttle waits at
+//!   least the provider's `retry_after`. Accepted records are acknowledged; records refused
+//!   for good go to the dead letter list and raise an [`EventKind::DeadLetter`] event.
+//!   Anything else stays sealed in the spool and is sent again next round (and after a
+//!   restart) with the same idempotency key and quantity, so a provider that deduplicates
+//!   on the key bills it once, until the record's first delivery is older than the
+//!   provider's [`BillingProvider::dedup_horizon`]: then it moves to the reconciliation
+//!   list with an [`EventKind::NeedsReconciliation`] event instead of being resent.
+//! - **Prune**, every hour: acknowledged records whose window ended before
+//!   `audit_retention` are deleted in transactions of 500 rows, off the checkpoint task.
 //!
-//! [`ReporterHandle::shutdown`] takes a final checkpoint, then reports everything, the open
-//! window included, retrying until done or `shutdown_timeout`.
+//! [`ReporterHandle::shutdown_after`] waits for the server's graceful stop, then
+//! [`ReporterHandle::shutdown`] takes a final checkpoint and reports everything, the open
+//! window included (except open windows of non-additive meters, which wait in the spool
+//! until they close), retrying until done or `shutdown_timeout`.
 //!
 //! # What a crash loses
 //!
@@ -623,8 +637,10 @@ impl ReporterHandle {
     }
 
     /// Checkpoints now, then sends everything pending to every provider, the open window
-    /// included (its entry is sealed: later usage of the window goes to the next part).
-    /// Failed deliveries stay pending for the next round.
+    /// included (its entry is sealed: later usage of the window goes to the next part),
+    /// except open windows of non-additive meters (`max`, `latest`, `unique_count`): a
+    /// provider would sum their parts, so they wait until the window closes. Failed
+    /// deliveries stay pending for the next round.
     pub async fn flush_now(&self) -> Result<ReportSummary, ReporterError> {
         let (reply, rx) = oneshot::channel();
         self.checkpoint_tx
