@@ -809,13 +809,15 @@ pub(crate) fn stored_aggregation_in<T: KvRead + ?Sized>(
         window_start: 0,
         part: 0,
     };
-    let rows = txn.scan(Table::Pending, &from, 1, &|k| {
+    // A corrupt row is skipped here (the next take quarantines it): it must not block a
+    // start.
+    let rows = txn.scan(Table::Pending, &from, 16, &|k| {
         k.provider == provider && k.meter == meter.as_str()
     })?;
-    match rows.first() {
-        Some((rk, bytes)) => Ok(Some(decode::<PendingRow>(rk, bytes)?.aggregation())),
-        None => Ok(None),
-    }
+    Ok(rows
+        .iter()
+        .find_map(|(rk, bytes)| decode::<PendingRow>(rk, bytes).ok())
+        .map(|row| row.aggregation()))
 }
 
 pub(crate) fn quarantined_in<T: KvRead + ?Sized>(
