@@ -131,7 +131,7 @@ async fn main() -> Result<(), Error> {
         spool,
         vec![ProviderRoute::from_config(ledger.clone(), &reporting)],
         ReporterOptions::from(&reporting),
-    );
+    )?;
 
     // 4. The API, monetized with one layer.
     let usage_routes = UsageRoutes::new(engine.clone());
@@ -147,7 +147,15 @@ async fn main() -> Result<(), Error> {
 
     let listener = bind(args.port).await?;
     let addr = listener.local_addr()?;
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    // Stopped gracefully: calls in flight finish and are metered before the last checkpoint.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
     println!(
         "monetize quickstart: API on http://{addr}  (data in {})\n",
         data_dir.display()
@@ -162,8 +170,16 @@ async fn main() -> Result<(), Error> {
         println!("Ctrl-C reports everything still pending and exits.");
         tokio::signal::ctrl_c().await?;
     }
-    server.abort();
-    let summary = reporter.shutdown().await?;
+    let _ = stop.send(());
+    // Waits for the server to finish its calls, then checkpoints and reports everything.
+    let summary = reporter
+        .shutdown_after(async move {
+            server
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())
+        })
+        .await?;
     println!(
         "\nshutdown: {} records reported, {} pending, {} dead letters; ledger holds {} records",
         summary.records_sent,

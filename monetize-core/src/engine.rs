@@ -123,6 +123,9 @@ pub struct EngineStats {
     pub rejected: u64,
     /// Events dropped because the queue was full.
     pub events_dropped: u64,
+    /// Responses not metered because their request was matched by another engine (a
+    /// programming error: each request's `MeterMatch` belongs to the engine that made it).
+    pub foreign_matches: u64,
     /// Per rule: (name, shadow mode, requests it blocked or would have blocked).
     pub rule_hits: Vec<(String, bool, u64)>,
 }
@@ -216,6 +219,18 @@ impl Engine {
             .meters
             .iter()
             .map(|m| m.id.clone())
+            .collect()
+    }
+
+    /// The configured meters with their aggregations, in index order.
+    pub fn meter_aggregations(&self) -> Vec<(MeterId, crate::meter::Aggregation)> {
+        self.inner
+            .metering
+            .config
+            .load()
+            .meters
+            .iter()
+            .map(|m| (m.id.clone(), m.aggregation))
             .collect()
     }
 
@@ -820,6 +835,7 @@ impl Engine {
             overflowed: self.inner.registry.overflowed.load(Ordering::Relaxed),
             rejected: self.inner.registry.rejected.load(Ordering::Relaxed),
             events_dropped: self.inner.events.dropped.load(Ordering::Relaxed),
+            foreign_matches: self.inner.metering.foreign_matches.load(Ordering::Relaxed),
             rule_hits: cfg
                 .rules
                 .iter()

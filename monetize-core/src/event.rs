@@ -61,6 +61,41 @@ pub enum EventKind {
     },
     /// A new customer could not get its own usage cells because the customer cap was hit.
     CustomerOverflow,
+    /// A usage record was first sent longer ago than its provider remembers idempotency
+    /// keys and was never acknowledged: it is not re-sent blindly but moved to the
+    /// reconciliation list. Check at the provider whether it was billed, then requeue it
+    /// (`Spool::requeue`) if it was not.
+    NeedsReconciliation {
+        /// The provider.
+        provider: String,
+        /// The record's idempotency key.
+        idempotency_key: String,
+        /// The quantity it carries.
+        quantity: u64,
+    },
+    /// A provider refused the credentials: its records stay pending and are retried until
+    /// somebody fixes the key (raised once per failure streak).
+    ProviderUnauthorized {
+        /// The provider.
+        provider: String,
+        /// What it said.
+        message: String,
+    },
+    /// A spool row could not be decoded and was moved to the quarantine table
+    /// (`Spool::quarantined`): bill it by hand if needed.
+    SpoolRowQuarantined {
+        /// The row's key.
+        key: String,
+        /// Why it could not be decoded.
+        reason: String,
+    },
+    /// Usage was recorded after the reporter's final checkpoint (requests still running
+    /// at shutdown): it is not billed. Stop the server before the reporter
+    /// (`ReporterHandle::shutdown_with`) to make this impossible.
+    UsageAfterShutdown {
+        /// Usage cells that were not empty.
+        cells: u64,
+    },
 }
 
 /// An event with its customer (when it concerns one) and time.

@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
@@ -61,6 +61,10 @@ struct State {
     deliveries: HashMap<String, u32>,
     conflicts: u64,
     file: Option<File>,
+    /// Where the last complete line of the file ends: every append is written there and
+    /// the file cut right after it, so bytes of a write cut short never stay in front of a
+    /// later line (which would make the next open fail).
+    good_len: u64,
 }
 
 /// An embedded billing provider that keeps what it is sent (see the module docs).
@@ -109,8 +113,9 @@ impl LedgerProvider {
         };
         let mut file = OpenOptions::new()
             .read(true)
-            .append(true)
+            .write(true)
             .create(true)
+            .truncate(false)
             .open(&path)
             .map_err(io)?;
         let mut state = State::default();
@@ -160,6 +165,7 @@ impl LedgerProvider {
             file.set_len(good_len).map_err(io)?;
         }
         state.file = Some(file);
+        state.good_len = good_len;
         Ok(Self {
             path: Some(path),
             state: Mutex::new(state),
@@ -276,18 +282,29 @@ impl BillingProvider for LedgerProvider {
                 }
                 continue;
             }
+            let good_len = state.good_len;
             if let Some(file) = state.file.as_mut() {
                 let written = serde_json::to_vec(record)
                     .map_err(std::io::Error::other)
                     .and_then(|mut line| {
                         line.push(b'\n');
-                        file.write_all(&line)
+                        let end = good_len + line.len() as u64;
+                        file.seek(SeekFrom::Start(good_len))?;
+                        file.write_all(&line)?;
+                        // Drops whatever a torn earlier write left past this line.
+                        if file.metadata()?.len() != end {
+                            file.set_len(end)?;
+                        }
+                        Ok(end)
                     });
-                if let Err(e) = written {
-                    out.push(RecordOutcome::Retry {
-                        reason: format!("cannot append to the ledger file: {e}"),
-                    });
-                    continue;
+                match written {
+                    Ok(end) => state.good_len = end,
+                    Err(e) => {
+                        out.push(RecordOutcome::Retry {
+                            reason: format!("cannot append to the ledger file: {e}"),
+                        });
+                        continue;
+                    }
                 }
             }
             state
@@ -375,6 +392,25 @@ mod tests {
         assert_eq!(text.lines().count(), 3);
         assert!(text.ends_with('\n'));
         assert_eq!(LedgerProvider::open(&path).unwrap().total_all(), 12);
+    }
+
+    /// Issue 10 item 9: a write cut short while the ledger stays open (a full disk) must
+    /// not end up in front of the next line, where it would make every later open fail.
+    #[tokio::test]
+    async fn a_torn_write_does_not_break_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.jsonl");
+        let l = LedgerProvider::open(&path).unwrap();
+        l.report(&[rec("c1", 0, 5)]).await.unwrap();
+        // the torn bytes of a failed append
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"idempotency_key\":\"mz1_").unwrap();
+        drop(f);
+        l.report(&[rec("c1", 60, 2)]).await.unwrap();
+        drop(l);
+        let l = LedgerProvider::open(&path).unwrap();
+        assert_eq!(l.len(), 2);
+        assert_eq!(l.total("calls", "c1"), 7);
     }
 
     #[test]

@@ -44,6 +44,10 @@ impl Events {
 pub(crate) struct Metering {
     pub(crate) config: ConfigCell,
     events: Weak<Events>,
+    /// Responses whose request match came from another engine (a generation this engine
+    /// never had): nothing of them can be metered here, so they are counted, never
+    /// dropped silently ([`EngineStats::foreign_matches`](crate::EngineStats)).
+    pub(crate) foreign_matches: AtomicU64,
 }
 
 impl Metering {
@@ -51,6 +55,20 @@ impl Metering {
         Self {
             config,
             events: Arc::downgrade(events),
+            foreign_matches: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts a match from another engine, and logs the first one.
+    #[cold]
+    fn foreign_match(&self, generation: u32) {
+        if self.foreign_matches.fetch_add(1, Ordering::Relaxed) == 0 {
+            tracing::error!(
+                generation,
+                "a request matched by another engine was metered here: its usage is not \
+                 recorded (pass each request's MeterMatch back to the engine that made it); \
+                 counted in EngineStats::foreign_matches"
+            );
         }
     }
 
@@ -71,6 +89,7 @@ impl Metering {
     pub(crate) fn meter_status(&self, s: &CustomerState, m: MeterMatch, status: u16) -> bool {
         let Some(cfg) = self.config.at(m.generation()) else {
             // A match from another engine: nothing to record, as `meter_response` does.
+            self.foreign_match(m.generation());
             return true;
         };
         let phases = &cfg.phases;
@@ -117,6 +136,7 @@ impl Metering {
     pub(crate) fn meter_response(&self, s: &CustomerState, m: MeterMatch, ex: &Exchange<'_>) {
         let Some(cfg) = self.config.at(m.generation()) else {
             // A match from another engine: nothing of it can be trusted here.
+            self.foreign_match(m.generation());
             return;
         };
         let phases = &cfg.phases;
@@ -270,4 +290,39 @@ pub(crate) fn for_tests() -> &'static Arc<Metering> {
             &Arc::new(Events::new(16)),
         ))
     })
+}
+
+#[cfg(test)]
+mod foreign_tests {
+    use http::{HeaderMap, Method, StatusCode};
+
+    use crate::Engine;
+    use crate::config::{Config, MeterConfig, ValueConfig};
+    use crate::meter::Exchange;
+
+    fn config() -> Config {
+        let mut cfg = Config::builder()
+            .meter(MeterConfig::sum("calls", ValueConfig::Count))
+            .build();
+        cfg.rules = Some(Vec::new());
+        cfg
+    }
+
+    /// Issue 10 item 9: a response whose match came from another engine cannot be metered
+    /// here; it is counted (and logged once), never dropped silently.
+    #[test]
+    fn a_match_from_another_engine_is_counted() {
+        let a = Engine::new(config()).unwrap();
+        a.reload(config()).unwrap();
+        let b = Engine::new(config()).unwrap();
+        let (get, hs) = (Method::GET, HeaderMap::new());
+        let m = a.meter_request(&Exchange::new(&get, "/", &hs));
+        let h = b.resolve("c1").unwrap();
+        let ex = Exchange::new(&get, "", &hs).response(StatusCode::OK, &hs, 0);
+        b.meter_response(&h, m, &ex);
+        b.meter_response(&h, m, &ex);
+        assert_eq!(b.stats().foreign_matches, 2);
+        assert_eq!(a.stats().foreign_matches, 0);
+        assert!(b.checkpoint().is_empty());
+    }
 }

@@ -1,14 +1,18 @@
-//! A spool wrapper for tests: runs a hook around `merge` and forwards everything else.
+//! A spool wrapper for tests: runs a hook around `merge_checkpoints` and forwards
+//! everything else.
 
+use monetize_core::MeterId;
+use monetize_core::meter::Aggregation;
 use monetize_core::provider::UsageRecord;
 use monetize_core::report::{
-    Acknowledged, DeadLetter, Delta, PendingEntry, Spool, SpoolError, SpoolRoute,
+    Acknowledged, Checkpoint, DeadLetter, PendingEntry, Pruned, Quarantined, Settled, Spool,
+    SpoolError, SpoolKey, SpoolRoute, TakeRequest, Taken,
 };
 
-/// What a [`MergeHook`] does instead of a plain `merge`: it gets the inner spool and the
-/// merge's arguments, and may fail, count or forward.
+/// What a [`MergeHook`] does instead of a plain merge: it gets the inner spool and the
+/// merge's arguments (routes, checkpoints, window length), and may fail, count or forward.
 pub type OnMerge<S> =
-    dyn Fn(&S, &[SpoolRoute], &[Delta], u64, u64) -> Result<usize, SpoolError> + Send + Sync;
+    dyn Fn(&S, &[SpoolRoute], &[Checkpoint], u64) -> Result<usize, SpoolError> + Send + Sync;
 
 /// Wraps a spool, running `on_merge` for every merge and forwarding the rest.
 pub struct MergeHook<S: Spool> {
@@ -20,7 +24,7 @@ impl<S: Spool> MergeHook<S> {
     /// Wraps `inner`.
     pub fn new(
         inner: S,
-        on_merge: impl Fn(&S, &[SpoolRoute], &[Delta], u64, u64) -> Result<usize, SpoolError>
+        on_merge: impl Fn(&S, &[SpoolRoute], &[Checkpoint], u64) -> Result<usize, SpoolError>
         + Send
         + Sync
         + 'static,
@@ -30,9 +34,7 @@ impl<S: Spool> MergeHook<S> {
             on_merge: Box::new(on_merge),
         }
     }
-}
 
-impl<S: Spool> MergeHook<S> {
     /// The wrapped spool.
     pub fn inner(&self) -> &S {
         &self.inner
@@ -40,26 +42,21 @@ impl<S: Spool> MergeHook<S> {
 }
 
 impl<S: Spool> Spool for MergeHook<S> {
-    fn merge(
+    fn merge_checkpoints(
         &self,
         routes: &[SpoolRoute],
-        deltas: &[Delta],
-        now_unix: u64,
+        checkpoints: &[Checkpoint],
         window_secs: u64,
     ) -> Result<usize, SpoolError> {
-        (self.on_merge)(&self.inner, routes, deltas, now_unix, window_secs)
+        (self.on_merge)(&self.inner, routes, checkpoints, window_secs)
     }
 
-    fn take_due(
-        &self,
-        provider: &str,
-        instance: &str,
-        now_unix: u64,
-        limit: usize,
-        include_open: bool,
-    ) -> Result<Vec<UsageRecord>, SpoolError> {
-        self.inner
-            .take_due(provider, instance, now_unix, limit, include_open)
+    fn last_checkpoint(&self, writer: &str) -> Result<u64, SpoolError> {
+        self.inner.last_checkpoint(writer)
+    }
+
+    fn take(&self, request: &TakeRequest) -> Result<Taken, SpoolError> {
+        self.inner.take(request)
     }
 
     fn ack(&self, records: &[UsageRecord], now_unix: u64) -> Result<usize, SpoolError> {
@@ -75,6 +72,16 @@ impl<S: Spool> Spool for MergeHook<S> {
         self.inner.dead_letter(records, reason, now_unix)
     }
 
+    fn requeue(
+        &self,
+        from: Settled,
+        keys: &[SpoolKey],
+        instance: &str,
+        now_unix: u64,
+    ) -> Result<usize, SpoolError> {
+        self.inner.requeue(from, keys, instance, now_unix)
+    }
+
     fn pending(&self, provider: Option<&str>) -> Result<Vec<PendingEntry>, SpoolError> {
         self.inner.pending(provider)
     }
@@ -87,7 +94,28 @@ impl<S: Spool> Spool for MergeHook<S> {
         self.inner.dead_letters(provider)
     }
 
-    fn prune_acknowledged(&self, before_unix: u64) -> Result<usize, SpoolError> {
-        self.inner.prune_acknowledged(before_unix)
+    fn to_reconcile(&self, provider: Option<&str>) -> Result<Vec<DeadLetter>, SpoolError> {
+        self.inner.to_reconcile(provider)
+    }
+
+    fn stored_aggregation(
+        &self,
+        provider: &str,
+        meter: &MeterId,
+    ) -> Result<Option<Aggregation>, SpoolError> {
+        self.inner.stored_aggregation(provider, meter)
+    }
+
+    fn quarantined(&self) -> Result<Vec<Quarantined>, SpoolError> {
+        self.inner.quarantined()
+    }
+
+    fn prune_batch(
+        &self,
+        before_unix: u64,
+        after: Option<&SpoolKey>,
+        max: usize,
+    ) -> Result<Pruned, SpoolError> {
+        self.inner.prune_batch(before_unix, after, max)
     }
 }

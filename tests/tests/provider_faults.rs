@@ -184,7 +184,7 @@ async fn every_unit_is_billed_once_through_provider_faults() {
         .with_max_retries(3)
         .with_shutdown_timeout(Duration::from_secs(30));
     let route = ProviderRoute::new(faulty.clone()).with_report_interval(Duration::from_millis(50));
-    let reporter = Reporter::start(engine.clone(), spool.clone(), vec![route], options);
+    let reporter = Reporter::start(engine.clone(), spool.clone(), vec![route], options).unwrap();
 
     // Several tasks record a known total until every kind of fault has happened.
     let stop = Arc::new(AtomicBool::new(false));

@@ -7,16 +7,19 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use monetize_core::ledger::LedgerProvider;
+use monetize_core::meter::Aggregation;
 use monetize_core::provider::{BillingProvider, ProviderError, RecordOutcome, UsageRecord};
 use monetize_core::report::{
-    Delta, MemorySpool, ProviderRoute, RedbSpool, Reporter, ReporterOptions, Spool, SpoolError,
+    Checkpoint, MemorySpool, ProviderRoute, RedbSpool, Reporter, ReporterError, ReporterOptions,
+    Spool, SpoolError,
 };
-use monetize_core::{Engine, EventKind};
+use monetize_core::{Engine, EventKind, MeterId};
 use monetize_tests::spool::MergeHook;
 use tokio::time::Instant;
 
-/// A window so long that it never closes during a test: only shutdown or flush sends it.
-const NEVER_CLOSES: Duration = Duration::from_secs(1_000_000_000);
+/// The longest window accepted (a UTC day): it does not close during a test (unless the
+/// test runs across midnight UTC), so only shutdown or flush sends it.
+const NEVER_CLOSES: Duration = Duration::from_secs(86_400);
 
 fn fast() -> ReporterOptions {
     ReporterOptions::default()
@@ -58,7 +61,8 @@ async fn shutdown_reports_everything_including_the_open_window() {
         spool.clone(),
         vec![route(ledger.clone())],
         fast(),
-    );
+    )
+    .unwrap();
     for i in 0..100u64 {
         engine.record_by_id("c1", "meter_a", i).unwrap();
         engine.record_by_id("c2", "meter_b", 2).unwrap();
@@ -135,7 +139,8 @@ async fn rejected_records_go_to_the_dead_letter_list_and_raise_an_event() {
         spool.clone(),
         vec![route(picky.clone())],
         fast(),
-    );
+    )
+    .unwrap();
     engine.record_by_id("good", "meter_a", 5).unwrap();
     engine.record_by_id("bad", "meter_a", 3).unwrap();
     let summary = reporter.shutdown().await.unwrap();
@@ -185,7 +190,8 @@ async fn a_permanent_provider_error_dead_letters_the_batch() {
         permanent: true,
     });
     let spool = Arc::new(MemorySpool::new());
-    let reporter = Reporter::start(engine.clone(), spool.clone(), vec![route(picky)], fast());
+    let reporter =
+        Reporter::start(engine.clone(), spool.clone(), vec![route(picky)], fast()).unwrap();
     engine.record_by_id("c1", "meter_a", 5).unwrap();
     engine.record_by_id("c2", "meter_b", 6).unwrap();
     let summary = reporter.shutdown().await.unwrap();
@@ -236,7 +242,8 @@ async fn sealed_entries_keep_key_and_quantity_across_a_restart() {
         spool.clone(),
         vec![route(down.clone())],
         opts.clone(),
-    );
+    )
+    .unwrap();
     engine.record_by_id("c1", "meter_a", 42).unwrap();
     let flushed = reporter.flush_now().await.unwrap();
     assert_eq!(flushed.pending_left, 1);
@@ -278,7 +285,8 @@ async fn sealed_entries_keep_key_and_quantity_across_a_restart() {
         spool.clone(),
         vec![route(ledger.clone())],
         opts,
-    );
+    )
+    .unwrap();
     engine.record_by_id("c1", "meter_a", 8).unwrap();
     let summary = reporter.shutdown().await.unwrap();
     assert_eq!(summary.pending_left, 0);
@@ -308,7 +316,8 @@ async fn late_usage_for_a_sent_window_goes_to_a_new_part() {
         spool.clone(),
         vec![route(ledger.clone())],
         fast(),
-    );
+    )
+    .unwrap();
     engine.record_by_id("c1", "meter_a", 5).unwrap();
     let flushed = reporter.flush_now().await.unwrap();
     assert_eq!((flushed.records_sent, flushed.pending_left), (1, 0));
@@ -333,13 +342,13 @@ async fn failed_merges_keep_the_deltas() {
     let attempts = merges.clone();
     let spool = Arc::new(MergeHook::new(
         MemorySpool::new(),
-        move |inner: &MemorySpool, routes, deltas: &[Delta], now_unix, window_secs| {
+        move |inner: &MemorySpool, routes, checkpoints: &[Checkpoint], window_secs| {
             if attempts.fetch_add(1, Ordering::SeqCst) < 5 {
                 return Err(SpoolError::Unavailable {
                     reason: "disk full".into(),
                 });
             }
-            inner.merge(routes, deltas, now_unix, window_secs)
+            inner.merge_checkpoints(routes, checkpoints, window_secs)
         },
     ));
     engine.record_by_id("c1", "meter_a", 10).unwrap();
@@ -348,7 +357,8 @@ async fn failed_merges_keep_the_deltas() {
         spool.clone(),
         vec![route(ledger.clone())],
         fast(),
-    );
+    )
+    .unwrap();
     // Record while merges fail; each failed merge keeps its deltas for the next one.
     let mut recorded = 10;
     while merges.load(Ordering::SeqCst) < 5 {
@@ -400,7 +410,8 @@ async fn routes_send_each_provider_its_meters() {
                 .with_meters(vec![monetize_core::MeterId::new("meter_b").unwrap()]),
         ],
         fast(),
-    );
+    )
+    .unwrap();
     engine.record_by_id("c1", "meter_a", 4).unwrap();
     engine.record_by_id("c1", "meter_b", 6).unwrap();
     reporter.shutdown().await.unwrap();
@@ -420,4 +431,342 @@ async fn routes_send_each_provider_its_meters() {
             .iter()
             .all(|r| !a.contains(&r.idempotency_key))
     );
+}
+
+/// Issue 10 item 2: a merge that committed and then reported an error (a lost reply, a
+/// failed task) is not merged again by the retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_that_commits_then_fails_is_not_added_twice() {
+    let engine = Engine::for_tests(&["meter_a", "meter_b"]);
+    let ledger = Arc::new(LedgerProvider::new());
+    let merges = Arc::new(AtomicUsize::new(0));
+    let attempts = merges.clone();
+    let spool = Arc::new(MergeHook::new(
+        MemorySpool::new(),
+        move |inner: &MemorySpool, routes, checkpoints: &[Checkpoint], window_secs| {
+            let n = inner.merge_checkpoints(routes, checkpoints, window_secs)?;
+            if attempts.fetch_add(1, Ordering::SeqCst) < 3 {
+                return Err(SpoolError::Unavailable {
+                    reason: "committed, then the reply was lost".into(),
+                });
+            }
+            Ok(n)
+        },
+    ));
+    let reporter = Reporter::start(
+        engine.clone(),
+        spool.clone(),
+        vec![route(ledger.clone())],
+        fast(),
+    )
+    .unwrap();
+    let mut recorded = 0;
+    while merges.load(Ordering::SeqCst) < 4 {
+        engine.record_by_id("c1", "meter_a", 1).unwrap();
+        recorded += 1;
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let summary = reporter.shutdown().await.unwrap();
+    assert_eq!(
+        ledger.total("meter_a", "c1"),
+        recorded,
+        "each unit billed once"
+    );
+    assert_eq!(summary.pending_left, 0);
+    assert!(summary.stats.checkpoints_already_merged >= 1);
+}
+
+/// Issue 10 item 6: deltas keep the window of their checkpoint's swap time, however late
+/// the merge that stores them succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_merges_keep_the_window_of_their_swap() {
+    let engine = Engine::for_tests(&["meter_a", "meter_b"]);
+    let ledger = Arc::new(LedgerProvider::new());
+    let first_try = Arc::new(std::sync::Mutex::new(None::<u64>));
+    let seen = first_try.clone();
+    let spool = Arc::new(MergeHook::new(
+        MemorySpool::new(),
+        move |inner: &MemorySpool, routes, checkpoints: &[Checkpoint], window_secs| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            let mut first = seen.lock().unwrap();
+            if let Some(c) = checkpoints.first() {
+                let t = *first.get_or_insert(c.taken_unix);
+                // fail until the clock is two windows (of 1 s) past the first attempt
+                if now < t + 2 {
+                    return Err(SpoolError::Unavailable {
+                        reason: "disk full".into(),
+                    });
+                }
+            }
+            inner.merge_checkpoints(routes, checkpoints, window_secs)
+        },
+    ));
+    let reporter = Reporter::start(
+        engine.clone(),
+        spool.clone(),
+        vec![route(ledger.clone())],
+        fast().with_window(Duration::from_secs(1)),
+    )
+    .unwrap();
+    engine.record_by_id("c1", "meter_a", 9).unwrap();
+    eventually("the delayed merge", || {
+        spool.inner().pending(None).unwrap().len() + ledger.len() > 0
+    })
+    .await;
+    reporter.shutdown().await.unwrap();
+    let stamped = first_try.lock().unwrap().expect("a merge was tried");
+    let records = ledger.records();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].quantity, 9);
+    assert_eq!(
+        records[0].window_start, stamped,
+        "dated by the swap, not the successful merge"
+    );
+}
+
+/// Issue 10 item 3: two routes with one provider name would add every delta twice into
+/// one spool entry: refused at start-up.
+#[tokio::test]
+async fn two_routes_with_one_name_are_refused() {
+    let engine = Engine::for_tests(&["meter_a", "meter_b"]);
+    let err = Reporter::start(
+        engine,
+        Arc::new(MemorySpool::new()),
+        vec![
+            route(Arc::new(LedgerProvider::new())),
+            route(Arc::new(LedgerProvider::new())),
+        ],
+        fast(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, ReporterError::DuplicateProvider { name } if name == "ledger"),
+        "{err}"
+    );
+}
+
+/// A provider that refuses every meter at start-up.
+struct RefusesMeters;
+
+#[async_trait]
+impl BillingProvider for RefusesMeters {
+    fn name(&self) -> &str {
+        "strict"
+    }
+
+    fn check_meter(&self, meter: &MeterId, aggregation: Aggregation) -> Result<(), String> {
+        if meter.as_str() == "meter_b" {
+            return Err(format!("cannot bill a {} meter", aggregation.as_str()));
+        }
+        Ok(())
+    }
+
+    async fn report(&self, _: &[UsageRecord]) -> Result<Vec<RecordOutcome>, ProviderError> {
+        Ok(Vec::new())
+    }
+}
+
+#[tokio::test]
+async fn a_meter_refused_by_its_provider_fails_the_start() {
+    let engine = Engine::for_tests(&["meter_a", "meter_b"]);
+    let err = Reporter::start(
+        engine.clone(),
+        Arc::new(MemorySpool::new()),
+        vec![route(Arc::new(RefusesMeters))],
+        fast(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, ReporterError::MeterRefused { provider, meter, .. }
+            if provider == "strict" && meter.as_str() == "meter_b"),
+        "{err}"
+    );
+    // not routed there: accepted
+    let ok = Reporter::start(
+        engine,
+        Arc::new(MemorySpool::new()),
+        vec![route(Arc::new(RefusesMeters)).with_meters(vec![MeterId::new("meter_a").unwrap()])],
+        fast(),
+    );
+    assert!(ok.is_ok());
+    // and a window the config file would refuse is refused here too
+    let err = Reporter::start(
+        Engine::for_tests(&["meter_a"]),
+        Arc::new(MemorySpool::new()),
+        Vec::new(),
+        fast().with_window(Duration::from_millis(1_500)),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ReporterError::InvalidOptions {
+                field: "window",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+/// Times out every call (the outcome is unknown), remembers a short horizon.
+#[derive(Default)]
+struct Forgetful {
+    calls: AtomicUsize,
+}
+
+#[async_trait]
+impl BillingProvider for Forgetful {
+    fn name(&self) -> &str {
+        "forgetful"
+    }
+
+    fn dedup_horizon(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+
+    async fn report(&self, _: &[UsageRecord]) -> Result<Vec<RecordOutcome>, ProviderError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Err(ProviderError::Retryable {
+            message: "gateway timeout".into(),
+        })
+    }
+}
+
+/// Issue 10 item 4: past the provider's deduplication horizon, a record whose outcome is
+/// unknown is never resent: it moves to the reconciliation list with an event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_past_the_dedup_horizon_goes_to_reconciliation() {
+    let engine = Engine::for_tests(&["meter_a", "meter_b"]);
+    let provider = Arc::new(Forgetful::default());
+    let spool = Arc::new(MemorySpool::new());
+    let reporter = Reporter::start(
+        engine.clone(),
+        spool.clone(),
+        vec![route(provider.clone())],
+        fast(),
+    )
+    .unwrap();
+    engine.record_by_id("c1", "meter_a", 6).unwrap();
+    reporter.flush_now().await.unwrap();
+    eventually("the reconciliation", || {
+        !spool.to_reconcile(None).unwrap().is_empty()
+    })
+    .await;
+    let calls = provider.calls.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        provider.calls.load(Ordering::SeqCst),
+        calls,
+        "never resent once past the horizon"
+    );
+    let summary = reporter.shutdown().await.unwrap();
+    assert_eq!(summary.pending_left, 0);
+    assert_eq!(summary.stats.to_reconcile, 1);
+    let listed = spool.to_reconcile(Some("forgetful")).unwrap();
+    assert_eq!(listed[0].record.quantity, 6);
+    let events = engine.drain_events(100);
+    assert!(events.iter().any(|e| matches!(
+        &e.kind,
+        EventKind::NeedsReconciliation { provider, quantity: 6, .. } if provider == "forgetful"
+    )));
+}
+
+/// Refuses the credentials until `fixed` is set, then bills through a ledger.
+struct Rotating {
+    ledger: LedgerProvider,
+    fixed: std::sync::atomic::AtomicBool,
+    refusals: AtomicUsize,
+}
+
+#[async_trait]
+impl BillingProvider for Rotating {
+    fn name(&self) -> &str {
+        "rotating"
+    }
+
+    async fn report(&self, records: &[UsageRecord]) -> Result<Vec<RecordOutcome>, ProviderError> {
+        if !self.fixed.load(Ordering::SeqCst) {
+            self.refusals.fetch_add(1, Ordering::SeqCst);
+            return Err(ProviderError::Unauthorized {
+                message: "401 invalid api key".into(),
+            });
+        }
+        self.ledger.report(records).await
+    }
+}
+
+/// Issue 10 item 9: a 401 after a key rotation does not dead-letter anything: the records
+/// wait, one alert is raised, and they are billed once the key is fixed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_then_a_fixed_key_bills_everything_once() {
+    let engine = Engine::for_tests(&["meter_a", "meter_b"]);
+    let provider = Arc::new(Rotating {
+        ledger: LedgerProvider::new(),
+        fixed: std::sync::atomic::AtomicBool::new(false),
+        refusals: AtomicUsize::new(0),
+    });
+    let spool = Arc::new(MemorySpool::new());
+    let reporter = Reporter::start(
+        engine.clone(),
+        spool.clone(),
+        vec![route(provider.clone())],
+        fast(),
+    )
+    .unwrap();
+    engine.record_by_id("c1", "meter_a", 5).unwrap();
+    engine.record_by_id("c2", "meter_b", 7).unwrap();
+    reporter.flush_now().await.unwrap();
+    eventually("several refusals", || {
+        provider.refusals.load(Ordering::SeqCst) >= 3
+    })
+    .await;
+    assert!(spool.dead_letters(None).unwrap().is_empty());
+    provider.fixed.store(true, Ordering::SeqCst);
+    let summary = reporter.shutdown().await.unwrap();
+    assert_eq!(summary.dead_letters, 0);
+    assert_eq!(summary.pending_left, 0);
+    assert_eq!(provider.ledger.total("meter_a", "c1"), 5);
+    assert_eq!(provider.ledger.total("meter_b", "c2"), 7);
+    let alerts = engine
+        .drain_events(100)
+        .into_iter()
+        .filter(|e| matches!(&e.kind, EventKind::ProviderUnauthorized { provider, .. } if provider == "rotating"))
+        .count();
+    assert_eq!(alerts, 1, "one alert per failure streak");
+}
+
+/// Issue 11 item 1: a meter whose aggregation changed across a restart, with usage still
+/// pending under the old one, is a start-up error naming the meter.
+#[tokio::test]
+async fn a_meter_whose_aggregation_changed_is_refused_at_start() {
+    use monetize_core::meter::Measure;
+    use monetize_core::report::{Delta, SpoolRoute};
+    let spool = Arc::new(MemorySpool::new());
+    let peak = Delta::new(
+        monetize_core::CustomerId::new("c1").unwrap(),
+        MeterId::new("meter_a").unwrap(),
+        Measure::Max(5),
+    );
+    spool
+        .merge(&[SpoolRoute::all("ledger")], &[peak], 100, 60)
+        .unwrap();
+    let err = Reporter::start(
+        Engine::for_tests(&["meter_a", "meter_b"]),
+        spool.clone(),
+        vec![route(Arc::new(LedgerProvider::new()))],
+        fast(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, ReporterError::AggregationChanged { meter, stored: Aggregation::Max, configured: Aggregation::Sum }
+            if meter.as_str() == "meter_a"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("meter_a"), "{err}");
+    // the stored value is untouched
+    assert_eq!(spool.pending(None).unwrap()[0].quantity(), 5);
 }

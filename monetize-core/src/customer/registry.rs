@@ -391,7 +391,9 @@ impl Registry {
 fn drain(s: &CustomerState, meters: &[Meter], out: &mut Vec<Delta>) {
     for m in meters {
         if let Some(measure) = s.cells.take(m.index.get(), m.aggregation) {
-            out.push(Delta::new(s.id.clone(), m.id.clone(), measure));
+            out.push(
+                Delta::new(s.id.clone(), m.id.clone(), measure).with_aggregation(m.aggregation),
+            );
         }
     }
 }

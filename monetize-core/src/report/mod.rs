@@ -4,6 +4,8 @@
 pub mod dead_letter;
 pub mod reporter;
 pub mod spool;
+pub(crate) mod spool_kv;
+pub mod spool_memory;
 pub mod spool_redb;
 pub mod window;
 
@@ -13,13 +15,15 @@ pub use reporter::{
     ReporterStats,
 };
 pub use spool::{
-    Acknowledged, MemorySpool, PendingEntry, Sealed, Spool, SpoolError, SpoolKey, SpoolRoute,
+    Acknowledged, Checkpoint, PendingEntry, Pruned, Quarantined, Sealed, Settled, Spool,
+    SpoolError, SpoolKey, SpoolRoute, TakeRequest, Taken,
 };
+pub use spool_memory::MemorySpool;
 pub use spool_redb::RedbSpool;
 pub use window::ReportWindow;
 
 use crate::id::{CustomerId, MeterId};
-use crate::meter::Measure;
+use crate::meter::{Aggregation, Measure};
 
 /// What one checkpoint took out of one usage cell.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,15 +35,31 @@ pub struct Delta {
     pub meter: MeterId,
     /// The amount taken out of the cell since the previous checkpoint.
     pub measure: Measure,
+    /// How the meter aggregates (stored with the spool entry, so Count and Sum survive).
+    pub aggregation: Aggregation,
 }
 
 impl Delta {
-    /// A delta.
+    /// A delta of a meter aggregated as the measure says (a `Sum` measure is taken as
+    /// [`Aggregation::Sum`]); see [`Delta::with_aggregation`].
     pub fn new(customer: CustomerId, meter: MeterId, measure: Measure) -> Self {
+        let aggregation = match measure {
+            Measure::Max(_) => Aggregation::Max,
+            Measure::Latest(_) => Aggregation::Latest,
+            Measure::Sketch(_) => Aggregation::UniqueCount,
+            _ => Aggregation::Sum,
+        };
         Self {
             customer,
             meter,
             measure,
+            aggregation,
         }
+    }
+
+    /// Sets how the meter aggregates.
+    pub fn with_aggregation(mut self, aggregation: Aggregation) -> Self {
+        self.aggregation = aggregation;
+        self
     }
 }

@@ -1,38 +1,55 @@
 //! The reporter: moves usage from the engine's cells to the spool (checkpoints) and from the
 //! spool to billing providers (reports), exactly once.
 //!
-//! [`Reporter::start`] spawns one checkpoint task and one task per provider:
+//! [`Reporter::start`] checks the routes (distinct provider names, every routed meter
+//! accepted by its provider's [`BillingProvider::check_meter`], no meter whose aggregation
+//! changed while usage is pending) and spawns one checkpoint task, one prune task and one
+//! task per provider:
 //!
 //! - **Checkpoint**, every `checkpoint_interval`: [`Engine::checkpoint`] swaps every usage
-//!   cell to zero and returns the deltas, which [`Spool::merge`] adds into the current report
-//!   window in one transaction. If the merge fails, the deltas stay in the reporter's memory
-//!   and are merged with the next checkpoint's (never dropped; each failure is a
-//!   `tracing` warning).
-//! - **Report**, every provider's `report_interval`: [`Spool::take_due`] seals the closed
-//!   windows and hands them out in batches of the provider's `max_batch`; each batch is sent
-//!   under `call_timeout`. Timeouts and retryable errors are retried within the round with
-//!   exponential backoff and jitter (`min_backoff` .. `max_backoff`, at most `max_retries`
-//!   times); a throttle waits at least the provider's `retry_after`. Accepted records are
-//!   acknowledged; records refused for good go to the dead letter list and raise an
-//!   [`EventKind::DeadLetter`] event. Anything else stays sealed in the spool and is sent
-//!   again next round (and after a restart) with the same idempotency key and quantity, so
-//!   a provider that deduplicates on the key bills it once.
+//!   cell to zero and returns the deltas, dated by the swap time and numbered (this run's
+//!   writer id and a sequence number), which [`Spool::merge_checkpoints`] adds into the
+//!   report window of the swap time in one transaction that also stores the number. If the
+//!   merge fails, the checkpoint stays in the reporter's memory; before the next attempt
+//!   the reporter asks the spool which numbers committed anyway (an error does not mean no
+//!   effect), drops those, and merges the rest with the next checkpoint (never dropped,
+//!   never added twice; each failure is a `tracing` warning).
+//! - **Report**, every provider's `report_interval`: [`Spool::take`] seals the closed
+//!   windows and hands them out in batches of the provider's `max_batch`, examining a
+//!   bounded number of rows per batch; each batch is sent under `call_timeout`. Timeouts,
+//!   retryable errors and refused credentials (with one [`EventKind::ProviderUnauthorized`]
+//!   per failure streak) are retried within the round with exponential backoff and jitter
+//!   (`min_backoff` .. `max_backoff`, at most `max_retries` times); a throttle waits at
+//!   least the provider's `retry_after`. Accepted records are acknowledged; records refused
+//!   for good go to the dead letter list and raise an [`EventKind::DeadLetter`] event.
+//!   Anything else stays sealed in the spool and is sent again next round (and after a
+//!   restart) with the same idempotency key and quantity, so a provider that deduplicates
+//!   on the key bills it once, until the record's first delivery is older than the
+//!   provider's [`BillingProvider::dedup_horizon`]: then it moves to the reconciliation
+//!   list with an [`EventKind::NeedsReconciliation`] event instead of being resent.
+//! - **Prune**, every hour: acknowledged records whose window ended before
+//!   `audit_retention` are deleted in transactions of 500 rows, off the checkpoint task.
 //!
-//! [`ReporterHandle::shutdown`] takes a final checkpoint, then reports everything, the open
-//! window included, retrying until done or `shutdown_timeout`.
+//! [`ReporterHandle::shutdown_after`] waits for the server's graceful stop, then
+//! [`ReporterHandle::shutdown`] takes a final checkpoint and reports everything, the open
+//! window included (except open windows of non-additive meters, which wait in the spool
+//! until they close), retrying until done or `shutdown_timeout`.
 //!
 //! # What a crash loses
 //!
 //! Usage is durable once the merge of the checkpoint that took it has committed (the redb
 //! spool commits with immediate durability). A `kill -9` therefore loses what was recorded
 //! after the swap of the last checkpoint whose merge committed: **at most one
-//! `checkpoint_interval` of usage, plus what was recorded while that last merge was being
-//! committed** (one redb commit, typically a few milliseconds). With the default 1 s
-//! interval, that is about one second of usage. While merges fail (a full disk), usage
-//! accumulates in memory and the window grows until a merge succeeds. Nothing that reached
-//! the spool is lost or billed twice: after the restart, sealed entries are re-sent with
-//! their keys. A graceful [`ReporterHandle::shutdown`] loses nothing. The crash test
-//! (`tests/tests/crash.rs`) kills a process repeatedly and asserts this bound.
+//! `checkpoint_interval` of usage, plus a commit allowance of 100 ms** (the merge of the
+//! checkpoint in flight: one redb commit, and the checkpoint task being scheduled on a busy
+//! machine). With the default 1 s interval, that is at most 1.1 s of usage. While merges
+//! fail (a full disk), usage accumulates in memory and the window grows until a merge
+//! succeeds. Nothing that reached the spool is lost or billed twice: after the restart,
+//! sealed entries are re-sent with their keys. A graceful
+//! [`ReporterHandle::shutdown_after`] loses nothing. The crash test
+//! (`tests/tests/crash.rs`) kills a process at random moments and asserts this bound (with
+//! a 50 ms interval: at most 150 ms of usage per kill) and that every committed unit is
+//! billed once per customer, meter and window.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -50,14 +67,20 @@ use crate::event::{Event, EventKind};
 use crate::id::{CustomerId, MeterId};
 use crate::provider::{BillingProvider, ProviderError, RecordOutcome, UsageRecord};
 use crate::report::Delta;
-use crate::report::spool::{Spool, SpoolError, SpoolRoute};
-use crate::report::window::unix_now;
+use crate::report::spool::{Checkpoint, Spool, SpoolError, SpoolRoute, TakeRequest, Taken};
+use crate::report::window::{ReportWindow, unix_now};
 
 /// The smallest interval accepted (tokio intervals cannot be zero).
 const MIN_INTERVAL: Duration = Duration::from_millis(1);
 
 /// How often acknowledged records older than `audit_retention` are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Acknowledged rows one prune transaction examines.
+const PRUNE_BATCH: usize = 500;
+
+/// The longest report window accepted, as in the configuration file.
+const MAX_WINDOW_SECS: u64 = 86_400;
 
 /// The most batches one report round sends (a round also ends at a partial batch).
 const MAX_BATCHES_PER_ROUND: usize = 10_000;
@@ -245,6 +268,27 @@ impl ReporterOptions {
         self.window.as_secs().max(1)
     }
 
+    /// Checks the options as the configuration file does.
+    fn validate(&self) -> Result<(), ReporterError> {
+        let secs = self.window.as_secs();
+        if self.window.subsec_nanos() != 0 || !(1..=MAX_WINDOW_SECS).contains(&secs) {
+            return Err(ReporterError::InvalidOptions {
+                field: "window",
+                reason: format!(
+                    "{:?}: a report window is a whole number of seconds from 1 to {MAX_WINDOW_SECS}",
+                    self.window
+                ),
+            });
+        }
+        if self.checkpoint_interval.is_zero() {
+            return Err(ReporterError::InvalidOptions {
+                field: "checkpoint_interval",
+                reason: "must be above zero".into(),
+            });
+        }
+        Ok(())
+    }
+
     fn backoff(&self) -> backon::ExponentialBackoff {
         ExponentialBuilder::default()
             .with_jitter()
@@ -277,6 +321,48 @@ pub enum ReporterError {
     /// merged to a durable spool is sent by the next reporter.
     #[error("the reporter is not running")]
     Stopped,
+    /// Two routes name the same provider: they would add every delta twice into one spool
+    /// entry. Give each provider instance its own name.
+    #[error("two provider routes are named {name:?}: provider names must be distinct")]
+    DuplicateProvider {
+        /// The shared name.
+        name: String,
+    },
+    /// A provider refused a meter routed to it at start-up (it cannot bill the meter's
+    /// aggregation honestly). Route the meter elsewhere or change the provider's meter.
+    #[error("provider {provider} refuses meter {meter}: {reason}")]
+    MeterRefused {
+        /// The provider.
+        provider: String,
+        /// The meter.
+        meter: MeterId,
+        /// What the provider said.
+        reason: String,
+    },
+    /// A meter has usage pending in the spool under another aggregation than the one now
+    /// configured (merging them would replace or mix the stored value). Restore the old
+    /// aggregation until that usage is delivered, or give the changed meter a new id.
+    #[error(
+        "meter {meter} has usage pending in the spool aggregated as {} but is now configured as {}: restore the old aggregation until it is delivered, or give the meter a new id",
+        stored.as_str(),
+        configured.as_str()
+    )]
+    AggregationChanged {
+        /// The meter.
+        meter: MeterId,
+        /// The aggregation of its pending usage.
+        stored: crate::meter::Aggregation,
+        /// The configured one.
+        configured: crate::meter::Aggregation,
+    },
+    /// An option is out of range.
+    #[error("invalid reporter option {field}: {reason}")]
+    InvalidOptions {
+        /// The option.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// Counters of a reporter since it started.
@@ -293,6 +379,14 @@ pub struct ReporterStats {
     pub dead_letters: u64,
     /// Provider calls that failed or timed out (each is retried).
     pub call_failures: u64,
+    /// Records moved to the reconciliation list (past the provider's deduplication
+    /// horizon).
+    pub to_reconcile: u64,
+    /// Spool rows quarantined because they could not be decoded.
+    pub quarantined: u64,
+    /// Checkpoints found already merged when retried (a merge that committed and then
+    /// reported an error); skipped, never added twice.
+    pub checkpoints_already_merged: u64,
 }
 
 /// What a flush or a shutdown achieved.
@@ -307,6 +401,10 @@ pub struct ReportSummary {
     pub pending_left: usize,
     /// The reporter's counters.
     pub stats: ReporterStats,
+    /// Usage cells recorded after the final checkpoint of a shutdown (requests that were
+    /// still running): saved in the spool for the next run, not reported by this one.
+    /// Always 0 when the server was stopped first.
+    pub late_cells: u64,
 }
 
 #[derive(Default)]
@@ -316,6 +414,9 @@ struct Counters {
     records_sent: AtomicU64,
     dead_letters: AtomicU64,
     call_failures: AtomicU64,
+    to_reconcile: AtomicU64,
+    quarantined: AtomicU64,
+    checkpoints_already_merged: AtomicU64,
 }
 
 impl Counters {
@@ -326,6 +427,9 @@ impl Counters {
             records_sent: self.records_sent.load(Ordering::Relaxed),
             dead_letters: self.dead_letters.load(Ordering::Relaxed),
             call_failures: self.call_failures.load(Ordering::Relaxed),
+            to_reconcile: self.to_reconcile.load(Ordering::Relaxed),
+            quarantined: self.quarantined.load(Ordering::Relaxed),
+            checkpoints_already_merged: self.checkpoints_already_merged.load(Ordering::Relaxed),
         }
     }
 }
@@ -340,6 +444,8 @@ struct Shared {
     routes: Arc<[SpoolRoute]>,
     options: ReporterOptions,
     counters: Counters,
+    /// This run's checkpoint writer id (random): its checkpoint numbers are its own.
+    writer: String,
 }
 
 impl Shared {
@@ -384,8 +490,12 @@ enum ProviderCmd {
 pub struct Reporter;
 
 impl Reporter {
-    /// Spawns the checkpoint task and one task per provider on the current tokio runtime.
-    /// Provider names must be distinct: the name keys the provider's entries in the spool.
+    /// Spawns the checkpoint task, a prune task and one task per provider on the current
+    /// tokio runtime.
+    ///
+    /// Fails, before spawning anything, when two routes share a provider name (the name
+    /// keys the provider's entries in the spool), when a provider refuses a meter routed to
+    /// it ([`BillingProvider::check_meter`]), or when an option is out of range.
     ///
     /// # Panics
     ///
@@ -395,7 +505,8 @@ impl Reporter {
         spool: Arc<dyn Spool>,
         providers: Vec<ProviderRoute>,
         options: ReporterOptions,
-    ) -> ReporterHandle {
+    ) -> Result<ReporterHandle, ReporterError> {
+        options.validate()?;
         let routes: Arc<[SpoolRoute]> = providers
             .iter()
             .map(|p| SpoolRoute {
@@ -405,18 +516,56 @@ impl Reporter {
             .collect();
         for (i, r) in routes.iter().enumerate() {
             if routes[..i].iter().any(|o| o.provider == r.provider) {
-                tracing::error!(
-                    provider = %r.provider,
-                    "two routes share a provider name; they will share spool entries"
-                );
+                return Err(ReporterError::DuplicateProvider {
+                    name: r.provider.clone(),
+                });
             }
         }
+        let meters = engine.meter_aggregations();
+        for p in &providers {
+            let route = SpoolRoute {
+                provider: p.provider.name().to_owned(),
+                meters: p.meters.clone(),
+            };
+            for (meter, aggregation) in meters.iter().filter(|(m, _)| route.takes(m)) {
+                p.provider
+                    .check_meter(meter, *aggregation)
+                    .map_err(|reason| ReporterError::MeterRefused {
+                        provider: route.provider.clone(),
+                        meter: meter.clone(),
+                        reason,
+                    })?;
+            }
+        }
+        for p in &providers {
+            let name = p.provider.name();
+            let route = SpoolRoute {
+                provider: name.to_owned(),
+                meters: p.meters.clone(),
+            };
+            for (meter, configured) in meters.iter().filter(|(m, _)| route.takes(m)) {
+                // One key lookup per routed meter (blocking, at start-up only).
+                let stored = spool.stored_aggregation(name, meter)?;
+                if let Some(stored) = stored
+                    && stored != *configured
+                {
+                    return Err(ReporterError::AggregationChanged {
+                        meter: meter.clone(),
+                        stored,
+                        configured: *configured,
+                    });
+                }
+            }
+        }
+        let mut writer = [0u8; 8];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut writer);
         let shared = Arc::new(Shared {
             engine,
             spool,
             routes,
             options,
             counters: Counters::default(),
+            writer: hex::encode(writer),
         });
         let (stopping_tx, stopping_rx) = watch::channel(false);
 
@@ -438,13 +587,18 @@ impl Reporter {
                 ProviderTask { name, tx, task }
             })
             .collect();
-        ReporterHandle {
+        let prune_task = tokio::spawn(
+            prune_loop(Arc::clone(&shared), stopping_rx)
+                .instrument(tracing::info_span!("reporter.prune")),
+        );
+        Ok(ReporterHandle {
             shared,
             stopping: stopping_tx,
             checkpoint_tx,
             checkpoint_task,
+            prune_task,
             providers,
-        }
+        })
     }
 }
 
@@ -461,6 +615,7 @@ pub struct ReporterHandle {
     stopping: watch::Sender<bool>,
     checkpoint_tx: mpsc::Sender<CheckpointCmd>,
     checkpoint_task: JoinHandle<()>,
+    prune_task: JoinHandle<()>,
     providers: Vec<ProviderTask>,
 }
 
@@ -482,8 +637,10 @@ impl ReporterHandle {
     }
 
     /// Checkpoints now, then sends everything pending to every provider, the open window
-    /// included (its entry is sealed: later usage of the window goes to the next part).
-    /// Failed deliveries stay pending for the next round.
+    /// included (its entry is sealed: later usage of the window goes to the next part),
+    /// except open windows of non-additive meters (`max`, `latest`, `unique_count`): a
+    /// provider would sum their parts, so they wait until the window closes. Failed
+    /// deliveries stay pending for the next round.
     pub async fn flush_now(&self) -> Result<ReportSummary, ReporterError> {
         let (reply, rx) = oneshot::channel();
         self.checkpoint_tx
@@ -508,6 +665,35 @@ impl ReporterHandle {
         self.summary().await
     }
 
+    /// After the final checkpoint and the drain: usage recorded meanwhile (requests still
+    /// running) is merged into the spool for the next reporter, counted and logged once.
+    async fn sweep_late_usage(&self) -> u64 {
+        let late = self.shared.engine.checkpoint();
+        if late.is_empty() {
+            return 0;
+        }
+        let cells = late.len() as u64;
+        tracing::error!(
+            cells,
+            "usage was recorded after the final checkpoint (requests still running at shutdown): \
+             kept in the spool for the next run; stop the server before the reporter"
+        );
+        self.shared
+            .engine
+            .emit(Event::new(None, EventKind::UsageAfterShutdown { cells }));
+        let routes = Arc::clone(&self.shared.routes);
+        let window_secs = self.shared.options.window_secs();
+        let checkpoint = Checkpoint::unsequenced(unix_now(), compact(late));
+        if let Err(e) = self
+            .shared
+            .spool(move |s| s.merge_checkpoints(&routes, &[checkpoint], window_secs))
+            .await
+        {
+            tracing::error!(error = %e, cells, "late usage could not be saved");
+        }
+        cells
+    }
+
     async fn summary(&self) -> Result<ReportSummary, ReporterError> {
         let pending_left = self.shared.spool(|s| s.pending_count(None)).await?;
         let stats = self.shared.counters.snapshot();
@@ -516,14 +702,45 @@ impl ReporterHandle {
             dead_letters: stats.dead_letters,
             pending_left,
             stats,
+            late_cells: 0,
         })
     }
 
+    /// The one obvious way to stop a monetized server: waits for `server` to finish (give
+    /// it a graceful shutdown, such as axum's `with_graceful_shutdown`, so that requests
+    /// in flight finish and are metered), then [`shutdown`](Self::shutdown)s the reporter.
+    /// A server error is logged and the reporter is still shut down (usage is never left
+    /// behind because the server failed).
+    ///
+    /// ```no_run
+    /// # async fn run(reporter: monetize_core::report::ReporterHandle, listener: tokio::net::TcpListener) {
+    /// # let server = async { Ok::<(), std::io::Error>(()) }; // axum::serve(listener, app).with_graceful_shutdown(ctrl_c)
+    /// let summary = reporter.shutdown_after(server).await;
+    /// # }
+    /// ```
+    pub async fn shutdown_after<F, E>(self, server: F) -> Result<ReportSummary, ReporterError>
+    where
+        F: std::future::IntoFuture<Output = Result<(), E>>,
+        E: std::fmt::Display,
+    {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "the server stopped with an error; saving and reporting usage anyway");
+        }
+        self.shutdown().await
+    }
+
     /// Stops the reporter gracefully: a final checkpoint, then everything pending is sent,
-    /// the open window included, retrying until nothing is left or `shutdown_timeout`
-    /// passes. What is still pending then stays in the spool (`pending_left`) for the next
-    /// reporter. Fails with [`ReporterError::Unsaved`] (carrying the usage) if the final
-    /// merge kept failing.
+    /// the open window included (windows of non-additive meters stay pending until they
+    /// close: see [`TakeRequest::include_open`]), retrying until nothing is left or
+    /// `shutdown_timeout` passes. What is still pending then stays in the spool
+    /// (`pending_left`) for the next reporter. Fails with [`ReporterError::Unsaved`]
+    /// (carrying the usage) if the final merge kept failing.
+    ///
+    /// Stop the server first ([`shutdown_after`](Self::shutdown_after)): usage recorded
+    /// after the final checkpoint (by requests still running) is merged into the spool at
+    /// the end for the next reporter, counted in [`ReportSummary::late_cells`], logged
+    /// once and raised as [`EventKind::UsageAfterShutdown`]; usage recorded after this
+    /// returns is lost.
     pub async fn shutdown(self) -> Result<ReportSummary, ReporterError> {
         let deadline = Instant::now() + self.shared.options.shutdown_timeout;
         tracing::info!("reporter shutting down");
@@ -561,13 +778,19 @@ impl ReporterHandle {
                 Err(_) => stopped = true,
             }
         }
-        let summary = self.summary().await;
+        let late_cells = self.sweep_late_usage().await;
+        let summary = self.summary().await.map(|mut s| {
+            s.late_cells = late_cells;
+            s
+        });
         let ReporterHandle {
             checkpoint_task,
+            prune_task,
             providers,
             ..
         } = self;
         stopped |= checkpoint_task.await.is_err();
+        stopped |= prune_task.await.is_err();
         for p in providers {
             stopped |= p.task.await.is_err();
         }
@@ -590,19 +813,34 @@ impl ReporterHandle {
 // Checkpoints
 // ---------------------------------------------------------------------------------------
 
+/// The checkpoint task's state: checkpoints whose merge has not been confirmed.
+struct Carry {
+    /// The last checkpoint number used.
+    seq: u64,
+    /// Checkpoints whose merge failed (each may or may not have committed), oldest first.
+    pending: Vec<Checkpoint>,
+}
+
+impl Carry {
+    fn deltas(&mut self) -> Vec<Delta> {
+        std::mem::take(&mut self.pending)
+            .into_iter()
+            .flat_map(|c| c.deltas)
+            .collect()
+    }
+}
+
 async fn checkpoint_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<CheckpointCmd>) {
-    let mut carry: Vec<Delta> = Vec::new();
+    let mut carry = Carry {
+        seq: 0,
+        pending: Vec::new(),
+    };
     let mut tick = tokio::time::interval(shared.options.checkpoint_interval.max(MIN_INTERVAL));
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut last_prune: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {
                 let _ = checkpoint_once(&shared, &mut carry).await;
-                if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
-                    last_prune = Some(Instant::now());
-                    prune(&shared).await;
-                }
             }
             cmd = rx.recv() => match cmd {
                 Some(CheckpointCmd::Now(reply)) => {
@@ -615,7 +853,7 @@ async fn checkpoint_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<CheckpointC
                 None => {
                     // The handle was dropped: save what we hold, best effort.
                     if let Err(e) = checkpoint_once(&shared, &mut carry).await {
-                        tracing::error!(error = %e, deltas = carry.len(), "usage not saved at stop");
+                        tracing::error!(error = %e, checkpoints = carry.pending.len(), "usage not saved at stop");
                     }
                     return;
                 }
@@ -626,7 +864,7 @@ async fn checkpoint_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<CheckpointC
 
 async fn final_checkpoint(
     shared: &Shared,
-    carry: &mut Vec<Delta>,
+    carry: &mut Carry,
     deadline: Instant,
 ) -> Result<(), ReporterError> {
     loop {
@@ -637,9 +875,9 @@ async fn final_checkpoint(
                 tokio::time::sleep(shared.options.min_backoff.max(MIN_INTERVAL)).await;
             }
             Err(e) => {
-                tracing::error!(error = %e, deltas = carry.len(), "final checkpoint failed");
+                tracing::error!(error = %e, checkpoints = carry.pending.len(), "final checkpoint failed");
                 return Err(ReporterError::Unsaved {
-                    deltas: std::mem::take(carry),
+                    deltas: carry.deltas(),
                     source: e,
                 });
             }
@@ -647,38 +885,94 @@ async fn final_checkpoint(
     }
 }
 
-/// Merges the engine's deltas (and any kept from failed merges) into the spool. On failure
-/// the deltas are kept in `carry`.
-async fn checkpoint_once(shared: &Shared, carry: &mut Vec<Delta>) -> Result<usize, SpoolError> {
+/// After failed merges: asks the spool which checkpoints committed anyway, drops them, and
+/// folds the others (none committed) into one checkpoint per report window. If the spool
+/// cannot say, everything is kept as it is (the merge skips what committed).
+async fn resolve_carry(shared: &Shared, carry: &mut Carry) {
+    let writer = shared.writer.clone();
+    let last = match shared.spool(move |s| s.last_checkpoint(&writer)).await {
+        Ok(last) => last,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the last merged checkpoint");
+            return;
+        }
+    };
+    let before = carry.pending.len();
+    carry.pending.retain(|c| c.seq > last);
+    let skipped = before - carry.pending.len();
+    if skipped > 0 {
+        bump(&shared.counters.checkpoints_already_merged, skipped);
+        tracing::warn!(
+            checkpoints = skipped,
+            "checkpoints reported as failed had been merged; not merging them again"
+        );
+    }
+    let window_secs = shared.options.window_secs();
+    let mut folded: Vec<Checkpoint> = Vec::new();
+    for c in std::mem::take(&mut carry.pending) {
+        let window = ReportWindow::containing(c.taken_unix, window_secs);
+        match folded
+            .iter_mut()
+            .find(|f| ReportWindow::containing(f.taken_unix, window_secs) == window)
+        {
+            Some(f) => {
+                f.seq = f.seq.max(c.seq);
+                let mut deltas = std::mem::take(&mut f.deltas);
+                deltas.extend(c.deltas);
+                f.deltas = compact(deltas);
+            }
+            None => folded.push(c),
+        }
+    }
+    folded.sort_by_key(|c| c.seq);
+    carry.pending = folded;
+}
+
+/// Merges the engine's deltas (and any kept from failed merges) into the spool. The deltas
+/// are dated by the time of the swap, kept through failed merges; each checkpoint carries
+/// a sequence number so a retry never adds a committed one twice. On failure the
+/// checkpoints are kept in `carry`.
+async fn checkpoint_once(shared: &Shared, carry: &mut Carry) -> Result<usize, SpoolError> {
     // Engine housekeeping (coarse clock, quota periods) rides on the checkpoint tick.
     shared.engine.tick();
+    let taken_unix = unix_now();
     let fresh = shared.engine.checkpoint();
-    if fresh.is_empty() && carry.is_empty() {
+    if fresh.is_empty() && carry.pending.is_empty() {
         bump(&shared.counters.checkpoints, 1);
         return Ok(0);
     }
-    let mut batch = std::mem::take(carry);
-    batch.extend(fresh);
-    let batch = Arc::new(compact(batch));
-    let deltas = Arc::clone(&batch);
+    if !carry.pending.is_empty() {
+        resolve_carry(shared, carry).await;
+    }
+    if !fresh.is_empty() {
+        carry.seq += 1;
+        carry.pending.push(Checkpoint::new(
+            shared.writer.clone(),
+            carry.seq,
+            taken_unix,
+            compact(fresh),
+        ));
+    }
+    let batch = Arc::new(std::mem::take(&mut carry.pending));
+    let checkpoints = Arc::clone(&batch);
     let routes = Arc::clone(&shared.routes);
     let window_secs = shared.options.window_secs();
     let result = shared
-        .spool(move |s| s.merge(&routes, &deltas, unix_now(), window_secs))
+        .spool(move |s| s.merge_checkpoints(&routes, &checkpoints, window_secs))
         .await;
     match result {
         Ok(n) => {
             bump(&shared.counters.checkpoints, 1);
-            tracing::debug!(deltas = batch.len(), merged = n, "checkpoint merged");
+            tracing::debug!(checkpoints = batch.len(), merged = n, "checkpoint merged");
             Ok(n)
         }
         Err(e) => {
             bump(&shared.counters.merge_failures, 1);
-            *carry = Arc::try_unwrap(batch).unwrap_or_else(|a| (*a).clone());
+            carry.pending = Arc::try_unwrap(batch).unwrap_or_else(|a| (*a).clone());
             tracing::warn!(
                 error = %e,
-                kept = carry.len(),
-                "checkpoint merge failed; deltas kept in memory for the next checkpoint"
+                kept = carry.pending.len(),
+                "checkpoint merge failed (it may have committed); checkpoints kept for the next one"
             );
             Err(e)
         }
@@ -701,13 +995,46 @@ fn compact(deltas: Vec<Delta>) -> Vec<Delta> {
     out
 }
 
-async fn prune(shared: &Shared) {
-    let retention = shared.options.audit_retention.as_secs();
-    let before = unix_now().saturating_sub(retention);
-    match shared.spool(move |s| s.prune_acknowledged(before)).await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(pruned = n, "pruned old acknowledged records"),
-        Err(e) => tracing::warn!(error = %e, "pruning acknowledged records failed"),
+/// Deletes acknowledged records whose window ended before the retention horizon, every
+/// [`PRUNE_EVERY`], in small transactions of its own (never on the checkpoint task).
+async fn prune_loop(shared: Arc<Shared>, mut stopping: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(PRUNE_EVERY);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopping.wait_for(|s| *s) => return,
+        }
+        let retention = shared.options.audit_retention.as_secs();
+        let before = unix_now().saturating_sub(retention);
+        let mut after = None;
+        let mut total = 0;
+        loop {
+            if *stopping.borrow() {
+                return;
+            }
+            let from = after.clone();
+            let batch = shared
+                .spool(move |s| s.prune_batch(before, from.as_ref(), PRUNE_BATCH))
+                .await;
+            match batch {
+                Ok(p) => {
+                    total += p.deleted;
+                    match p.next {
+                        Some(next) => after = Some(next),
+                        None => break,
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "pruning acknowledged records failed");
+                    break;
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+        if total > 0 {
+            tracing::info!(pruned = total, "pruned old acknowledged records");
+        }
     }
 }
 
@@ -745,8 +1072,7 @@ async fn provider_loop(
 ) {
     let mut tick = tokio::time::interval(route.report_interval.max(MIN_INTERVAL));
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    // No call before this instant (set by a throttle), across rounds.
-    let mut gate: Option<Instant> = None;
+    let mut gate = ProviderState::default();
     loop {
         let stop = *stopping.borrow();
         tokio::select! {
@@ -786,7 +1112,7 @@ async fn drain(
     shared: &Shared,
     provider: &dyn BillingProvider,
     deadline: Instant,
-    gate: &mut Option<Instant>,
+    gate: &mut ProviderState,
 ) -> RoundStats {
     let mut total = RoundStats::default();
     let limits = Limits {
@@ -812,6 +1138,15 @@ async fn drain(
         }
     }
     total
+}
+
+/// What a provider task remembers across rounds.
+#[derive(Default)]
+struct ProviderState {
+    /// No call before this instant (set by a throttle).
+    gate: Option<Instant>,
+    /// An unauthorized alert was raised and no call succeeded since.
+    unauthorized: bool,
 }
 
 /// When a round must stop early: a shutdown began (`interrupt` turned true) or the
@@ -862,14 +1197,18 @@ async fn round(
     provider: &dyn BillingProvider,
     include_open: bool,
     mut limits: Limits,
-    gate: &mut Option<Instant>,
+    gate: &mut ProviderState,
 ) -> RoundStats {
     let name = provider.name().to_owned();
     let max_batch = provider.max_batch().max(1);
     let instance = shared.engine.instance().to_owned();
+    let horizon = provider.dedup_horizon();
     let mut stats = RoundStats::default();
+    let mut after = None;
     for _ in 0..MAX_BATCHES_PER_ROUND {
-        if let Some(wait) = gate.and_then(|t| t.checked_duration_since(Instant::now()))
+        if let Some(wait) = gate
+            .gate
+            .and_then(|t| t.checked_duration_since(Instant::now()))
             && !limits.pause(wait).await
         {
             break;
@@ -877,26 +1216,40 @@ async fn round(
         if limits.expired() {
             break;
         }
-        let (n, i) = (name.clone(), instance.clone());
-        let taken = shared
-            .spool(move |s| s.take_due(&n, &i, unix_now(), max_batch, include_open))
-            .await;
-        let batch = match taken {
-            Ok(b) => b,
+        let now = unix_now();
+        // Past the horizon the provider may have forgotten the key: never resend blindly.
+        let resend_before = if horizon == Duration::MAX {
+            0
+        } else {
+            now.saturating_sub(horizon.as_secs())
+        };
+        let request = TakeRequest::new(name.clone(), instance.clone(), now, max_batch)
+            .include_open(include_open)
+            .resend_before(resend_before)
+            .after(after.take());
+        let taken = shared.spool(move |s| s.take(&request)).await;
+        let taken = match taken {
+            Ok(t) => t,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot take due records; retrying next round");
                 stats.failed = true;
                 break;
             }
         };
+        settle_side_effects(shared, &taken);
+        after = taken.next;
+        let batch = taken.records;
         if batch.is_empty() {
-            break;
+            if after.is_none() {
+                break;
+            }
+            continue;
         }
         let full = batch.len() >= max_batch;
         stats.taken += batch.len();
         let d = deliver(shared, provider, batch, limits.clone(), gate).await;
         stats.add(d);
-        if d.left > 0 || !full {
+        if d.left > 0 || (!full && after.is_none()) {
             break;
         }
     }
@@ -912,6 +1265,39 @@ async fn round(
     stats
 }
 
+/// Raises the events of what `take` moved aside: records past the deduplication horizon
+/// and quarantined rows.
+fn settle_side_effects(shared: &Shared, taken: &Taken) {
+    for r in &taken.to_reconcile {
+        bump(&shared.counters.to_reconcile, 1);
+        tracing::error!(
+            provider = %r.provider,
+            customer = %r.customer,
+            key = %r.idempotency_key,
+            quantity = r.quantity,
+            "usage record past the provider's deduplication horizon; moved to reconciliation"
+        );
+        shared.engine.emit(Event::new(
+            Some(r.customer.clone()),
+            EventKind::NeedsReconciliation {
+                provider: r.provider.clone(),
+                idempotency_key: r.idempotency_key.clone(),
+                quantity: r.quantity,
+            },
+        ));
+    }
+    for (key, reason) in &taken.quarantined {
+        bump(&shared.counters.quarantined, 1);
+        shared.engine.emit(Event::new(
+            None,
+            EventKind::SpoolRowQuarantined {
+                key: key.clone(),
+                reason: reason.clone(),
+            },
+        ));
+    }
+}
+
 /// Sends one batch, retrying what is not settled with backoff, and settles the outcomes.
 /// A throttle sets `gate`: no call to this provider before it, in this round or the next.
 async fn deliver(
@@ -919,7 +1305,7 @@ async fn deliver(
     provider: &dyn BillingProvider,
     records: Vec<UsageRecord>,
     mut limits: Limits,
-    gate: &mut Option<Instant>,
+    gate: &mut ProviderState,
 ) -> RoundStats {
     let opts = &shared.options;
     let mut stats = RoundStats::default();
@@ -945,7 +1331,17 @@ async fn deliver(
             }
             Ok(Err(ProviderError::Unauthorized { message })) => {
                 bump(&shared.counters.call_failures, 1);
-                tracing::error!(records = remaining.len(), %message, "provider refused the credentials; retrying (check the API key)");
+                if !gate.unauthorized {
+                    gate.unauthorized = true;
+                    tracing::error!(records = remaining.len(), %message, "provider refused the credentials; retrying (check the API key)");
+                    shared.engine.emit(Event::new(
+                        None,
+                        EventKind::ProviderUnauthorized {
+                            provider: provider.name().to_owned(),
+                            message,
+                        },
+                    ));
+                }
                 backoff.next()
             }
             Ok(Err(ProviderError::Throttled {
@@ -954,7 +1350,7 @@ async fn deliver(
             })) => {
                 bump(&shared.counters.call_failures, 1);
                 tracing::info!(?retry_after, %message, "provider throttled");
-                *gate = Some(Instant::now() + retry_after);
+                gate.gate = Some(Instant::now() + retry_after);
                 backoff.next().map(|d| d.max(retry_after))
             }
             Ok(Err(ProviderError::Permanent { message })) => {
@@ -976,6 +1372,10 @@ async fn deliver(
                 backoff.next()
             }
             Ok(Ok(outcomes)) => {
+                if gate.unauthorized {
+                    gate.unauthorized = false;
+                    tracing::info!("provider accepts the credentials again");
+                }
                 let mut accepted = Vec::new();
                 let mut rejected: Vec<(UsageRecord, String)> = Vec::new();
                 let mut retry = Vec::new();
@@ -1082,6 +1482,7 @@ async fn dead_letter(shared: &Shared, records: Vec<UsageRecord>, reason: String)
 mod tests {
     use super::*;
     use crate::meter::Measure;
+    use crate::report::Spool;
 
     fn d(c: &str, m: &str, measure: Measure) -> Delta {
         Delta::new(
@@ -1130,6 +1531,50 @@ mod tests {
             (r.report_interval, r.meters),
             (Duration::from_secs(10), None)
         );
+    }
+
+    /// Issue 10 item 9: a corrupt row is quarantined once with an event, and the rest is
+    /// reported.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_corrupt_row_is_quarantined_with_an_event() {
+        use crate::report::MemorySpool;
+        use crate::report::spool_kv::{RowKey, Table};
+        let engine = Engine::for_tests(&["calls"]);
+        let spool = Arc::new(MemorySpool::new());
+        let bad = RowKey {
+            provider: "ledger".into(),
+            meter: "calls".into(),
+            customer: "c0".into(),
+            window_start: 60,
+            part: 0,
+        };
+        spool.put_raw(Table::Pending, bad, &[7, 7, 7]);
+        let ledger = Arc::new(crate::ledger::LedgerProvider::new());
+        let reporter = Reporter::start(
+            engine.clone(),
+            spool.clone(),
+            vec![ProviderRoute::new(ledger.clone())],
+            ReporterOptions::default().with_checkpoint_interval(Duration::from_millis(10)),
+        )
+        .unwrap();
+        engine.record_by_id("c1", "calls", 3).unwrap();
+        let summary = reporter.shutdown().await.unwrap();
+        assert_eq!(ledger.total("calls", "c1"), 3);
+        assert_eq!(
+            summary.pending_left, 0,
+            "the corrupt row no longer blocks anything"
+        );
+        assert_eq!(summary.stats.quarantined, 1);
+        let events = engine.drain_events(100);
+        let quarantined: Vec<_> = events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::SpoolRowQuarantined { key, .. } => Some(key.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(quarantined, vec!["ledger/calls/c0/60#0".to_owned()]);
+        assert_eq!(spool.quarantined().unwrap().len(), 1);
     }
 
     #[test]

@@ -6,20 +6,25 @@
 //! polling costs no disk write.
 //!
 //! Rows are keyed by the tuple `(provider, meter, customer, window_start, part)`; values are
-//! JSON (one pending row, acknowledged record or dead letter each).
+//! one version byte and postcard (see `spool_kv`); JSON rows of earlier releases are read.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use crate::id::MeterId;
+use crate::meter::Aggregation;
 use crate::provider::UsageRecord;
-use crate::report::Delta;
 use crate::report::dead_letter::DeadLetter;
 use crate::report::spool::{
-    Acknowledged, KvRead, KvWrite, PendingEntry, RowKey, Spool, SpoolError, SpoolRoute, Table,
-    ack_in, acknowledged_in, dead_letter_in, dead_letters_in, merge_in, pending_in,
-    prune_acknowledged_in, take_due_in,
+    Acknowledged, Checkpoint, PendingEntry, Pruned, Quarantined, Settled, Spool, SpoolError,
+    SpoolKey, SpoolRoute, TakeRequest, Taken,
+};
+use crate::report::spool_kv::{
+    KvRead, KvWrite, RowKey, Table, ack_in, acknowledged_in, dead_letter_in, last_checkpoint_in,
+    merge_in, pending_in, prune_batch_in, quarantined_in, requeue_in, settled_in, spool_id_in,
+    stored_aggregation_in, take_in,
 };
 
 type Key = (&'static str, &'static str, &'static str, u64, u32);
@@ -27,12 +32,20 @@ type Key = (&'static str, &'static str, &'static str, u64, u32);
 const PENDING: TableDefinition<Key, &[u8]> = TableDefinition::new("pending");
 const ACKED: TableDefinition<Key, &[u8]> = TableDefinition::new("acknowledged");
 const DEAD: TableDefinition<Key, &[u8]> = TableDefinition::new("dead_letters");
+const RECONCILE: TableDefinition<Key, &[u8]> = TableDefinition::new("reconcile");
+const QUARANTINE: TableDefinition<Key, &[u8]> = TableDefinition::new("quarantine");
+const PARTS: TableDefinition<Key, &[u8]> = TableDefinition::new("parts");
+const META: TableDefinition<Key, &[u8]> = TableDefinition::new("meta");
 
 fn definition(table: Table) -> TableDefinition<'static, Key, &'static [u8]> {
     match table {
         Table::Pending => PENDING,
         Table::Acked => ACKED,
         Table::Dead => DEAD,
+        Table::Reconcile => RECONCILE,
+        Table::Quarantine => QUARANTINE,
+        Table::Parts => PARTS,
+        Table::Meta => META,
     }
 }
 
@@ -77,11 +90,13 @@ impl RedbSpool {
         })?;
         let spool = Self { db, path };
         spool.write(|w| {
-            for t in [Table::Pending, Table::Acked, Table::Dead] {
+            for t in Table::ALL {
                 w.txn
                     .open_table(definition(t))
                     .map_err(|e| storage(w.path, e))?;
             }
+            // The spool id exists from the start: every key handed out is derived from it.
+            spool_id_in(w)?;
             w.dirty = true;
             Ok(())
         })?;
@@ -158,6 +173,7 @@ fn collect<T: ReadableTable<Key, &'static [u8]>>(
     table: &T,
     path: &Path,
     from: &RowKey,
+    max: usize,
     keep: &dyn Fn(&RowKey) -> bool,
 ) -> Result<Vec<(RowKey, Vec<u8>)>, SpoolError> {
     let mut out = Vec::new();
@@ -165,6 +181,9 @@ fn collect<T: ReadableTable<Key, &'static [u8]>>(
         .range::<(&str, &str, &str, u64, u32)>(tuple(from)..)
         .map_err(|e| storage(path, e))?;
     for item in range {
+        if out.len() >= max {
+            break;
+        }
         let (k, v) = item.map_err(|e| storage(path, e))?;
         let key = row_key(k.value());
         if !keep(&key) {
@@ -189,13 +208,14 @@ impl KvRead for RedbWrite<'_> {
         &mut self,
         table: Table,
         from: &RowKey,
+        max: usize,
         keep: &dyn Fn(&RowKey) -> bool,
     ) -> Result<Vec<(RowKey, Vec<u8>)>, SpoolError> {
         let t = self
             .txn
             .open_table(definition(table))
             .map_err(|e| storage(self.path, e))?;
-        collect(&t, self.path, from, keep)
+        collect(&t, self.path, from, max, keep)
     }
 }
 
@@ -236,36 +256,33 @@ impl KvRead for RedbRead<'_> {
         &mut self,
         table: Table,
         from: &RowKey,
+        max: usize,
         keep: &dyn Fn(&RowKey) -> bool,
     ) -> Result<Vec<(RowKey, Vec<u8>)>, SpoolError> {
         let t = self
             .txn
             .open_table(definition(table))
             .map_err(|e| storage(self.path, e))?;
-        collect(&t, self.path, from, keep)
+        collect(&t, self.path, from, max, keep)
     }
 }
 
 impl Spool for RedbSpool {
-    fn merge(
+    fn merge_checkpoints(
         &self,
         routes: &[SpoolRoute],
-        deltas: &[Delta],
-        now_unix: u64,
+        checkpoints: &[Checkpoint],
         window_secs: u64,
     ) -> Result<usize, SpoolError> {
-        self.write(|w| merge_in(w, routes, deltas, now_unix, window_secs))
+        self.write(|w| merge_in(w, routes, checkpoints, window_secs))
     }
 
-    fn take_due(
-        &self,
-        provider: &str,
-        instance: &str,
-        now_unix: u64,
-        limit: usize,
-        include_open: bool,
-    ) -> Result<Vec<UsageRecord>, SpoolError> {
-        self.write(|w| take_due_in(w, provider, instance, now_unix, limit, include_open))
+    fn last_checkpoint(&self, writer: &str) -> Result<u64, SpoolError> {
+        self.read(|r| last_checkpoint_in(r, writer))
+    }
+
+    fn take(&self, request: &TakeRequest) -> Result<Taken, SpoolError> {
+        self.write(|w| take_in(w, request))
     }
 
     fn ack(&self, records: &[UsageRecord], now_unix: u64) -> Result<usize, SpoolError> {
@@ -281,6 +298,16 @@ impl Spool for RedbSpool {
         self.write(|w| dead_letter_in(w, records, reason, now_unix))
     }
 
+    fn requeue(
+        &self,
+        from: Settled,
+        keys: &[SpoolKey],
+        instance: &str,
+        now_unix: u64,
+    ) -> Result<usize, SpoolError> {
+        self.write(|w| requeue_in(w, from, keys, instance, now_unix))
+    }
+
     fn pending(&self, provider: Option<&str>) -> Result<Vec<PendingEntry>, SpoolError> {
         self.read(|r| pending_in(r, provider))
     }
@@ -290,18 +317,39 @@ impl Spool for RedbSpool {
     }
 
     fn dead_letters(&self, provider: Option<&str>) -> Result<Vec<DeadLetter>, SpoolError> {
-        self.read(|r| dead_letters_in(r, provider))
+        self.read(|r| settled_in(r, Settled::DeadLetters, provider))
     }
 
-    fn prune_acknowledged(&self, before_unix: u64) -> Result<usize, SpoolError> {
-        self.write(|w| prune_acknowledged_in(w, before_unix))
+    fn to_reconcile(&self, provider: Option<&str>) -> Result<Vec<DeadLetter>, SpoolError> {
+        self.read(|r| settled_in(r, Settled::Reconciliation, provider))
+    }
+
+    fn stored_aggregation(
+        &self,
+        provider: &str,
+        meter: &MeterId,
+    ) -> Result<Option<Aggregation>, SpoolError> {
+        self.read(|r| stored_aggregation_in(r, provider, meter))
+    }
+
+    fn quarantined(&self) -> Result<Vec<Quarantined>, SpoolError> {
+        self.read(|r| quarantined_in(r))
+    }
+
+    fn prune_batch(
+        &self,
+        before_unix: u64,
+        after: Option<&SpoolKey>,
+        max: usize,
+    ) -> Result<Pruned, SpoolError> {
+        self.write(|w| prune_batch_in(w, before_unix, after, max))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::spool::suite::{self, routes, sum};
+    use crate::report::spool_kv::suite::{self, routes, sum};
 
     #[test]
     fn redb_spool_passes_the_suite() {

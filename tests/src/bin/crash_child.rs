@@ -13,8 +13,11 @@
 //! - `spool.redb`, `ledger.jsonl`: shared by every run;
 //! - `recorded-RUN_ID`: how many units this run recorded, written *before* each record
 //!   call (so it is at least the true figure, and at most one tick's units above it);
-//! - `merged-RUN_ID`: how many units of this run the spool holds, written *after* each
-//!   successful merge (so it is at most the true figure);
+//! - `journal-RUN_ID`: every merge attempt, written (one `write` per attempt) *before*
+//!   the merge is called: a block `B` line, one `C writer seq window_start customer meter
+//!   quantity` line per delta of each checkpoint, and an `E` line. The spool stores the
+//!   highest checkpoint number merged per writer in the merge's transaction, so the test
+//!   knows exactly which journaled checkpoints committed before a kill;
 //! - `held-RUN_ID`: how many provider calls the ledger has accepted in this run; each
 //!   answer is then held back for `HOLD_MS` before it reaches the reporter, so a kill in
 //!   that time leaves records billed by the ledger but not acknowledged in the spool.
@@ -25,6 +28,7 @@
 //! into the spool.
 
 use std::fs::{File, OpenOptions};
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -36,7 +40,10 @@ use async_trait::async_trait;
 use monetize_core::Engine;
 use monetize_core::ledger::LedgerProvider;
 use monetize_core::provider::{BillingProvider, ProviderError, RecordOutcome, UsageRecord};
-use monetize_core::report::{Delta, ProviderRoute, RedbSpool, Reporter, ReporterOptions, Spool};
+use monetize_core::report::{
+    Checkpoint, ProviderRoute, RedbSpool, ReportWindow, Reporter, ReporterOptions, Spool,
+    SpoolError,
+};
 use monetize_tests::spool::MergeHook;
 
 /// What the test asked for.
@@ -146,24 +153,38 @@ fn main() -> ExitCode {
 async fn child(p: Params) -> Result<(), Box<dyn std::error::Error>> {
     let (dir, run) = (&p.dir, &p.run);
     let customer = format!("run-{run}");
-    // Counts what was merged for this run's customer and writes it after each commit.
-    let merged = AtomicU64::new(0);
-    let merged_file = counter_file(&dir.join(format!("merged-{run}")))?;
-    let ours = customer.clone();
+    // Journals every merge attempt before it is made (see the module docs).
+    let journal = std::sync::Mutex::new(
+        OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(dir.join(format!("journal-{run}")))?,
+    );
     let spool = Arc::new(MergeHook::new(
         RedbSpool::open(dir.join("spool.redb"))?,
-        move |inner: &RedbSpool, routes, deltas: &[Delta], now_unix, window_secs| {
-            let n = inner.merge(routes, deltas, now_unix, window_secs)?;
-            let mine: u64 = deltas
-                .iter()
-                .filter(|d| d.customer.as_str() == ours)
-                .map(|d| d.measure.quantity())
-                .sum();
-            let total = merged.fetch_add(mine, Ordering::SeqCst) + mine;
-            if let Err(e) = write_counter(&merged_file, total) {
-                eprintln!("cannot write the merged counter: {e}");
+        move |inner: &RedbSpool, routes, checkpoints: &[Checkpoint], window_secs| {
+            let mut block = String::from("B\n");
+            for c in checkpoints {
+                let window = ReportWindow::containing(c.taken_unix, window_secs).start();
+                for d in &c.deltas {
+                    block.push_str(&format!(
+                        "C {} {} {window} {} {} {}\n",
+                        if c.writer.is_empty() { "-" } else { &c.writer },
+                        c.seq,
+                        d.customer,
+                        d.meter,
+                        d.measure.quantity()
+                    ));
+                }
             }
-            Ok(n)
+            block.push_str("E\n");
+            let mut file = journal.lock().unwrap_or_else(|e| e.into_inner());
+            file.write_all(block.as_bytes())
+                .map_err(|e| SpoolError::Unavailable {
+                    reason: format!("cannot write the journal: {e}"),
+                })?;
+            drop(file);
+            inner.merge_checkpoints(routes, checkpoints, window_secs)
         },
     ));
     let recorded_file = counter_file(&dir.join(format!("recorded-{run}")))?;
@@ -182,7 +203,7 @@ async fn child(p: Params) -> Result<(), Box<dyn std::error::Error>> {
         file: counter_file(&dir.join(format!("held-{run}")))?,
     });
     let route = ProviderRoute::new(held).with_report_interval(Duration::from_millis(100));
-    let reporter = Reporter::start(engine.clone(), spool.clone(), vec![route], options);
+    let reporter = Reporter::start(engine.clone(), spool.clone(), vec![route], options)?;
 
     let mut recorded: u64 = 0;
     let mut tick = tokio::time::interval(Duration::from_millis(1));

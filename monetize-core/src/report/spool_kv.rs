@@ -1,0 +1,1438 @@
+//! The spool algorithm, written once against a minimal key-value transaction
+//! ([`KvRead`], [`KvWrite`]) so that every spool (memory, redb, later a remote one) behaves
+//! alike.
+//!
+//! Rows are encoded as one version byte followed by [postcard](https://docs.rs/postcard)
+//! (version 1). Rows written by earlier releases as JSON (first byte `{`) are still read;
+//! a row of an unknown version is reported as corrupt (and quarantined by `take`).
+
+use std::fmt;
+
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::id::{CustomerId, MeterId};
+use crate::meter::{Aggregation, Measure};
+use crate::provider::UsageRecord;
+use crate::report::Delta;
+use crate::report::dead_letter::DeadLetter;
+use crate::report::spool::{
+    Acknowledged, Checkpoint, PendingEntry, Pruned, Quarantined, Sealed, Settled, SpoolError,
+    SpoolKey, SpoolRoute, TakeRequest, Taken,
+};
+use crate::report::window::ReportWindow;
+
+/// The tables of a spool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Table {
+    /// Open and sealed entries.
+    Pending,
+    /// Acknowledged records (audit).
+    Acked,
+    /// Records refused for good.
+    Dead,
+    /// Records past the provider's deduplication horizon with an unknown outcome.
+    Reconcile,
+    /// Rows that could not be decoded, moved out of the way.
+    Quarantine,
+    /// Per window (part 0 key): the next part number.
+    Parts,
+    /// Spool id, checkpoint numbers, prune watermark.
+    Meta,
+}
+
+impl Table {
+    pub(crate) const ALL: [Table; 7] = [
+        Table::Pending,
+        Table::Acked,
+        Table::Dead,
+        Table::Reconcile,
+        Table::Quarantine,
+        Table::Parts,
+        Table::Meta,
+    ];
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Table::Pending => "pending",
+            Table::Acked => "acknowledged",
+            Table::Dead => "dead_letters",
+            Table::Reconcile => "reconcile",
+            Table::Quarantine => "quarantine",
+            Table::Parts => "parts",
+            Table::Meta => "meta",
+        }
+    }
+}
+
+/// A stored key, as raw strings (validated into a [`SpoolKey`] when read).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct RowKey {
+    pub(crate) provider: String,
+    pub(crate) meter: String,
+    pub(crate) customer: String,
+    pub(crate) window_start: u64,
+    pub(crate) part: u32,
+}
+
+impl RowKey {
+    pub(crate) fn of_record(r: &UsageRecord) -> Self {
+        Self::of_key(&SpoolKey::of(r))
+    }
+
+    pub(crate) fn of_key(k: &SpoolKey) -> Self {
+        Self {
+            provider: k.provider.clone(),
+            meter: k.meter.as_str().to_owned(),
+            customer: k.customer.as_str().to_owned(),
+            window_start: k.window_start,
+            part: k.part,
+        }
+    }
+
+    /// The smallest key of `provider` (or of all when `None`).
+    fn first_of(provider: Option<&str>) -> Self {
+        Self {
+            provider: provider.unwrap_or_default().to_owned(),
+            meter: String::new(),
+            customer: String::new(),
+            window_start: 0,
+            part: 0,
+        }
+    }
+
+    fn meta(name: &str, sub: &str) -> Self {
+        Self {
+            provider: name.to_owned(),
+            meter: sub.to_owned(),
+            customer: String::new(),
+            window_start: 0,
+            part: 0,
+        }
+    }
+
+    fn with_part(&self, part: u32) -> Self {
+        Self {
+            part,
+            ..self.clone()
+        }
+    }
+
+    fn same_window(&self, other: &RowKey) -> bool {
+        self.provider == other.provider
+            && self.meter == other.meter
+            && self.customer == other.customer
+            && self.window_start == other.window_start
+    }
+
+    fn to_spool_key(&self) -> Result<SpoolKey, SpoolError> {
+        let corrupt = |reason: String| SpoolError::Corrupt {
+            key: self.to_string(),
+            reason,
+        };
+        let meter = MeterId::new(&self.meter).map_err(|e| corrupt(format!("meter: {e}")))?;
+        let customer =
+            CustomerId::new(&self.customer).map_err(|e| corrupt(format!("customer: {e}")))?;
+        Ok(SpoolKey::new(
+            self.provider.clone(),
+            meter,
+            customer,
+            self.window_start,
+            self.part,
+        ))
+    }
+}
+
+impl fmt::Display for RowKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}/{}/{}#{}",
+            self.provider, self.meter, self.customer, self.window_start, self.part
+        )
+    }
+}
+
+/// Reads of a spool transaction.
+pub(crate) trait KvRead {
+    fn get(&mut self, table: Table, key: &RowKey) -> Result<Option<Vec<u8>>, SpoolError>;
+
+    /// Up to `max` rows with a key at or after `from`, in key order, up to the first key
+    /// for which `keep` is false.
+    fn scan(
+        &mut self,
+        table: Table,
+        from: &RowKey,
+        max: usize,
+        keep: &dyn Fn(&RowKey) -> bool,
+    ) -> Result<Vec<(RowKey, Vec<u8>)>, SpoolError>;
+}
+
+/// Writes of a spool transaction.
+pub(crate) trait KvWrite: KvRead {
+    fn put(&mut self, table: Table, key: &RowKey, value: &[u8]) -> Result<(), SpoolError>;
+    fn remove(&mut self, table: Table, key: &RowKey) -> Result<(), SpoolError>;
+}
+
+// ---------------------------------------------------------------------------------------
+// Rows and their encoding
+// ---------------------------------------------------------------------------------------
+
+/// The version byte of rows written by this release.
+const ROW_VERSION: u8 = 1;
+
+/// A pending row as stored.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct PendingRow {
+    measure: Measure,
+    window_secs: u64,
+    sealed: Option<Sealed>,
+    updated_unix: u64,
+    /// Absent from rows written as JSON by earlier releases (guessed from the measure).
+    #[serde(default)]
+    aggregation: Option<Aggregation>,
+}
+
+impl PendingRow {
+    fn aggregation(&self) -> Aggregation {
+        self.aggregation.unwrap_or(match self.measure {
+            Measure::Max(_) => Aggregation::Max,
+            Measure::Latest(_) => Aggregation::Latest,
+            Measure::Sketch(_) => Aggregation::UniqueCount,
+            _ => Aggregation::Sum,
+        })
+    }
+}
+
+/// An acknowledged row as stored: the record, and the measure it was sealed from (so that
+/// a late part of a non-additive window can carry the whole window's value).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct AckRow {
+    ack: Acknowledged,
+    measure: Option<Measure>,
+}
+
+/// A quarantined row as stored.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct QuarantineRow {
+    table: String,
+    key: String,
+    reason: String,
+    bytes: Vec<u8>,
+}
+
+pub(crate) fn encode<T: Serialize>(key: &RowKey, value: &T) -> Result<Vec<u8>, SpoolError> {
+    let mut out = vec![ROW_VERSION];
+    let body = postcard::to_allocvec(value).map_err(|e| SpoolError::Corrupt {
+        key: key.to_string(),
+        reason: format!("cannot encode: {e}"),
+    })?;
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(
+    key: &RowKey,
+    bytes: &[u8],
+) -> Result<T, SpoolError> {
+    let corrupt = |reason: String| SpoolError::Corrupt {
+        key: key.to_string(),
+        reason,
+    };
+    match bytes.first() {
+        Some(&ROW_VERSION) => postcard::from_bytes(&bytes[1..])
+            .map_err(|e| corrupt(format!("cannot decode (version 1): {e}"))),
+        Some(b'{') => {
+            serde_json::from_slice(bytes).map_err(|e| corrupt(format!("cannot decode JSON: {e}")))
+        }
+        Some(v) => Err(corrupt(format!(
+            "unknown row format {v} (written by a newer release?)"
+        ))),
+        None => Err(corrupt("empty row".into())),
+    }
+}
+
+fn decode_ack(key: &RowKey, bytes: &[u8]) -> Result<AckRow, SpoolError> {
+    if bytes.first() == Some(&b'{') {
+        let ack: Acknowledged = decode(key, bytes)?;
+        return Ok(AckRow { ack, measure: None });
+    }
+    decode(key, bytes)
+}
+
+fn get_u64<T: KvRead + ?Sized>(txn: &mut T, key: &RowKey) -> Result<Option<u64>, SpoolError> {
+    match txn.get(Table::Meta, key)? {
+        Some(bytes) => Ok(Some(decode(key, &bytes)?)),
+        None => Ok(None),
+    }
+}
+
+fn put_u64<T: KvWrite + ?Sized>(txn: &mut T, key: &RowKey, v: u64) -> Result<(), SpoolError> {
+    txn.put(Table::Meta, key, &encode(key, &v)?)
+}
+
+fn is_additive(a: Aggregation) -> bool {
+    matches!(a, Aggregation::Count | Aggregation::Sum)
+}
+
+fn scan_provider<T: KvRead + ?Sized>(
+    txn: &mut T,
+    table: Table,
+    provider: Option<&str>,
+) -> Result<Vec<(RowKey, Vec<u8>)>, SpoolError> {
+    let from = RowKey::first_of(provider);
+    match provider {
+        Some(p) => txn.scan(table, &from, usize::MAX, &|k| k.provider == p),
+        None => txn.scan(table, &from, usize::MAX, &|_| true),
+    }
+}
+
+fn scan_window<T: KvRead + ?Sized>(
+    txn: &mut T,
+    table: Table,
+    window: &RowKey,
+) -> Result<Vec<(RowKey, Vec<u8>)>, SpoolError> {
+    txn.scan(table, &window.with_part(0), usize::MAX, &|k| {
+        k.same_window(window)
+    })
+}
+
+/// Moves a row that cannot be decoded to the quarantine table (raw bytes kept).
+fn quarantine<T: KvWrite + ?Sized>(
+    txn: &mut T,
+    table: Table,
+    key: &RowKey,
+    bytes: Vec<u8>,
+    reason: &str,
+) -> Result<(), SpoolError> {
+    tracing::error!(table = table.name(), key = %key, %reason, "spool row quarantined");
+    let qkey = RowKey {
+        provider: format!("{}|{}", table.name(), key.provider),
+        ..key.clone()
+    };
+    let row = QuarantineRow {
+        table: table.name().to_owned(),
+        key: key.to_string(),
+        reason: reason.to_owned(),
+        bytes,
+    };
+    txn.put(Table::Quarantine, &qkey, &encode(&qkey, &row)?)?;
+    txn.remove(table, key)?;
+    if table == Table::Pending {
+        // Its part number stays taken.
+        bump_marker(txn, key, key.part.saturating_add(1))?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Spool id and part markers
+// ---------------------------------------------------------------------------------------
+
+/// The spool's id, created (in this transaction) when missing.
+pub(crate) fn spool_id_in<T: KvWrite + ?Sized>(txn: &mut T) -> Result<String, SpoolError> {
+    let key = RowKey::meta("spool_id", "");
+    if let Some(bytes) = txn.get(Table::Meta, &key)? {
+        return decode(&key, &bytes);
+    }
+    let mut raw = [0u8; 16];
+    rand::rng().fill_bytes(&mut raw);
+    let id = hex::encode(raw);
+    txn.put(Table::Meta, &key, &encode(&key, &id)?)?;
+    Ok(id)
+}
+
+/// The next part number of a window, from its marker, or (for windows written by earlier
+/// releases) from the parts present in every table.
+fn next_part<T: KvRead + ?Sized>(txn: &mut T, window: &RowKey) -> Result<u32, SpoolError> {
+    let first = window.with_part(0);
+    if let Some(bytes) = txn.get(Table::Parts, &first)? {
+        let next: u64 = decode(&first, &bytes)?;
+        return Ok(u32::try_from(next).unwrap_or(u32::MAX));
+    }
+    let mut next = 0u32;
+    for table in [Table::Pending, Table::Acked, Table::Dead, Table::Reconcile] {
+        for (key, _) in scan_window(txn, table, &first)? {
+            next = next.max(key.part.saturating_add(1));
+        }
+    }
+    Ok(next)
+}
+
+fn bump_marker<T: KvWrite + ?Sized>(
+    txn: &mut T,
+    window: &RowKey,
+    next: u32,
+) -> Result<(), SpoolError> {
+    let first = window.with_part(0);
+    let current = next_part(txn, &first)?;
+    if next > current || txn.get(Table::Parts, &first)?.is_none() {
+        let v = u64::from(next.max(current));
+        txn.put(Table::Parts, &first, &encode(&first, &v)?)?;
+    }
+    Ok(())
+}
+
+fn new_part(window: &RowKey, next: u32) -> Result<u32, SpoolError> {
+    if next == u32::MAX {
+        return Err(SpoolError::Corrupt {
+            key: window.to_string(),
+            reason: "no part number left in this window".into(),
+        });
+    }
+    Ok(next)
+}
+
+// ---------------------------------------------------------------------------------------
+// Merge
+// ---------------------------------------------------------------------------------------
+
+fn checkpoint_key(writer: &str) -> RowKey {
+    RowKey::meta("checkpoint", writer)
+}
+
+const PRUNED_THROUGH: &str = "pruned_through";
+
+pub(crate) fn last_checkpoint_in<T: KvRead + ?Sized>(
+    txn: &mut T,
+    writer: &str,
+) -> Result<u64, SpoolError> {
+    Ok(get_u64(txn, &checkpoint_key(writer))?.unwrap_or(0))
+}
+
+pub(crate) fn merge_in<T: KvWrite + ?Sized>(
+    txn: &mut T,
+    routes: &[SpoolRoute],
+    checkpoints: &[Checkpoint],
+    window_secs: u64,
+) -> Result<usize, SpoolError> {
+    let pruned_through = get_u64(txn, &RowKey::meta(PRUNED_THROUGH, ""))?.unwrap_or(0);
+    let mut merged = 0;
+    for cp in checkpoints {
+        if cp.seq != 0 {
+            let key = checkpoint_key(&cp.writer);
+            let stored = get_u64(txn, &key)?.unwrap_or(0);
+            if cp.seq <= stored {
+                tracing::info!(
+                    writer = %cp.writer,
+                    seq = cp.seq,
+                    stored,
+                    "checkpoint already merged; skipped"
+                );
+                continue;
+            }
+            put_u64(txn, &key, cp.seq)?;
+        }
+        let mut window = ReportWindow::containing(cp.taken_unix, window_secs);
+        if window.end() <= pruned_through {
+            tracing::warn!(
+                taken_unix = cp.taken_unix,
+                pruned_through,
+                "usage dated in a window already pruned (clock stepped back?); moved to the first window not pruned"
+            );
+            window = ReportWindow::containing(pruned_through, window_secs);
+        }
+        for delta in &cp.deltas {
+            if delta.measure == Measure::Sum(0) {
+                continue;
+            }
+            for route in routes.iter().filter(|r| r.takes(&delta.meter)) {
+                merge_one(txn, &route.provider, delta, window, cp.taken_unix)?;
+                merged += 1;
+            }
+        }
+    }
+    Ok(merged)
+}
+
+fn merge_one<T: KvWrite + ?Sized>(
+    txn: &mut T,
+    provider: &str,
+    delta: &Delta,
+    window: ReportWindow,
+    now_unix: u64,
+) -> Result<(), SpoolError> {
+    let first = RowKey {
+        provider: provider.to_owned(),
+        meter: delta.meter.as_str().to_owned(),
+        customer: delta.customer.as_str().to_owned(),
+        window_start: window.start(),
+        part: 0,
+    };
+    let next = next_part(txn, &first)?;
+    // Only the window's latest part may be open: usage never goes into a part below a
+    // sealed one.
+    let mut previous: Option<Measure> = None;
+    if let Some(last) = next.checked_sub(1) {
+        let key = first.with_part(last);
+        if let Some(bytes) = txn.get(Table::Pending, &key)? {
+            match decode::<PendingRow>(&key, &bytes) {
+                Ok(mut row) if row.sealed.is_none() => {
+                    row.measure.merge(&delta.measure);
+                    row.updated_unix = now_unix;
+                    row.aggregation.get_or_insert(delta.aggregation);
+                    txn.put(Table::Pending, &key, &encode(&key, &row)?)?;
+                    return Ok(());
+                }
+                Ok(row) => previous = Some(row.measure),
+                Err(e) => quarantine(txn, Table::Pending, &key, bytes, &e.to_string())?,
+            }
+        } else if let Some(bytes) = txn.get(Table::Acked, &key)? {
+            previous = decode_ack(&key, &bytes).ok().and_then(|a| a.measure);
+        }
+    }
+    let part = new_part(&first, next)?;
+    let key = first.with_part(part);
+    // A later part of a non-additive window carries the whole window's value so far
+    // (it supersedes the earlier parts): a provider keeps the last part, never sums them.
+    let measure = match previous {
+        Some(mut prev) if !is_additive(delta.aggregation) => {
+            prev.merge(&delta.measure);
+            prev
+        }
+        _ => delta.measure.clone(),
+    };
+    let row = PendingRow {
+        measure,
+        window_secs: window.secs(),
+        sealed: None,
+        updated_unix: now_unix,
+        aggregation: Some(delta.aggregation),
+    };
+    txn.put(Table::Pending, &key, &encode(&key, &row)?)?;
+    let marker = u64::from(part) + 1;
+    txn.put(Table::Parts, &first, &encode(&first, &marker)?)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Take
+// ---------------------------------------------------------------------------------------
+
+/// The most rows one `take` examines per record it may hand out (and at least
+/// [`MIN_SCAN`]): the cost of a batch never depends on the backlog.
+const SCAN_PER_RECORD: usize = 4;
+const MIN_SCAN: usize = 256;
+
+/// What the instance and spool id contribute to an idempotency key.
+fn key_instance(instance: &str, spool_id: &str) -> String {
+    format!("{instance}@{spool_id}")
+}
+
+pub(crate) fn take_in<T: KvWrite + ?Sized>(
+    txn: &mut T,
+    req: &TakeRequest,
+) -> Result<Taken, SpoolError> {
+    let mut taken = Taken::default();
+    if req.limit == 0 {
+        return Ok(taken);
+    }
+    let provider = req.provider.as_str();
+    let from = match &req.after {
+        Some(k) => RowKey::of_key(k),
+        None => RowKey::first_of(Some(provider)),
+    };
+    let bound = req.limit.saturating_mul(SCAN_PER_RECORD).max(MIN_SCAN);
+    // One more than the bound tells whether the scan stopped early.
+    let rows = txn.scan(Table::Pending, &from, bound.saturating_add(2), &|k| {
+        k.provider == provider
+    })?;
+    let instance = key_instance(&req.instance, &spool_id_in(txn)?);
+    let mut examined = 0usize;
+    let mut last: Option<RowKey> = None;
+    for (rk, bytes) in rows {
+        if req.after.is_some() && rk == from {
+            continue;
+        }
+        if taken.records.len() >= req.limit || examined >= bound {
+            taken.next = last.as_ref().map(RowKey::to_spool_key).transpose()?;
+            break;
+        }
+        examined += 1;
+        let decoded = decode::<PendingRow>(&rk, &bytes).and_then(|r| Ok((r, rk.to_spool_key()?)));
+        let (mut row, key) = match decoded {
+            Ok(v) => v,
+            Err(e) => {
+                let reason = e.to_string();
+                quarantine(txn, Table::Pending, &rk, bytes, &reason)?;
+                taken.quarantined.push((rk.to_string(), reason));
+                // A quarantined key cannot be a cursor (it may not parse): the last good
+                // one stays.
+                continue;
+            }
+        };
+        last = Some(rk.clone());
+        let aggregation = row.aggregation();
+        let mut record = UsageRecord::new(
+            &instance,
+            provider,
+            key.meter,
+            key.customer,
+            key.window_start,
+            row.window_secs,
+            key.part,
+            0,
+        )
+        .with_aggregation(aggregation);
+        match &mut row.sealed {
+            Some(sealed) => {
+                record.idempotency_key.clone_from(&sealed.idempotency_key);
+                record.quantity = sealed.quantity;
+                record.attempts = sealed.handouts;
+                if req.resend_before_unix > 0 && sealed.sealed_unix < req.resend_before_unix {
+                    let dl = DeadLetter::new(
+                        record.clone(),
+                        "first sent before the provider's deduplication horizon and never \
+                         acknowledged: check whether the provider holds it, then requeue or drop it",
+                        req.now_unix,
+                    );
+                    txn.remove(Table::Pending, &rk)?;
+                    txn.put(Table::Reconcile, &rk, &encode(&rk, &dl)?)?;
+                    taken.to_reconcile.push(record);
+                    continue;
+                }
+                sealed.handouts = sealed.handouts.saturating_add(1);
+            }
+            None => {
+                let window = ReportWindow::new(key.window_start, row.window_secs);
+                let closed = window.is_closed(req.now_unix);
+                let due = closed || (req.include_open && is_additive(aggregation));
+                if !due {
+                    continue;
+                }
+                record.quantity = row.measure.quantity();
+                row.sealed = Some(Sealed {
+                    idempotency_key: record.idempotency_key.clone(),
+                    quantity: record.quantity,
+                    handouts: 1,
+                    sealed_unix: req.now_unix,
+                });
+            }
+        }
+        txn.put(Table::Pending, &rk, &encode(&rk, &row)?)?;
+        taken.records.push(record);
+    }
+    Ok(taken)
+}
+
+// ---------------------------------------------------------------------------------------
+// Settle: ack, dead letter, requeue
+// ---------------------------------------------------------------------------------------
+
+/// Builds the stored row of a settled record from the record and its sealed measure.
+type MakeRow<'a> = dyn Fn(&UsageRecord, Measure) -> Result<Vec<u8>, SpoolError> + 'a;
+
+/// Moves sealed entries matching `records` out of the pending table into `to`, storing
+/// `make(record, measure)`.
+fn settle_in<T: KvWrite + ?Sized>(
+    txn: &mut T,
+    records: &[UsageRecord],
+    to: Table,
+    make: &MakeRow<'_>,
+) -> Result<usize, SpoolError> {
+    let mut moved = 0;
+    for record in records {
+        let key = RowKey::of_record(record);
+        let Some(bytes) = txn.get(Table::Pending, &key)? else {
+            tracing::debug!(key = %key, "record no longer pending");
+            continue;
+        };
+        let row = match decode::<PendingRow>(&key, &bytes) {
+            Ok(row) => row,
+            Err(e) => {
+                tracing::error!(error = %e, "corrupt pending row left for take to quarantine");
+                continue;
+            }
+        };
+        match row.sealed {
+            Some(s) if s.idempotency_key == record.idempotency_key => {
+                let mut stored = record.clone();
+                stored.quantity = s.quantity;
+                txn.remove(Table::Pending, &key)?;
+                txn.put(to, &key, &make(&stored, row.measure)?)?;
+                moved += 1;
+            }
+            _ => tracing::warn!(
+                key = %key,
+                idempotency_key = %record.idempotency_key,
+                "record does not match the sealed entry; left pending"
+            ),
+        }
+    }
+    Ok(moved)
+}
+
+pub(crate) fn ack_in<T: KvWrite + ?Sized>(
+    txn: &mut T,
+    records: &[UsageRecord],
+    now_unix: u64,
+) -> Result<usize, SpoolError> {
+    settle_in(txn, records, Table::Acked, &|r, measure| {
+        let row = AckRow {
+            ack: Acknowledged {
+                record: r.clone(),
+                at_unix: now_unix,
+            },
+            measure: Some(measure),
+        };
+        encode(&RowKey::of_record(r), &row)
+    })
+}
+
+pub(crate) fn dead_letter_in<T: KvWrite + ?Sized>(
+    txn: &mut T,
+    records: &[UsageRecord],
+    reason: &str,
+    now_unix: u64,
+) -> Result<usize, SpoolError> {
+    settle_in(txn, records, Table::Dead, &|r, _| {
+        let row = DeadLetter::new(r.clone(), reason, now_unix);
+        encode(&RowKey::of_record(r), &row)
+    })
+}
+
+pub(crate) fn requeue_in<T: KvWrite + ?Sized>(
+    txn: &mut T,
+    from: Settled,
+    keys: &[SpoolKey],
+    instance: &str,
+    now_unix: u64,
+) -> Result<usize, SpoolError> {
+    let table = match from {
+        Settled::DeadLetters => Table::Dead,
+        Settled::Reconciliation => Table::Reconcile,
+    };
+    let instance = key_instance(instance, &spool_id_in(txn)?);
+    let mut moved = 0;
+    for k in keys {
+        let rk = RowKey::of_key(k);
+        let Some(bytes) = txn.get(table, &rk)? else {
+            continue;
+        };
+        let dl: DeadLetter = decode(&rk, &bytes)?;
+        let part = new_part(&rk, next_part(txn, &rk)?)?;
+        let old = dl.record;
+        let record = UsageRecord::new(
+            &instance,
+            &old.provider,
+            old.meter.clone(),
+            old.customer.clone(),
+            old.window_start,
+            old.window_secs,
+            part,
+            old.quantity,
+        );
+        let nk = rk.with_part(part);
+        let row = PendingRow {
+            measure: Measure::Sum(old.quantity),
+            window_secs: old.window_secs,
+            sealed: Some(Sealed {
+                idempotency_key: record.idempotency_key,
+                quantity: old.quantity,
+                handouts: 0,
+                sealed_unix: now_unix,
+            }),
+            updated_unix: now_unix,
+            aggregation: Some(old.aggregation),
+        };
+        txn.put(Table::Pending, &nk, &encode(&nk, &row)?)?;
+        let marker = u64::from(part) + 1;
+        let first = rk.with_part(0);
+        txn.put(Table::Parts, &first, &encode(&first, &marker)?)?;
+        txn.remove(table, &rk)?;
+        moved += 1;
+    }
+    Ok(moved)
+}
+
+// ---------------------------------------------------------------------------------------
+// Listings and prune
+// ---------------------------------------------------------------------------------------
+
+pub(crate) fn pending_in<T: KvRead + ?Sized>(
+    txn: &mut T,
+    provider: Option<&str>,
+) -> Result<Vec<PendingEntry>, SpoolError> {
+    scan_provider(txn, Table::Pending, provider)?
+        .into_iter()
+        .map(|(rk, bytes)| {
+            let row: PendingRow = decode(&rk, &bytes)?;
+            Ok(PendingEntry {
+                key: rk.to_spool_key()?,
+                window_secs: row.window_secs,
+                aggregation: row.aggregation(),
+                measure: row.measure,
+                sealed: row.sealed,
+            })
+        })
+        .collect()
+}
+
+pub(crate) fn acknowledged_in<T: KvRead + ?Sized>(
+    txn: &mut T,
+    provider: Option<&str>,
+) -> Result<Vec<Acknowledged>, SpoolError> {
+    scan_provider(txn, Table::Acked, provider)?
+        .into_iter()
+        .map(|(rk, bytes)| Ok(decode_ack(&rk, &bytes)?.ack))
+        .collect()
+}
+
+pub(crate) fn settled_in<T: KvRead + ?Sized>(
+    txn: &mut T,
+    from: Settled,
+    provider: Option<&str>,
+) -> Result<Vec<DeadLetter>, SpoolError> {
+    let table = match from {
+        Settled::DeadLetters => Table::Dead,
+        Settled::Reconciliation => Table::Reconcile,
+    };
+    scan_provider(txn, table, provider)?
+        .into_iter()
+        .map(|(rk, bytes)| decode(&rk, &bytes))
+        .collect()
+}
+
+pub(crate) fn stored_aggregation_in<T: KvRead + ?Sized>(
+    txn: &mut T,
+    provider: &str,
+    meter: &MeterId,
+) -> Result<Option<Aggregation>, SpoolError> {
+    let from = RowKey {
+        provider: provider.to_owned(),
+        meter: meter.as_str().to_owned(),
+        customer: String::new(),
+        window_start: 0,
+        part: 0,
+    };
+    // A corrupt row is skipped here (the next take quarantines it): it must not block a
+    // start.
+    let rows = txn.scan(Table::Pending, &from, 16, &|k| {
+        k.provider == provider && k.meter == meter.as_str()
+    })?;
+    Ok(rows
+        .iter()
+        .find_map(|(rk, bytes)| decode::<PendingRow>(rk, bytes).ok())
+        .map(|row| row.aggregation()))
+}
+
+pub(crate) fn quarantined_in<T: KvRead + ?Sized>(
+    txn: &mut T,
+) -> Result<Vec<Quarantined>, SpoolError> {
+    scan_provider(txn, Table::Quarantine, None)?
+        .into_iter()
+        .map(|(rk, bytes)| {
+            let row: QuarantineRow = decode(&rk, &bytes)?;
+            Ok(Quarantined {
+                key: format!("{}:{}", row.table, row.key),
+                reason: row.reason,
+                bytes: row.bytes,
+            })
+        })
+        .collect()
+}
+
+pub(crate) fn prune_batch_in<T: KvWrite + ?Sized>(
+    txn: &mut T,
+    before_unix: u64,
+    after: Option<&SpoolKey>,
+    max: usize,
+) -> Result<Pruned, SpoolError> {
+    let watermark = RowKey::meta(PRUNED_THROUGH, "");
+    if get_u64(txn, &watermark)?.unwrap_or(0) < before_unix {
+        put_u64(txn, &watermark, before_unix)?;
+    }
+    let from = match after {
+        Some(k) => RowKey::of_key(k),
+        None => RowKey::first_of(None),
+    };
+    let max = max.max(1);
+    let rows = txn.scan(Table::Acked, &from, max.saturating_add(2), &|_| true)?;
+    let mut pruned = Pruned::default();
+    let mut examined = 0;
+    let mut last: Option<RowKey> = None;
+    for (rk, bytes) in rows {
+        if after.is_some() && rk == from {
+            continue;
+        }
+        if examined >= max {
+            pruned.next = last.as_ref().map(RowKey::to_spool_key).transpose()?;
+            break;
+        }
+        examined += 1;
+        let row = match decode_ack(&rk, &bytes) {
+            Ok(row) => row,
+            Err(e) => {
+                quarantine(txn, Table::Acked, &rk, bytes, &e.to_string())?;
+                continue;
+            }
+        };
+        last = Some(rk.clone());
+        let r = &row.ack.record;
+        let window = ReportWindow::new(r.window_start, r.window_secs);
+        if window.end() > before_unix {
+            continue;
+        }
+        txn.remove(Table::Acked, &rk)?;
+        pruned.deleted += 1;
+        // The window takes no more usage (the watermark): its part marker can go once
+        // nothing else of the window remains (a dead letter may still be requeued).
+        let first = rk.with_part(0);
+        let mut others = false;
+        for table in [Table::Pending, Table::Acked, Table::Dead, Table::Reconcile] {
+            if !txn
+                .scan(table, &first, 1, &|k| k.same_window(&first))?
+                .is_empty()
+            {
+                others = true;
+                break;
+            }
+        }
+        if !others {
+            txn.remove(Table::Parts, &first)?;
+        }
+    }
+    Ok(pruned)
+}
+
+/// A behaviour suite every spool must pass; run on [`MemorySpool`] here and on
+/// `RedbSpool` in its module.
+#[cfg(test)]
+pub(crate) mod suite {
+    use super::*;
+    use crate::report::spool::Spool;
+
+    pub(crate) fn m(s: &str) -> MeterId {
+        MeterId::new(s).unwrap()
+    }
+
+    pub(crate) fn c(s: &str) -> CustomerId {
+        CustomerId::new(s).unwrap()
+    }
+
+    pub(crate) fn sum(customer: &str, meter: &str, v: u64) -> Delta {
+        Delta::new(c(customer), m(meter), Measure::Sum(v))
+    }
+
+    pub(crate) fn routes() -> Vec<SpoolRoute> {
+        vec![
+            SpoolRoute::all("ledger"),
+            SpoolRoute::only("stripe", vec![m("calls")]),
+        ]
+    }
+
+    /// Windows of 60 s; t=100 is in [60, 120).
+    pub(crate) fn closes_windows_only(s: &dyn Spool) {
+        s.merge(
+            &routes(),
+            &[sum("c1", "calls", 2), sum("c1", "bytes", 10)],
+            100,
+            60,
+        )
+        .unwrap();
+        s.merge(&routes(), &[sum("c1", "calls", 3)], 110, 60)
+            .unwrap();
+        assert!(
+            s.take_due("ledger", "i", 119, 10, false)
+                .unwrap()
+                .is_empty()
+        );
+        let got = s.take_due("ledger", "i", 120, 10, false).unwrap();
+        assert_eq!(got.len(), 2);
+        let calls = got.iter().find(|r| r.meter.as_str() == "calls").unwrap();
+        assert_eq!((calls.quantity, calls.window_start, calls.part), (5, 60, 0));
+        assert_eq!(calls.attempts, 0);
+        // stripe only takes calls
+        let stripe = s.take_due("stripe", "i", 120, 10, false).unwrap();
+        assert_eq!(stripe.len(), 1);
+        assert_eq!(stripe[0].quantity, 5);
+        assert_ne!(stripe[0].idempotency_key, calls.idempotency_key);
+    }
+
+    pub(crate) fn include_open_takes_everything(s: &dyn Spool) {
+        s.merge(&routes(), &[sum("c1", "calls", 4)], 100, 60)
+            .unwrap();
+        assert!(
+            s.take_due("ledger", "i", 100, 10, false)
+                .unwrap()
+                .is_empty()
+        );
+        let got = s.take_due("ledger", "i", 100, 10, true).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].quantity, 4);
+    }
+
+    pub(crate) fn sealed_entries_are_stable(s: &dyn Spool) {
+        s.merge(&routes(), &[sum("c1", "calls", 7)], 100, 60)
+            .unwrap();
+        let first = s.take_due("ledger", "i", 200, 10, false).unwrap();
+        // a late merge into the sealed window goes to part 1
+        s.merge(&routes(), &[sum("c1", "calls", 5)], 100, 60)
+            .unwrap();
+        let again = s
+            .take_due("ledger", "other-instance", 200, 10, false)
+            .unwrap();
+        assert_eq!(again.len(), 2);
+        assert_eq!(again[0].idempotency_key, first[0].idempotency_key);
+        assert_eq!(again[0].quantity, 7);
+        assert_eq!(again[0].attempts, 1);
+        assert_eq!(again[1].part, 1);
+        assert_eq!(again[1].quantity, 5);
+        assert_eq!(again[1].attempts, 0);
+        assert_ne!(again[1].idempotency_key, first[0].idempotency_key);
+        let third = s.take_due("ledger", "i", 200, 10, false).unwrap();
+        assert_eq!((third[0].attempts, third[1].attempts), (2, 1));
+        let pending = s.pending(Some("ledger")).unwrap();
+        assert_eq!(pending.len(), 2);
+        assert_eq!(pending[0].sealed.as_ref().unwrap().handouts, 3);
+        assert_eq!(s.pending_total(Some("ledger"), "calls", "c1").unwrap(), 12);
+    }
+
+    pub(crate) fn ack_and_dead_letter_move_entries(s: &dyn Spool) {
+        s.merge(
+            &routes(),
+            &[
+                sum("c1", "calls", 1),
+                sum("c2", "calls", 2),
+                sum("c3", "calls", 3),
+            ],
+            100,
+            60,
+        )
+        .unwrap();
+        let got = s.take_due("ledger", "i", 200, 10, false).unwrap();
+        assert_eq!(got.len(), 3);
+        assert_eq!(s.ack(&got[..1], 300).unwrap(), 1);
+        assert_eq!(
+            s.dead_letter(&got[1..2], "unknown customer", 301).unwrap(),
+            1
+        );
+        // acking again or acking a record with a foreign key does nothing
+        assert_eq!(s.ack(&got[..1], 300).unwrap(), 0);
+        let mut forged = got[2].clone();
+        forged.idempotency_key = "mz1_forged".into();
+        assert_eq!(s.ack(&[forged], 300).unwrap(), 0);
+        let acked = s.acknowledged(Some("ledger")).unwrap();
+        assert_eq!(acked.len(), 1);
+        assert_eq!(acked[0].record.idempotency_key, got[0].idempotency_key);
+        assert_eq!(acked[0].at_unix, 300);
+        let dead = s.dead_letters(None).unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].reason, "unknown customer");
+        assert_eq!(dead[0].record.quantity, 2);
+        assert_eq!(s.pending_count(Some("ledger")).unwrap(), 1);
+        // usage merged later into the acknowledged window never reuses part 0
+        s.merge(
+            &routes(),
+            &[sum("c1", "calls", 9), sum("c2", "calls", 9)],
+            110,
+            60,
+        )
+        .unwrap();
+        let late = s.take_due("ledger", "i", 200, 10, false).unwrap();
+        let parts: Vec<(String, u32, u64)> = late
+            .iter()
+            .map(|r| (r.customer.to_string(), r.part, r.quantity))
+            .collect();
+        assert!(parts.contains(&("c1".into(), 1, 9)), "{parts:?}");
+        assert!(parts.contains(&("c2".into(), 1, 9)), "{parts:?}");
+        assert!(parts.contains(&("c3".into(), 0, 3)), "{parts:?}");
+        // prune: by the end of the record's window (120), not by the acknowledgement time
+        assert_eq!(s.prune_acknowledged(119).unwrap(), 0);
+        assert_eq!(s.prune_acknowledged(120).unwrap(), 1);
+        assert!(s.acknowledged(None).unwrap().is_empty());
+    }
+
+    pub(crate) fn limit_is_respected(s: &dyn Spool) {
+        let deltas: Vec<Delta> = (0..5).map(|i| sum(&format!("c{i}"), "calls", 1)).collect();
+        s.merge(&routes(), &deltas, 100, 60).unwrap();
+        assert_eq!(s.take_due("ledger", "i", 200, 2, false).unwrap().len(), 2);
+        // the two sealed ones come first (key order), then two more
+        assert_eq!(s.take_due("ledger", "i", 200, 4, false).unwrap().len(), 4);
+        assert!(s.take_due("ledger", "i", 200, 0, false).unwrap().is_empty());
+        let all = s.take_due("ledger", "i", 200, 100, false).unwrap();
+        assert_eq!(all.len(), 5);
+        assert_eq!(all.iter().map(|r| r.quantity).sum::<u64>(), 5);
+    }
+
+    pub(crate) fn measures_merge_by_kind(s: &dyn Spool) {
+        let max = |v| Delta::new(c("c1"), m("peak"), Measure::Max(v));
+        s.merge(&routes(), &[max(3), max(9), max(4)], 100, 60)
+            .unwrap();
+        let got = s.take_due("ledger", "i", 200, 10, false).unwrap();
+        assert_eq!(got[0].quantity, 9);
+        // zero sums are not stored
+        s.merge(&routes(), &[sum("c9", "calls", 0)], 100, 60)
+            .unwrap();
+        assert_eq!(s.pending_total(None, "calls", "c9").unwrap(), 0);
+        assert_eq!(s.pending_count(None).unwrap(), 1);
+    }
+
+    /// Issue 10 item 1: the same instance name on two spools never gives the same key.
+    pub(crate) fn keys_are_unique_per_spool(a: &dyn Spool, b: &dyn Spool) {
+        for s in [a, b] {
+            s.merge(&routes(), &[sum("c1", "calls", 3)], 100, 60)
+                .unwrap();
+        }
+        let ka = a.take_due("ledger", "default", 200, 10, false).unwrap();
+        let kb = b.take_due("ledger", "default", 200, 10, false).unwrap();
+        assert_eq!((ka.len(), kb.len()), (1, 1));
+        assert_eq!((ka[0].part, kb[0].part), (0, 0));
+        assert_ne!(ka[0].idempotency_key, kb[0].idempotency_key);
+    }
+
+    /// Issue 10 item 2: a checkpoint merged again (a retry after an error that came after
+    /// the commit) adds nothing.
+    pub(crate) fn checkpoints_merge_once(s: &dyn Spool) {
+        let cp = |seq, v| Checkpoint::new("w1", seq, 100, vec![sum("c1", "calls", v)]);
+        s.merge_checkpoints(&routes(), &[cp(1, 5)], 60).unwrap();
+        // the retry carries the same checkpoint and the next one
+        s.merge_checkpoints(&routes(), &[cp(1, 5), cp(2, 7)], 60)
+            .unwrap();
+        assert_eq!(s.last_checkpoint("w1").unwrap(), 2);
+        assert_eq!(s.last_checkpoint("other").unwrap(), 0);
+        assert_eq!(s.pending_total(Some("ledger"), "calls", "c1").unwrap(), 12);
+        // another writer's numbers are its own
+        let other = Checkpoint::new("w2", 1, 100, vec![sum("c1", "calls", 1)]);
+        s.merge_checkpoints(&routes(), &[other], 60).unwrap();
+        assert_eq!(s.pending_total(Some("ledger"), "calls", "c1").unwrap(), 13);
+    }
+
+    /// Issue 10 item 6: usage is dated by its checkpoint's swap time, not the merge time.
+    pub(crate) fn checkpoints_keep_their_window(s: &dyn Spool) {
+        let late = Checkpoint::new("w1", 1, 100, vec![sum("c1", "calls", 4)]);
+        s.merge_checkpoints(&routes(), &[late], 60).unwrap();
+        let p = s.pending(Some("ledger")).unwrap();
+        assert_eq!(p[0].key.window_start, 60);
+    }
+
+    /// Issue 10 item 5: an acknowledged part of a window still open is not pruned, and
+    /// part numbers are never reused, even after pruning.
+    pub(crate) fn prune_never_frees_a_part_number(s: &dyn Spool) {
+        // a one-hour window [3600, 7200), flushed early at 3700
+        s.merge(&routes(), &[sum("c1", "calls", 5)], 3650, 3600)
+            .unwrap();
+        let first = s.take_due("ledger", "i", 3700, 10, true).unwrap();
+        assert_eq!(s.ack(&first, 3700).unwrap(), 1);
+        // audit retention of 10 s: the window is still open, nothing goes
+        assert_eq!(s.prune_acknowledged(3711).unwrap(), 0);
+        s.merge(&routes(), &[sum("c1", "calls", 2)], 3720, 3600)
+            .unwrap();
+        let second = s.take_due("ledger", "i", 7200, 10, false).unwrap();
+        assert_eq!(second.len(), 1);
+        assert_eq!((second[0].part, second[0].quantity), (1, 2));
+        assert_ne!(second[0].idempotency_key, first[0].idempotency_key);
+        s.ack(&second, 7200).unwrap();
+        // once the window ended, both go; usage dated in it afterwards (a clock stepped
+        // back) goes to the first window not pruned, never to a reused part
+        assert_eq!(s.prune_acknowledged(7200).unwrap(), 2);
+        s.merge(&routes(), &[sum("c1", "calls", 1)], 3750, 3600)
+            .unwrap();
+        let p = s.pending(Some("ledger")).unwrap();
+        assert_eq!(p.len(), 1);
+        assert_eq!((p[0].key.window_start, p[0].key.part), (7200, 0));
+    }
+
+    /// Issue 10 item 4: a sealed record first sent before the horizon is never resent: it
+    /// moves to the reconciliation list, and a requeue sends it with a new key.
+    pub(crate) fn past_the_horizon_goes_to_reconciliation(s: &dyn Spool) {
+        s.merge(&routes(), &[sum("c1", "calls", 5)], 100, 60)
+            .unwrap();
+        let first = s.take_due("ledger", "i", 200, 10, false).unwrap();
+        let req = TakeRequest::new("ledger", "i", 1_000, 10).resend_before(150);
+        let again = s.take(&req).unwrap();
+        assert_eq!(again.records.len(), 1, "sealed at 200, after the horizon");
+        let req = TakeRequest::new("ledger", "i", 1_000, 10).resend_before(201);
+        let taken = s.take(&req).unwrap();
+        assert!(taken.records.is_empty());
+        assert_eq!(taken.to_reconcile.len(), 1);
+        assert_eq!(
+            taken.to_reconcile[0].idempotency_key,
+            first[0].idempotency_key
+        );
+        let listed = s.to_reconcile(Some("ledger")).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].record.quantity, 5);
+        assert_eq!(s.pending_count(Some("ledger")).unwrap(), 0);
+        // an operator checked: not billed. Requeued with a new key and the same quantity
+        let key = SpoolKey::of(&listed[0].record);
+        assert_eq!(
+            s.requeue(Settled::Reconciliation, &[key], "i", 1_000)
+                .unwrap(),
+            1
+        );
+        assert!(s.to_reconcile(None).unwrap().is_empty());
+        let resent = s.take_due("ledger", "i", 1_000, 10, false).unwrap();
+        assert_eq!(resent.len(), 1);
+        assert_eq!((resent[0].quantity, resent[0].part), (5, 1));
+        assert_ne!(resent[0].idempotency_key, first[0].idempotency_key);
+    }
+
+    /// Issue 10 item 9: dead letters can be requeued after a fix.
+    pub(crate) fn dead_letters_can_be_requeued(s: &dyn Spool) {
+        s.merge(&routes(), &[sum("c1", "calls", 4)], 100, 60)
+            .unwrap();
+        let got = s.take_due("stripe", "i", 200, 10, false).unwrap();
+        s.dead_letter(&got, "no such customer", 200).unwrap();
+        let dead = s.dead_letters(Some("stripe")).unwrap();
+        let key = SpoolKey::of(&dead[0].record);
+        assert_eq!(
+            s.requeue(Settled::DeadLetters, std::slice::from_ref(&key), "i", 300)
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            s.requeue(Settled::DeadLetters, &[key], "i", 300).unwrap(),
+            0
+        );
+        assert!(s.dead_letters(None).unwrap().is_empty());
+        let again = s.take_due("stripe", "i", 300, 10, false).unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(
+            (again[0].quantity, again[0].part, again[0].attempts),
+            (4, 1, 0)
+        );
+        assert_ne!(again[0].idempotency_key, got[0].idempotency_key);
+    }
+
+    /// Issue 10 item 10: one take examines a bounded number of rows, and a cursor goes on.
+    pub(crate) fn take_is_bounded(s: &dyn Spool) {
+        let deltas: Vec<Delta> = (0..600)
+            .map(|i| sum(&format!("c{i:04}"), "calls", 1))
+            .collect();
+        // all in an open window: nothing due, but a take never walks all 600
+        s.merge(&routes(), &deltas, 100, 60).unwrap();
+        let t = s.take(&TakeRequest::new("ledger", "i", 110, 1)).unwrap();
+        assert!(t.records.is_empty());
+        assert!(t.next.is_some(), "the scan stopped at its bound");
+        let mut after = t.next;
+        let mut rounds = 1;
+        while let Some(k) = after {
+            let t = s
+                .take(&TakeRequest::new("ledger", "i", 110, 1).after(Some(k)))
+                .unwrap();
+            after = t.next;
+            rounds += 1;
+        }
+        assert!(rounds >= 3, "{rounds}");
+        // closed: the provider's 600 come out, in bounded batches
+        assert_eq!(
+            s.take_due("ledger", "i", 120, 1_000, false).unwrap().len(),
+            600
+        );
+    }
+
+    /// Issue 11 item 1: count and sum stay apart, and a non-additive window is never split
+    /// by a flush into parts a provider would sum.
+    pub(crate) fn aggregations_survive(s: &dyn Spool) {
+        let count = sum("c1", "calls", 3).with_aggregation(Aggregation::Count);
+        let peak = Delta::new(c("c1"), m("seats"), Measure::Max(7));
+        s.merge(&routes(), &[count, peak], 100, 60).unwrap();
+        // a flush seals the open count window but not the max one
+        let flushed = s.take_due("ledger", "i", 100, 10, true).unwrap();
+        assert_eq!(flushed.len(), 1);
+        assert_eq!(flushed[0].aggregation, Aggregation::Count);
+        s.ack(&flushed, 100).unwrap();
+        let late = Delta::new(c("c1"), m("seats"), Measure::Max(5));
+        s.merge(&routes(), &[late], 110, 60).unwrap();
+        let closed = s.take_due("ledger", "i", 120, 10, false).unwrap();
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].aggregation, Aggregation::Max);
+        assert_eq!((closed[0].part, closed[0].quantity), (0, 7));
+        s.ack(&closed, 120).unwrap();
+        // usage that arrives after the window was sealed: the next part carries the whole
+        // window's value (it supersedes part 0), never the late samples alone
+        let later = Delta::new(c("c1"), m("seats"), Measure::Max(9));
+        s.merge(&routes(), &[later], 115, 60).unwrap();
+        let again = s.take_due("ledger", "i", 130, 10, false).unwrap();
+        let seats: Vec<_> = again
+            .iter()
+            .filter(|r| r.meter.as_str() == "seats")
+            .collect();
+        assert_eq!((seats[0].part, seats[0].quantity), (1, 9));
+        let lower = Delta::new(c("c2"), m("seats"), Measure::Max(9));
+        s.merge(&routes(), &[lower], 100, 60).unwrap();
+        let t = s.take_due("ledger", "i", 130, 10, false).unwrap();
+        s.ack(&t, 130).unwrap();
+        s.merge(
+            &routes(),
+            &[Delta::new(c("c2"), m("seats"), Measure::Max(2))],
+            100,
+            60,
+        )
+        .unwrap();
+        let t = s.take_due("ledger", "i", 130, 10, false).unwrap();
+        assert_eq!(
+            (t[0].part, t[0].quantity),
+            (1, 9),
+            "the window's max, not 2"
+        );
+    }
+
+    pub(crate) fn all(make: &dyn Fn() -> Box<dyn Spool>) {
+        keys_are_unique_per_spool(&*make(), &*make());
+        checkpoints_merge_once(&*make());
+        checkpoints_keep_their_window(&*make());
+        prune_never_frees_a_part_number(&*make());
+        past_the_horizon_goes_to_reconciliation(&*make());
+        dead_letters_can_be_requeued(&*make());
+        take_is_bounded(&*make());
+        aggregations_survive(&*make());
+        closes_windows_only(&*make());
+        include_open_takes_everything(&*make());
+        sealed_entries_are_stable(&*make());
+        ack_and_dead_letter_move_entries(&*make());
+        limit_is_respected(&*make());
+        measures_merge_by_kind(&*make());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::suite::*;
+    use super::*;
+    use crate::report::MemorySpool;
+    use crate::report::spool::Spool;
+
+    #[test]
+    fn memory_spool_passes_the_suite() {
+        suite::all(&|| Box::new(MemorySpool::new()));
+    }
+
+    fn raw(provider: &str, customer: &str, part: u32) -> RowKey {
+        RowKey {
+            provider: provider.into(),
+            meter: "calls".into(),
+            customer: customer.into(),
+            window_start: 60,
+            part,
+        }
+    }
+
+    #[test]
+    fn corrupt_rows_are_named_and_skipped() {
+        let s = MemorySpool::new();
+        s.merge(
+            &routes(),
+            &[sum("c1", "calls", 1), sum("c3", "calls", 3)],
+            100,
+            60,
+        )
+        .unwrap();
+        s.put_raw(Table::Pending, raw("ledger", "c2", 0), b"{not json");
+        let err = s.pending(None).unwrap_err();
+        assert!(
+            matches!(&err, SpoolError::Corrupt { key, .. } if key == "ledger/calls/c2/60#0"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("ledger/calls/c2/60#0"));
+        // take quarantines it (once) and hands out the others
+        let t = s.take(&TakeRequest::new("ledger", "i", 200, 10)).unwrap();
+        assert_eq!(t.records.len(), 2);
+        assert_eq!(t.quarantined.len(), 1);
+        assert_eq!(t.quarantined[0].0, "ledger/calls/c2/60#0");
+        let q = s.quarantined().unwrap();
+        assert_eq!(q.len(), 1);
+        assert_eq!(q[0].bytes, b"{not json");
+        assert!(q[0].key.contains("ledger/calls/c2/60#0"), "{}", q[0].key);
+        // the listings work again; the next take quarantines nothing
+        assert_eq!(s.pending(None).unwrap().len(), 4, "2 ledger + 2 stripe");
+        let t = s.take(&TakeRequest::new("ledger", "i", 200, 10)).unwrap();
+        assert!(t.quarantined.is_empty());
+        // a merge for the corrupt window goes to the next part
+        s.merge(&routes(), &[sum("c2", "calls", 5)], 100, 60)
+            .unwrap();
+        let got = s.take_due("ledger", "i", 200, 10, false).unwrap();
+        let c2 = got.iter().find(|r| r.customer.as_str() == "c2").unwrap();
+        assert_eq!((c2.part, c2.quantity), (1, 5));
+        assert_eq!(got.len(), 3);
+    }
+
+    #[test]
+    fn failed_operations_roll_back() {
+        let s = MemorySpool::new();
+        s.merge(&routes(), &[sum("c1", "calls", 1)], 100, 60)
+            .unwrap();
+        // the last part number is taken: merging c2 fails after c1 was updated
+        s.put_raw(Table::Acked, raw("ledger", "c2", u32::MAX - 1), b"{}");
+        let err = s
+            .merge(
+                &routes(),
+                &[sum("c1", "calls", 1), sum("c2", "calls", 1)],
+                100,
+                60,
+            )
+            .unwrap_err();
+        assert!(matches!(err, SpoolError::Corrupt { .. }), "{err}");
+        assert_eq!(
+            s.pending_total(None, "calls", "c1").unwrap(),
+            2,
+            "1 ledger + 1 stripe"
+        );
+    }
+
+    #[test]
+    fn routes_filter_meters() {
+        let r = SpoolRoute::only("stripe", vec![m("calls")]);
+        assert!(r.takes(&m("calls")));
+        assert!(!r.takes(&m("bytes")));
+        assert!(SpoolRoute::all("x").takes(&m("bytes")));
+    }
+}
+
+#[cfg(test)]
+mod encoding {
+    use super::suite::*;
+    use super::*;
+    use crate::report::MemorySpool;
+    use crate::report::spool::Spool;
+
+    fn key(customer: &str) -> RowKey {
+        RowKey {
+            provider: "ledger".into(),
+            meter: "calls".into(),
+            customer: customer.into(),
+            window_start: 60,
+            part: 0,
+        }
+    }
+
+    #[test]
+    fn rows_written_as_json_by_earlier_releases_are_read() {
+        let s = MemorySpool::new();
+        let json = br#"{"measure":{"sum":6},"window_secs":60,"updated_unix":100}"#;
+        s.put_raw(Table::Pending, key("c1"), json);
+        let got = s.take_due("ledger", "i", 200, 10, false).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].quantity, 6);
+        // rewritten in the binary format when sealed, and still the same entry
+        let p = s.pending(None).unwrap();
+        assert_eq!(p[0].sealed.as_ref().unwrap().quantity, 6);
+        assert!(s.quarantined().unwrap().is_empty());
+    }
+
+    #[test]
+    fn rows_are_compact_and_versioned() {
+        let row = PendingRow {
+            measure: Measure::Sketch(vec![3; 1024]),
+            window_secs: 60,
+            sealed: None,
+            updated_unix: 100,
+            aggregation: Some(Aggregation::UniqueCount),
+        };
+        let bytes = encode(&key("c1"), &row).unwrap();
+        assert_eq!(bytes[0], ROW_VERSION);
+        assert!(bytes.len() < 1_100, "{}", bytes.len());
+        let json = serde_json::to_vec(&row).unwrap();
+        assert!(json.len() > 2_000, "{}", json.len());
+        let back: PendingRow = decode(&key("c1"), &bytes).unwrap();
+        assert_eq!(back.measure, row.measure);
+        let err = decode::<PendingRow>(&key("c1"), &[9, 0]).unwrap_err();
+        assert!(err.to_string().contains("unknown row format 9"), "{err}");
+        let _ = sum("c1", "calls", 1);
+    }
+}
