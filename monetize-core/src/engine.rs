@@ -123,6 +123,10 @@ pub struct EngineStats {
     pub rejected: u64,
     /// Events dropped because the queue was full.
     pub events_dropped: u64,
+    /// Samples larger than one sample may add (2^48), recorded as 2^48, and samples whose
+    /// cost exceeded 2^52 micro-credits, charged that much: a value this large is almost
+    /// surely a bad header or JSON field, and is capped so that no cell or balance wraps.
+    pub samples_capped: u64,
     /// Per rule: (name, shadow mode, requests it blocked or would have blocked).
     pub rule_hits: Vec<(String, bool, u64)>,
 }
@@ -700,10 +704,10 @@ impl Engine {
                     .ok_or_else(|| CoreError::UnknownPlan(p.to_string()))?;
                 s.plan.store(idx, Ordering::Relaxed);
             }
-            StateChange::GrantCredits(n) => {
-                s.balance.fetch_add(n, Ordering::Relaxed);
-            }
-            StateChange::SetBalance(n) => s.balance.store(n, Ordering::Relaxed),
+            StateChange::GrantCredits(n) => crate::metering::grant(&s.balance, n),
+            StateChange::SetBalance(n) => s
+                .balance
+                .store(n.max(crate::metering::BALANCE_FLOOR), Ordering::Relaxed),
         }
         Ok(())
     }
@@ -820,6 +824,7 @@ impl Engine {
             overflowed: self.inner.registry.overflowed.load(Ordering::Relaxed),
             rejected: self.inner.registry.rejected.load(Ordering::Relaxed),
             events_dropped: self.inner.events.dropped.load(Ordering::Relaxed),
+            samples_capped: self.inner.events.capped.load(Ordering::Relaxed),
             rule_hits: cfg
                 .rules
                 .iter()
