@@ -166,9 +166,14 @@ where
                 headers: keep.request_headers.then(|| head.headers.clone()),
             })
         });
-        let tap = keep
-            .request_capture
-            .map(|cap| RequestTap::new(cap, (request_bytes > 0).then_some(request_bytes)));
+        // A tap counts the body frames the inner service reads (for request-bytes meters)
+        // and captures a prefix (for request JSON-field meters, up to their cap).
+        let tap = (keep.request_bytes || keep.request_capture.is_some()).then(|| {
+            RequestTap::new(
+                keep.request_capture.unwrap_or(0),
+                (request_bytes > 0).then_some(request_bytes),
+            )
+        });
         if settings.customer_extension {
             req.extensions_mut().insert(handle.clone());
         }

@@ -267,7 +267,13 @@ pub enum ValueConfig {
     /// 1 per matching request.
     #[default]
     Count,
-    /// Request body bytes.
+    /// Request body bytes: the data bytes of the body frames the API's service actually
+    /// read, counted as it reads them (a chunked upload counts like one with
+    /// `Content-Length`). A handler that does not read the body (or stops early) is billed
+    /// for what it read: 0 when it never reads it, whatever `Content-Length` claims. With
+    /// `monetize-tower` alone (no `monetize-axum`), wrap the body with
+    /// `TapBody::from_request` inside the layer; without it the figure falls back to
+    /// `Content-Length`. The exchange is then metered when the response body ends.
     RequestBytes,
     /// Response body bytes actually sent.
     ResponseBytes,
