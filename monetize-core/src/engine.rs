@@ -18,7 +18,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::config::cell::ConfigCell;
-use crate::config::validate::{Compiled, Predicates, compile};
+use crate::config::validate::{Compiled, Predicates, compile, compile_after};
 use crate::config::{Config, Mode, Period};
 use crate::customer::handle_flags::{BLOCKED, CANCELLED, DELINQUENT, NO_PLAN};
 use crate::customer::registry_admission::Admission;
@@ -317,6 +317,7 @@ impl Engine {
             h.0.plan.store(idx, Ordering::Relaxed);
             return Ok(h);
         }
+        // Not in memory: new, dormant (evicted) or being admitted by another thread.
         let cid = CustomerId::new(customer).map_err(|source| CoreError::Id {
             what: "customer",
             value: customer.chars().take(64).collect(),
@@ -335,6 +336,9 @@ impl Engine {
                 metering: &self.inner.metering,
             },
         )?;
+        // Admission restores a dormant customer's stored plan (or finds one another
+        // thread admitted): the plan asked for applies after it.
+        h.0.plan.store(idx, Ordering::Relaxed);
         h.0.touch(self.inner.coarse_secs.load(Ordering::Relaxed));
         Ok(h)
     }
@@ -839,7 +843,9 @@ impl Engine {
         }
     }
 
-    /// Replaces plans, rules and reporting settings without a restart. Meters cannot
+    /// Replaces plans, rules and reporting settings without a restart. Plans are matched
+    /// by id: they may be reordered, changed or added, and a customer stays on the plan
+    /// of the same id; removing a plan is refused (naming it). Meters cannot
     /// change while running (usage cells are laid out by meter): a config whose meters
     /// differ in ids or aggregations, or read other parts of an exchange
     /// ([`Engine::exchange_needs`]), is refused, naming `meters`. Meter filters and values
@@ -875,13 +881,9 @@ impl Engine {
                 "the instance name cannot change while the engine runs (it is part of idempotency keys)",
             ));
         }
-        if compiled.plans.len() < cur.plans.len() {
-            return Err(ConfigError::new(
-                "plans",
-                compiled.plans.len(),
-                "plans can be added or changed while running, not removed (customers refer to them by position)",
-            ));
-        }
+        // Plans keep their positions (customers hold a plan by position): a reload that
+        // reorders plans moves nobody; one that drops a plan is refused, naming it.
+        let compiled = compile_after(&config, &self.inner.predicates, Some(cur))?;
         self.inner.metering.config.store(compiled);
         Ok(())
     }
