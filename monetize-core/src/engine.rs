@@ -31,7 +31,7 @@ use crate::govern::{Allow, Block, Ctx, Decision, Facts, Predicate, QuotaInfo, Ru
 use crate::id::{CustomerId, MeterId, MeterIndex, PlanId};
 use crate::meter::{Aggregation, Exchange, ExchangeNeeds, Meter, MeterMatch, Sample};
 use crate::metering::{Events, Metering};
-use crate::quota::{period_end, period_number, period_start};
+use crate::quota::Bounds;
 use crate::report::Delta;
 use crate::store::{AccountState, PeriodUsage};
 
@@ -60,8 +60,15 @@ struct Inner {
     coarse_secs: AtomicU32,
     /// How many deltas the last checkpoint returned (a capacity hint for the next).
     last_checkpoint_len: std::sync::atomic::AtomicUsize,
-    /// Period numbers seen by the last tick, for quota resets.
-    periods: Mutex<Option<[u64; 4]>>,
+    /// Period numbers seen by the last tick, for quota resets: the highest seen, so a
+    /// clock stepping back across a boundary does not reset quotas a second time.
+    periods: Mutex<Option<[i64; 4]>>,
+    /// Billing anchors (unix seconds) by customer, with the highest cycle number a tick
+    /// has seen for each (see [`StateChange::BillingAnchor`]). Read and written only off
+    /// the request path.
+    anchors: papaya::HashMap<CustomerId, (u64, i64)>,
+    /// The wall clock (unix seconds) quota periods are computed on.
+    clock: Option<WallClock>,
     predicates: Predicates,
 }
 
@@ -70,7 +77,11 @@ pub struct EngineBuilder {
     config: Config,
     predicates: Predicates,
     event_capacity: usize,
+    clock: Option<WallClock>,
 }
+
+/// A wall clock in unix seconds (see [`EngineBuilder::wall_clock`]).
+type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 impl EngineBuilder {
     /// Registers a predicate for `when = { custom = "name" }`.
@@ -83,6 +94,15 @@ impl EngineBuilder {
     /// dropped and counted in [`EngineStats::events_dropped`].
     pub fn event_capacity(mut self, n: usize) -> Self {
         self.event_capacity = n.max(1);
+        self
+    }
+
+    /// The wall clock quota periods follow, in unix seconds (default: the system clock).
+    /// For tests that move time, and for a process whose system clock is not to be
+    /// trusted. A clock that steps back is tolerated: a period rolls over once, when the
+    /// clock first passes its end.
+    pub fn wall_clock(mut self, clock: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        self.clock = Some(Arc::new(clock));
         self
     }
 
@@ -101,6 +121,8 @@ impl EngineBuilder {
                 coarse_secs: AtomicU32::new(0),
                 last_checkpoint_len: std::sync::atomic::AtomicUsize::new(0),
                 periods: Mutex::new(None),
+                anchors: papaya::HashMap::new(),
+                clock: self.clock,
                 predicates: self.predicates,
             }),
         };
@@ -185,6 +207,7 @@ impl Engine {
             config,
             predicates: HashMap::new(),
             event_capacity: DEFAULT_EVENT_CAPACITY,
+            clock: None,
         }
     }
 
@@ -472,12 +495,12 @@ impl Engine {
                             },
                         ));
                     }
-                    let now = unix_now();
+                    let now = self.now();
                     let quota = facts.quota.map(|(i, used, limit, period)| QuotaInfo {
                         meter: cfg.meters[i.get()].id.clone(),
                         used,
                         limit,
-                        resets_at: period_end(period, now),
+                        resets_at: self.bounds(cfg, &s.id, period, now).end,
                     });
                     let retry_after_secs =
                         facts.rate.and_then(|r| r.retry_after_secs).or_else(|| {
@@ -614,24 +637,48 @@ impl Engine {
         let secs = self.inner.epoch.elapsed().as_secs().min(u32::MAX as u64) as u32;
         self.inner.coarse_secs.store(secs, Ordering::Relaxed);
         let cfg = self.inner.metering.config.load();
-        let now = unix_now();
+        let now = self.now();
         let kinds = [Period::Minute, Period::Hour, Period::Day, Period::Month];
-        let current = kinds.map(|p| period_number(p, now));
+        let current = kinds.map(|p| cfg.calendar.bounds(p, now).number);
+        // Only a period number above the highest seen rolls over: a clock stepping back
+        // (NTP, a VM restored) and forward again resets nothing twice.
         let rolled: Vec<Period> = {
             let mut last = self.inner.periods.lock().unwrap_or_else(|e| e.into_inner());
             let rolled = match *last {
                 Some(prev) => kinds
                     .iter()
                     .zip(prev.iter().zip(current.iter()))
-                    .filter(|(_, (a, b))| a != b)
+                    .filter(|(_, (a, b))| b > a)
                     .map(|(k, _)| *k)
                     .collect(),
                 None => Vec::new(),
             };
-            *last = Some(current);
+            let prev = last.unwrap_or(current);
+            *last = Some(std::array::from_fn(|i| prev[i].max(current[i])));
             rolled
         };
-        if !rolled.is_empty() {
+        // Anchored billing cycles, per customer, under the same guard.
+        let cycled: std::collections::HashSet<CustomerId> = {
+            let anchors = self.inner.anchors.pin();
+            let due: Vec<(CustomerId, u64, i64)> = anchors
+                .iter()
+                .filter_map(|(id, &(anchor, seen))| {
+                    let n = cfg.calendar.cycle(anchor, now).number;
+                    (n > seen).then(|| (id.clone(), anchor, n))
+                })
+                .collect();
+            for (id, anchor, n) in &due {
+                anchors.insert(id.clone(), (*anchor, *n));
+            }
+            due.into_iter().map(|(id, ..)| id).collect()
+        };
+        if !rolled.is_empty() || !cycled.is_empty() {
+            let anchors = self.inner.anchors.pin();
+            let resets = |id: &CustomerId, period: Period| match period {
+                Period::BillingCycle if anchors.contains_key(id) => cycled.contains(id),
+                Period::BillingCycle => rolled.contains(&Period::Month),
+                p => rolled.contains(&p),
+            };
             // No eviction meanwhile: every customer is reset once, in memory or dormant.
             let _maintenance = self.inner.registry.maintenance();
             self.inner.registry.for_each(|s| {
@@ -639,14 +686,13 @@ impl Engine {
                     return;
                 };
                 for i in 0..cfg.meters.len() {
-                    if rolled.contains(&plan.period_of(i)) {
+                    if resets(&s.id, plan.period_of(i)) {
                         s.cells.set_period(i, 0);
                     }
                 }
             });
-            self.inner.registry.reset_dormant_periods(|plan, i| {
-                cfg.plan(plan)
-                    .is_some_and(|p| rolled.contains(&p.period_of(i)))
+            self.inner.registry.reset_dormant_periods(|id, plan, i| {
+                cfg.plan(plan).is_some_and(|p| resets(id, p.period_of(i)))
             });
         }
         if let Some(idle) = cfg.customers.evict_idle_secs {
@@ -668,6 +714,23 @@ impl Engine {
             .saturating_sub(idle_secs)
             .saturating_add(u32::from(idle_secs == 0));
         self.inner.registry.evict_idle(cutoff, &cfg.meters)
+    }
+
+    /// Unix seconds on the engine's wall clock ([`EngineBuilder::wall_clock`]).
+    fn now(&self) -> u64 {
+        self.inner.clock.as_ref().map_or_else(unix_now, |c| c())
+    }
+
+    /// The quota period of kind `period` containing `now` for `customer`: its billing
+    /// cycle when it has an anchor, else the calendar's.
+    fn bounds(&self, cfg: &Compiled, customer: &CustomerId, period: Period, now: u64) -> Bounds {
+        match period {
+            Period::BillingCycle => match self.inner.anchors.pin().get(customer) {
+                Some(&(anchor, _)) => cfg.calendar.cycle(anchor, now),
+                None => cfg.calendar.bounds(Period::Month, now),
+            },
+            p => cfg.calendar.bounds(p, now),
+        }
     }
 
     /// Seconds since the engine started (for throttling, not for the request path's clock).
@@ -709,6 +772,11 @@ impl Engine {
                 s.plan.store(idx, Ordering::Relaxed);
             }
             StateChange::GrantCredits(n) => crate::metering::grant(&s.balance, n),
+            StateChange::BillingAnchor(anchor) => {
+                let cfg = self.inner.metering.config.load();
+                let n = cfg.calendar.cycle(anchor, self.now()).number;
+                self.inner.anchors.pin().insert(s.id.clone(), (anchor, n));
+            }
             StateChange::SetBalance(n) => s
                 .balance
                 .store(n.max(crate::metering::BALANCE_FLOOR), Ordering::Relaxed),
@@ -723,7 +791,7 @@ impl Engine {
         let s = &h.0;
         let plan_idx = s.plan.load(Ordering::Relaxed);
         let plan = cfg.plan(plan_idx);
-        let now = unix_now();
+        let now = self.now();
         let meters = cfg
             .meters
             .iter()
@@ -737,7 +805,7 @@ impl Engine {
                 MeterUsage {
                     meter: m.id.clone(),
                     period,
-                    resets_at: period_end(period, now),
+                    resets_at: self.bounds(cfg, &s.id, period, now).end,
                     used,
                     limit,
                     remaining: limit.map(|l| l.saturating_sub(used)),
@@ -758,17 +826,19 @@ impl Engine {
     /// [`crate::StateStore`].
     pub fn account(&self, customer: &str) -> Option<AccountState> {
         let cfg = self.inner.metering.config.load();
-        let now = unix_now();
+        let now = self.now();
+        let anchors = self.inner.anchors.pin();
         self.inner
             .registry
-            .with(customer, |s| live_account(cfg, s, now))
+            .with(customer, |s| live_account(cfg, s, now, anchors.get(&s.id)))
     }
 
     /// Every customer's durable state: those in memory and those evicted to dormant
     /// records.
     pub fn accounts(&self) -> Vec<(CustomerId, AccountState)> {
         let cfg = self.inner.metering.config.load();
-        let now = unix_now();
+        let now = self.now();
+        let anchors = self.inner.anchors.pin();
         let mut out = Vec::with_capacity(self.inner.registry.len());
         // No eviction meanwhile: every customer is listed once, in memory or dormant.
         let _maintenance = self.inner.registry.maintenance();
@@ -776,12 +846,18 @@ impl Engine {
             if s.is_overflow {
                 return;
             }
-            out.push((s.id.clone(), live_account(cfg, s, now)));
+            out.push((s.id.clone(), live_account(cfg, s, now, anchors.get(&s.id))));
         });
         self.inner.registry.for_each_dormant(|id, d| {
             out.push((
                 id.clone(),
-                account_of(cfg, d.flags, d.plan, d.balance, &d.period, now),
+                account_of(
+                    cfg,
+                    (d.flags, d.plan, d.balance),
+                    &d.period,
+                    now,
+                    anchors.get(id),
+                ),
             ));
         });
         out
@@ -806,13 +882,13 @@ impl Engine {
         s.set_flag(BLOCKED, state.blocked);
         s.plan.store(plan, Ordering::Relaxed);
         s.balance.store(state.balance, Ordering::Relaxed);
-        let now = unix_now();
+        let now = self.now();
         for pu in &state.period_usage {
             let Some(i) = cfg.meter_index.get(pu.meter.as_str()).map(|m| m.get()) else {
                 continue;
             };
             let period = cfg.plan(plan).map_or(Period::Month, |p| p.period_of(i));
-            if period_start(period, now) == pu.period_start {
+            if self.bounds(cfg, &s.id, period, now).start == pu.period_start {
                 s.cells.set_period(i, pu.used);
             }
         }
@@ -872,6 +948,13 @@ impl Engine {
                 "meters",
                 needs_change(&cur.needs, &compiled.needs),
                 "what the meters read (request or response headers, bytes, body fields, handler-reported quantities) cannot change while the engine runs: HTTP layers keep only what the meters read when they are built; restart with the new meters",
+            ));
+        }
+        if compiled.calendar != cur.calendar {
+            return Err(ConfigError::new(
+                "time_zone",
+                compiled.calendar.name(),
+                "the time zone cannot change while the engine runs (quota periods would move); restart with it",
             ));
         }
         if compiled.instance != self.inner.instance {
@@ -977,25 +1060,32 @@ fn sample_of(m: &Meter, quantity: u64) -> Sample {
 }
 
 /// The durable state of a customer in memory.
-fn live_account(cfg: &Compiled, s: &CustomerState, now: u64) -> AccountState {
+fn live_account(
+    cfg: &Compiled,
+    s: &CustomerState,
+    now: u64,
+    anchor: Option<&(u64, i64)>,
+) -> AccountState {
     account_of(
         cfg,
-        s.flags.load(Ordering::Relaxed),
-        s.plan.load(Ordering::Relaxed),
-        s.balance.load(Ordering::Relaxed),
+        (
+            s.flags.load(Ordering::Relaxed),
+            s.plan.load(Ordering::Relaxed),
+            s.balance.load(Ordering::Relaxed),
+        ),
         &s.cells.period_all(&cfg.aggs),
         now,
+        anchor,
     )
 }
 
 /// The durable state of one customer, from its parts.
 fn account_of(
     cfg: &Compiled,
-    flags: u32,
-    plan: u32,
-    balance: i64,
+    (flags, plan, balance): (u32, u32, i64),
     period: &[u64],
     now: u64,
+    anchor: Option<&(u64, i64)>,
 ) -> AccountState {
     let p = cfg.plan(plan);
     AccountState {
@@ -1011,7 +1101,12 @@ fn account_of(
             .filter(|(_, used)| **used > 0)
             .map(|(m, used)| {
                 let kind = p.map_or(Period::Month, |p| p.period_of(m.index.get()));
-                PeriodUsage::new(m.id.clone(), period_start(kind, now), *used)
+                let start = match (kind, anchor) {
+                    (Period::BillingCycle, Some(&(a, _))) => cfg.calendar.cycle(a, now).start,
+                    (Period::BillingCycle, None) => cfg.calendar.bounds(Period::Month, now).start,
+                    (k, _) => cfg.calendar.bounds(k, now).start,
+                };
+                PeriodUsage::new(m.id.clone(), start, *used)
             })
             .collect(),
     }

@@ -28,6 +28,8 @@ pub(crate) struct Compiled {
     pub(crate) plans: Vec<Plan>,
     pub(crate) plan_index: HashMap<String, u32, foldhash::fast::RandomState>,
     pub(crate) default_plan: u32,
+    /// Where quota periods begin and end (the configured time zone).
+    pub(crate) calendar: crate::quota::Calendar,
     pub(crate) rules: Vec<Rule>,
     pub(crate) customers: CustomersConfig,
     pub(crate) overflow_id: CustomerId,
@@ -98,6 +100,13 @@ pub(crate) fn compile_after(
     previous: Option<&Compiled>,
 ) -> Result<Compiled, ConfigError> {
     PlanId::new(&cfg.instance).map_err(|e| ConfigError::id("instance", &cfg.instance, e))?;
+    let calendar = crate::quota::Calendar::new(&cfg.time_zone).ok_or_else(|| {
+        ConfigError::new(
+            "time_zone",
+            &cfg.time_zone,
+            "not a known time zone; use an IANA name such as `UTC`, `Europe/Paris` or `America/New_York`",
+        )
+    })?;
 
     if cfg.meters.len() > u16::MAX as usize {
         return Err(ConfigError::new(
@@ -285,6 +294,7 @@ pub(crate) fn compile_after(
         plans,
         plan_index,
         default_plan,
+        calendar,
         customers: cfg.customers.clone(),
         overflow_id,
         reporting: cfg.reporting.clone(),
