@@ -33,7 +33,7 @@ fn engine() -> Engine {
 async fn run(Query(pairs): Query<Vec<(String, String)>>) -> String {
     let mut vals = pairs.iter().filter(|(k, _)| k == "dry_run").map(|(_, v)| v);
     let first = vals.next().cloned().unwrap_or_else(|| "-".into());
-    let last = vals.last().cloned().unwrap_or_else(|| first.clone());
+    let last = vals.next_back().cloned().unwrap_or_else(|| first.clone());
     format!("{first},{last}")
 }
 
