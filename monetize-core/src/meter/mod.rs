@@ -11,6 +11,8 @@ mod reported;
 mod value;
 
 pub use aggregation::{Aggregation, Measure};
+#[doc(hidden)]
+pub use aggregation::{BenchSketch, bench_stable_hash};
 pub(crate) use aggregation::{Sketch, mix64, stable_hash};
 pub(crate) use cells::{SAMPLE_CAP, UsageCells};
 pub use exchange::{Exchange, ExchangeNeeds, ResponseView};
