@@ -67,7 +67,7 @@ fn distinct(c: &mut Criterion) {
         let mut i = 0u64;
         b.iter(|| {
             i += 1;
-            if i % PER_SKETCH == 0 {
+            if i.is_multiple_of(PER_SKETCH) {
                 black_box(s.take_count());
             }
             s.add_hash(mix(i));
@@ -78,7 +78,7 @@ fn distinct(c: &mut Criterion) {
         let mut i = 0u64;
         b.iter(|| {
             i += 1;
-            if i % PER_SKETCH == 0 {
+            if i.is_multiple_of(PER_SKETCH) {
                 black_box(s.count());
                 s = AtomicHyperLogLog::seeded(10, 7);
             }
