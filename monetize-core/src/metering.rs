@@ -227,7 +227,9 @@ impl Metering {
     /// After `q` was added to a count or sum meter's cell (which held `prev_cell`): the
     /// quota test when `plan` limits the meter, and one atomic subtraction from the balance
     /// when it prices it. Events are raised out of line.
-    #[inline]
+    // Always inlined: out of line (as its saturation tests made it) it cost about 30
+    // instructions more per priced meter per request, measured with callgrind.
+    #[inline(always)]
     fn charge(&self, plan: Option<&Plan>, s: &CustomerState, m: &Meter, prev_cell: u64, q: u64) {
         let i = m.index.get();
         let Some(plan) = plan else {
