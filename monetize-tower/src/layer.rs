@@ -349,11 +349,13 @@ impl<R: RouteSource> MonetizeLayer<R> {
         &self.settings.engine
     }
 
-    /// Whether a meter reads a JSON field of the request body, so the request body must
-    /// be wrapped with [`TapBody`](crate::TapBody) inside the layer (a framework adapter
-    /// implementing [`TapRequestBody`](crate::TapRequestBody) does it by itself).
+    /// Whether a meter counts request body bytes or reads a JSON field of the request
+    /// body, so the request body must be wrapped with [`TapBody`](crate::TapBody) inside
+    /// the layer (a framework adapter implementing [`TapRequestBody`](crate::TapRequestBody)
+    /// does it by itself). Without the wrapper, request bytes fall back to
+    /// `Content-Length` and JSON fields of the request are not read.
     pub fn taps_request_body(&self) -> bool {
-        self.settings.keep.request_capture.is_some()
+        self.settings.keep.request_capture.is_some() || self.settings.keep.request_bytes
     }
 }
 
