@@ -144,3 +144,59 @@ async fn a_billing_cycle_quota_resets_on_the_anchor_day() {
     );
     server.shutdown().await;
 }
+
+/// The same Tokyo month boundary on tokio's paused clock: the engine's wall clock is the
+/// start time plus the paused clock's elapsed time, and the test moves it with
+/// `tokio::time::advance` while real requests go over loopback TCP.
+#[tokio::test(start_paused = true)]
+async fn paused_time_carries_a_tokyo_quota_across_the_month_boundary() {
+    let t0 = tokio::time::Instant::now();
+    let engine = Engine::builder(
+        Config::builder()
+            .meter(MeterConfig::count(CALLS))
+            .plan(PlanConfig::new("free").quota(QuotaConfig::new(CALLS, 2, Period::Month)))
+            .default_plan("free")
+            .time_zone("Asia/Tokyo")
+            .build(),
+    )
+    .wall_clock(move || TOKYO_NOV_30_2300 + t0.elapsed().as_secs())
+    .build()
+    .expect("valid config");
+    let server = TestServer::start(app(&engine)).await;
+    // No client timeout: a paused clock may jump to any pending timer while IO waits.
+    let client = reqwest::Client::new();
+    let call = || async {
+        client
+            .get(server.url("/v1/call"))
+            .header("x-api-key", monetize_tests::http::key_of("acme"))
+            .send()
+            .await
+            .expect("call")
+            .status()
+            .as_u16()
+    };
+    housekeeping(&engine);
+    let mut before = Vec::new();
+    for _ in 0..3 {
+        before.push(call().await);
+    }
+    assert_eq!(before, [200, 200, 429]);
+    // 59 minutes later it is still November in Tokyo.
+    tokio::time::advance(std::time::Duration::from_secs(59 * 60)).await;
+    housekeeping(&engine);
+    assert_eq!(call().await, 429);
+    // Two minutes more: December 1st, 00:01 in Tokyo.
+    tokio::time::advance(std::time::Duration::from_secs(120)).await;
+    housekeeping(&engine);
+    let mut after = Vec::new();
+    for _ in 0..3 {
+        after.push(call().await);
+    }
+    assert_eq!(after, [200, 200, 429]);
+    assert_eq!(
+        resets_at(&engine, "acme"),
+        1_798_729_200,
+        "2027-01-01T00:00 in Tokyo"
+    );
+    server.shutdown().await;
+}
