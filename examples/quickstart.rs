@@ -8,6 +8,8 @@
 //! cargo run --release --example quickstart                  # scenario, then serve until Ctrl-C
 //! cargo run --release --example quickstart -- --exit        # scenario, then exit
 //! cargo run --release --example quickstart -- --port 8080 --data-dir ./.monetize-data
+//! cargo run --release --example quickstart -- --config my.toml --no-scenario  # your meters
+//! cargo run --release --example quickstart -- --help
 //! ```
 
 use std::net::SocketAddr;
@@ -17,11 +19,12 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
+use clap::Parser;
 use monetize_axum::{Customer, RouterExt, Usage, UsageRoutes};
 use monetize_core::config::Config;
 use monetize_core::ledger::LedgerProvider;
 use monetize_core::report::{ProviderRoute, RedbSpool, Reporter, ReporterHandle, ReporterOptions};
-use monetize_core::{CustomerId, Engine, EventKind, RedbStore, StateSync};
+use monetize_core::{CoreError, CustomerId, Engine, EventKind, RedbStore, StateSync};
 use monetize_tower::MonetizeLayer;
 use monetize_tower::identify::{ApiKey, KeyDirectory};
 use serde_json::Value;
@@ -35,41 +38,43 @@ const CUSTOMERS: [(&str, &str, &str); 3] = [
     ("initech", "sk_live_initech", "free"),
 ];
 
+/// The quickstart: a demo API monetized with one layer, driven through a narrated
+/// scenario over real HTTP, then served until Ctrl-C.
+#[derive(Debug, Parser)]
+#[command(name = "quickstart", about, long_about = None)]
 struct Args {
-    exit_after_scenario: bool,
+    /// Exit after the scenario instead of serving (at once with --no-scenario).
+    #[arg(long, alias = "exit-after-scenario")]
+    exit: bool,
+    /// The port to serve on, on 127.0.0.1 (0: any free port; a taken port falls back to
+    /// a free one).
+    #[arg(long, default_value_t = 3000)]
     port: u16,
+    /// Where the spool, the ledger and customer state live (default: a temporary folder).
+    #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Meters, plans and rules from this file (`.toml`, or `.json`) instead of the
+    /// built-in `examples/quickstart.toml`; start from a copy of that file. Checked like
+    /// the library checks a config: a bad file is refused, naming the field.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Serve the demo API without running the narrated scenario.
+    #[arg(long)]
+    no_scenario: bool,
 }
 
-fn parse_args() -> Result<Args, Error> {
-    let mut args = Args {
-        exit_after_scenario: false,
-        port: 3000,
-        data_dir: None,
+/// The engine from `--config FILE`, or from the built-in `quickstart.toml`.
+fn load_engine(args: &Args) -> Result<Engine, String> {
+    let config = match &args.config {
+        Some(path) => Config::from_file(path).map_err(|e| format!("{}: {e}", path.display()))?,
+        None => Config::from_toml_str(include_str!("quickstart.toml"))
+            .map_err(|e| format!("quickstart.toml: {e}"))?,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--exit" | "--exit-after-scenario" => args.exit_after_scenario = true,
-            "--port" => {
-                let v = it.next().ok_or("--port needs a number")?;
-                args.port = v
-                    .parse()
-                    .map_err(|_| format!("--port: `{v}` is not a port number"))?;
-            }
-            "--data-dir" => {
-                args.data_dir = Some(it.next().ok_or("--data-dir needs a folder")?.into());
-            }
-            "-h" | "--help" => {
-                println!(
-                    "usage: quickstart [--exit] [--port N (default 3000, 0 = any)] [--data-dir DIR]"
-                );
-                std::process::exit(0);
-            }
-            other => return Err(format!("unknown argument `{other}` (try --help)").into()),
-        }
-    }
-    Ok(args)
+    let origin = args
+        .config
+        .as_ref()
+        .map_or_else(|| "quickstart.toml".to_owned(), |p| p.display().to_string());
+    Engine::new(config).map_err(|e| format!("{origin}: {e}"))
 }
 
 #[tokio::main]
@@ -79,7 +84,16 @@ async fn main() -> Result<(), Error> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
-    let args = parse_args()?;
+    let args = Args::parse();
+    // 1. The engine, from a config file (meters, plans, rules). A bad file is refused with
+    //    the library's validation error, naming the field.
+    let engine = match load_engine(&args) {
+        Ok(engine) => engine,
+        Err(e) => {
+            eprintln!("quickstart: {e}");
+            std::process::exit(2);
+        }
+    };
 
     // Where the spool and the ledger live: a folder you name, or a temporary one.
     let temp;
@@ -94,10 +108,6 @@ async fn main() -> Result<(), Error> {
             temp.path().to_path_buf()
         }
     };
-
-    // 1. The engine, from a config file (meters, plans, rules).
-    let config = Config::from_toml_str(include_str!("quickstart.toml"))?;
-    let engine = Engine::new(config)?;
 
     // 2. Customers and their API keys (only SHA-256 digests are kept).
     let keys = KeyDirectory::new();
@@ -118,8 +128,16 @@ async fn main() -> Result<(), Error> {
 
     // A new customer on a prepaid plan starts with the plan's initial credits; a restored
     // one keeps its balance.
+    // With `--config`, a demo customer whose plan the file lacks stays on its default plan.
     for (customer, _, plan) in CUSTOMERS {
-        engine.register(customer, plan)?;
+        match engine.register(customer, plan) {
+            Ok(_) => {}
+            Err(CoreError::UnknownPlan(_)) if args.config.is_some() => {
+                engine.resolve(customer)?;
+                println!("no plan `{plan}` in the config: {customer} is on the default plan");
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 
     // 3. The reporter: checkpoints into the redb spool, reports closed windows to the ledger.
@@ -161,9 +179,11 @@ async fn main() -> Result<(), Error> {
         data_dir.display()
     );
 
-    scenario(addr, &engine, &reporter, &ledger).await?;
+    if !args.no_scenario {
+        scenario(addr, &engine, &reporter, &ledger).await?;
+    }
 
-    if !args.exit_after_scenario {
+    if !args.exit {
         println!("\nStill serving on http://{addr} — try:");
         println!("  curl -i http://{addr}/v1/hello -H 'x-api-key: sk_live_acme'");
         println!("  curl -i http://{addr}/v1/usage -H 'x-api-key: sk_live_globex'");

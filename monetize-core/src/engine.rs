@@ -18,7 +18,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::config::cell::ConfigCell;
-use crate::config::validate::{Compiled, Predicates, compile};
+use crate::config::validate::{Compiled, Predicates, compile, compile_after};
 use crate::config::{Config, Mode, Period};
 use crate::customer::handle_flags::{BLOCKED, CANCELLED, DELINQUENT, NO_PLAN};
 use crate::customer::registry_admission::Admission;
@@ -31,7 +31,7 @@ use crate::govern::{Allow, Block, Ctx, Decision, Facts, Predicate, QuotaInfo, Ru
 use crate::id::{CustomerId, MeterId, MeterIndex, PlanId};
 use crate::meter::{Aggregation, Exchange, ExchangeNeeds, Meter, MeterMatch, Sample};
 use crate::metering::{Events, Metering};
-use crate::quota::{period_end, period_number, period_start};
+use crate::quota::Bounds;
 use crate::report::Delta;
 use crate::store::{AccountState, PeriodUsage};
 
@@ -60,8 +60,15 @@ struct Inner {
     coarse_secs: AtomicU32,
     /// How many deltas the last checkpoint returned (a capacity hint for the next).
     last_checkpoint_len: std::sync::atomic::AtomicUsize,
-    /// Period numbers seen by the last tick, for quota resets.
-    periods: Mutex<Option<[u64; 4]>>,
+    /// Period numbers seen by the last tick, for quota resets: the highest seen, so a
+    /// clock stepping back across a boundary does not reset quotas a second time.
+    periods: Mutex<Option<[i64; 4]>>,
+    /// Billing anchors (unix seconds) by customer, with the highest cycle number a tick
+    /// has seen for each (see [`StateChange::BillingAnchor`]). Read and written only off
+    /// the request path.
+    anchors: papaya::HashMap<CustomerId, (u64, i64)>,
+    /// The wall clock (unix seconds) quota periods are computed on.
+    clock: Option<WallClock>,
     predicates: Predicates,
 }
 
@@ -70,7 +77,11 @@ pub struct EngineBuilder {
     config: Config,
     predicates: Predicates,
     event_capacity: usize,
+    clock: Option<WallClock>,
 }
+
+/// A wall clock in unix seconds (see [`EngineBuilder::wall_clock`]).
+type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 impl EngineBuilder {
     /// Registers a predicate for `when = { custom = "name" }`.
@@ -83,6 +94,15 @@ impl EngineBuilder {
     /// dropped and counted in [`EngineStats::events_dropped`].
     pub fn event_capacity(mut self, n: usize) -> Self {
         self.event_capacity = n.max(1);
+        self
+    }
+
+    /// The wall clock quota periods follow, in unix seconds (default: the system clock).
+    /// For tests that move time, and for a process whose system clock is not to be
+    /// trusted. A clock that steps back is tolerated: a period rolls over once, when the
+    /// clock first passes its end.
+    pub fn wall_clock(mut self, clock: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        self.clock = Some(Arc::new(clock));
         self
     }
 
@@ -101,6 +121,8 @@ impl EngineBuilder {
                 coarse_secs: AtomicU32::new(0),
                 last_checkpoint_len: std::sync::atomic::AtomicUsize::new(0),
                 periods: Mutex::new(None),
+                anchors: papaya::HashMap::new(),
+                clock: self.clock,
                 predicates: self.predicates,
             }),
         };
@@ -126,6 +148,10 @@ pub struct EngineStats {
     /// Responses not metered because their request was matched by another engine (a
     /// programming error: each request's `MeterMatch` belongs to the engine that made it).
     pub foreign_matches: u64,
+    /// Samples larger than one sample may add (2^48), recorded as 2^48, and samples whose
+    /// cost exceeded 2^52 micro-credits, charged that much: a value this large is almost
+    /// surely a bad header or JSON field, and is capped so that no cell or balance wraps.
+    pub samples_capped: u64,
     /// Per rule: (name, shadow mode, requests it blocked or would have blocked).
     pub rule_hits: Vec<(String, bool, u64)>,
 }
@@ -184,6 +210,7 @@ impl Engine {
             config,
             predicates: HashMap::new(),
             event_capacity: DEFAULT_EVENT_CAPACITY,
+            clock: None,
         }
     }
 
@@ -328,6 +355,7 @@ impl Engine {
             h.0.plan.store(idx, Ordering::Relaxed);
             return Ok(h);
         }
+        // Not in memory: new, dormant (evicted) or being admitted by another thread.
         let cid = CustomerId::new(customer).map_err(|source| CoreError::Id {
             what: "customer",
             value: customer.chars().take(64).collect(),
@@ -346,6 +374,9 @@ impl Engine {
                 metering: &self.inner.metering,
             },
         )?;
+        // Admission restores a dormant customer's stored plan (or finds one another
+        // thread admitted): the plan asked for applies after it.
+        h.0.plan.store(idx, Ordering::Relaxed);
         h.0.touch(self.inner.coarse_secs.load(Ordering::Relaxed));
         Ok(h)
     }
@@ -479,12 +510,12 @@ impl Engine {
                             },
                         ));
                     }
-                    let now = unix_now();
+                    let now = self.now();
                     let quota = facts.quota.map(|(i, used, limit, period)| QuotaInfo {
                         meter: cfg.meters[i.get()].id.clone(),
                         used,
                         limit,
-                        resets_at: period_end(period, now),
+                        resets_at: self.bounds(cfg, &s.id, period, now).end,
                     });
                     let retry_after_secs =
                         facts.rate.and_then(|r| r.retry_after_secs).or_else(|| {
@@ -621,24 +652,48 @@ impl Engine {
         let secs = self.inner.epoch.elapsed().as_secs().min(u32::MAX as u64) as u32;
         self.inner.coarse_secs.store(secs, Ordering::Relaxed);
         let cfg = self.inner.metering.config.load();
-        let now = unix_now();
+        let now = self.now();
         let kinds = [Period::Minute, Period::Hour, Period::Day, Period::Month];
-        let current = kinds.map(|p| period_number(p, now));
+        let current = kinds.map(|p| cfg.calendar.bounds(p, now).number);
+        // Only a period number above the highest seen rolls over: a clock stepping back
+        // (NTP, a VM restored) and forward again resets nothing twice.
         let rolled: Vec<Period> = {
             let mut last = self.inner.periods.lock().unwrap_or_else(|e| e.into_inner());
             let rolled = match *last {
                 Some(prev) => kinds
                     .iter()
                     .zip(prev.iter().zip(current.iter()))
-                    .filter(|(_, (a, b))| a != b)
+                    .filter(|(_, (a, b))| b > a)
                     .map(|(k, _)| *k)
                     .collect(),
                 None => Vec::new(),
             };
-            *last = Some(current);
+            let prev = last.unwrap_or(current);
+            *last = Some(std::array::from_fn(|i| prev[i].max(current[i])));
             rolled
         };
-        if !rolled.is_empty() {
+        // Anchored billing cycles, per customer, under the same guard.
+        let cycled: std::collections::HashSet<CustomerId> = {
+            let anchors = self.inner.anchors.pin();
+            let due: Vec<(CustomerId, u64, i64)> = anchors
+                .iter()
+                .filter_map(|(id, &(anchor, seen))| {
+                    let n = cfg.calendar.cycle(anchor, now).number;
+                    (n > seen).then(|| (id.clone(), anchor, n))
+                })
+                .collect();
+            for (id, anchor, n) in &due {
+                anchors.insert(id.clone(), (*anchor, *n));
+            }
+            due.into_iter().map(|(id, ..)| id).collect()
+        };
+        if !rolled.is_empty() || !cycled.is_empty() {
+            let anchors = self.inner.anchors.pin();
+            let resets = |id: &CustomerId, period: Period| match period {
+                Period::BillingCycle if anchors.contains_key(id) => cycled.contains(id),
+                Period::BillingCycle => rolled.contains(&Period::Month),
+                p => rolled.contains(&p),
+            };
             // No eviction meanwhile: every customer is reset once, in memory or dormant.
             let _maintenance = self.inner.registry.maintenance();
             self.inner.registry.for_each(|s| {
@@ -646,14 +701,13 @@ impl Engine {
                     return;
                 };
                 for i in 0..cfg.meters.len() {
-                    if rolled.contains(&plan.period_of(i)) {
+                    if resets(&s.id, plan.period_of(i)) {
                         s.cells.set_period(i, 0);
                     }
                 }
             });
-            self.inner.registry.reset_dormant_periods(|plan, i| {
-                cfg.plan(plan)
-                    .is_some_and(|p| rolled.contains(&p.period_of(i)))
+            self.inner.registry.reset_dormant_periods(|id, plan, i| {
+                cfg.plan(plan).is_some_and(|p| resets(id, p.period_of(i)))
             });
         }
         if let Some(idle) = cfg.customers.evict_idle_secs {
@@ -675,6 +729,23 @@ impl Engine {
             .saturating_sub(idle_secs)
             .saturating_add(u32::from(idle_secs == 0));
         self.inner.registry.evict_idle(cutoff, &cfg.meters)
+    }
+
+    /// Unix seconds on the engine's wall clock ([`EngineBuilder::wall_clock`]).
+    fn now(&self) -> u64 {
+        self.inner.clock.as_ref().map_or_else(unix_now, |c| c())
+    }
+
+    /// The quota period of kind `period` containing `now` for `customer`: its billing
+    /// cycle when it has an anchor, else the calendar's.
+    fn bounds(&self, cfg: &Compiled, customer: &CustomerId, period: Period, now: u64) -> Bounds {
+        match period {
+            Period::BillingCycle => match self.inner.anchors.pin().get(customer) {
+                Some(&(anchor, _)) => cfg.calendar.cycle(anchor, now),
+                None => cfg.calendar.bounds(Period::Month, now),
+            },
+            p => cfg.calendar.bounds(p, now),
+        }
     }
 
     /// Seconds since the engine started (for throttling, not for the request path's clock).
@@ -715,10 +786,15 @@ impl Engine {
                     .ok_or_else(|| CoreError::UnknownPlan(p.to_string()))?;
                 s.plan.store(idx, Ordering::Relaxed);
             }
-            StateChange::GrantCredits(n) => {
-                s.balance.fetch_add(n, Ordering::Relaxed);
+            StateChange::GrantCredits(n) => crate::metering::grant(&s.balance, n),
+            StateChange::BillingAnchor(anchor) => {
+                let cfg = self.inner.metering.config.load();
+                let n = cfg.calendar.cycle(anchor, self.now()).number;
+                self.inner.anchors.pin().insert(s.id.clone(), (anchor, n));
             }
-            StateChange::SetBalance(n) => s.balance.store(n, Ordering::Relaxed),
+            StateChange::SetBalance(n) => s
+                .balance
+                .store(n.max(crate::metering::BALANCE_FLOOR), Ordering::Relaxed),
         }
         Ok(())
     }
@@ -730,7 +806,7 @@ impl Engine {
         let s = &h.0;
         let plan_idx = s.plan.load(Ordering::Relaxed);
         let plan = cfg.plan(plan_idx);
-        let now = unix_now();
+        let now = self.now();
         let meters = cfg
             .meters
             .iter()
@@ -744,7 +820,7 @@ impl Engine {
                 MeterUsage {
                     meter: m.id.clone(),
                     period,
-                    resets_at: period_end(period, now),
+                    resets_at: self.bounds(cfg, &s.id, period, now).end,
                     used,
                     limit,
                     remaining: limit.map(|l| l.saturating_sub(used)),
@@ -765,17 +841,19 @@ impl Engine {
     /// [`crate::StateStore`].
     pub fn account(&self, customer: &str) -> Option<AccountState> {
         let cfg = self.inner.metering.config.load();
-        let now = unix_now();
+        let now = self.now();
+        let anchors = self.inner.anchors.pin();
         self.inner
             .registry
-            .with(customer, |s| live_account(cfg, s, now))
+            .with(customer, |s| live_account(cfg, s, now, anchors.get(&s.id)))
     }
 
     /// Every customer's durable state: those in memory and those evicted to dormant
     /// records.
     pub fn accounts(&self) -> Vec<(CustomerId, AccountState)> {
         let cfg = self.inner.metering.config.load();
-        let now = unix_now();
+        let now = self.now();
+        let anchors = self.inner.anchors.pin();
         let mut out = Vec::with_capacity(self.inner.registry.len());
         // No eviction meanwhile: every customer is listed once, in memory or dormant.
         let _maintenance = self.inner.registry.maintenance();
@@ -783,12 +861,18 @@ impl Engine {
             if s.is_overflow {
                 return;
             }
-            out.push((s.id.clone(), live_account(cfg, s, now)));
+            out.push((s.id.clone(), live_account(cfg, s, now, anchors.get(&s.id))));
         });
         self.inner.registry.for_each_dormant(|id, d| {
             out.push((
                 id.clone(),
-                account_of(cfg, d.flags, d.plan, d.balance, &d.period, now),
+                account_of(
+                    cfg,
+                    (d.flags, d.plan, d.balance),
+                    &d.period,
+                    now,
+                    anchors.get(id),
+                ),
             ));
         });
         out
@@ -813,13 +897,13 @@ impl Engine {
         s.set_flag(BLOCKED, state.blocked);
         s.plan.store(plan, Ordering::Relaxed);
         s.balance.store(state.balance, Ordering::Relaxed);
-        let now = unix_now();
+        let now = self.now();
         for pu in &state.period_usage {
             let Some(i) = cfg.meter_index.get(pu.meter.as_str()).map(|m| m.get()) else {
                 continue;
             };
             let period = cfg.plan(plan).map_or(Period::Month, |p| p.period_of(i));
-            if period_start(period, now) == pu.period_start {
+            if self.bounds(cfg, &s.id, period, now).start == pu.period_start {
                 s.cells.set_period(i, pu.used);
             }
         }
@@ -836,6 +920,7 @@ impl Engine {
             rejected: self.inner.registry.rejected.load(Ordering::Relaxed),
             events_dropped: self.inner.events.dropped.load(Ordering::Relaxed),
             foreign_matches: self.inner.metering.foreign_matches.load(Ordering::Relaxed),
+            samples_capped: self.inner.events.capped.load(Ordering::Relaxed),
             rule_hits: cfg
                 .rules
                 .iter()
@@ -850,7 +935,9 @@ impl Engine {
         }
     }
 
-    /// Replaces plans, rules and reporting settings without a restart. Meters cannot
+    /// Replaces plans, rules and reporting settings without a restart. Plans are matched
+    /// by id: they may be reordered, changed or added, and a customer stays on the plan
+    /// of the same id; removing a plan is refused (naming it). Meters cannot
     /// change while running (usage cells are laid out by meter): a config whose meters
     /// differ in ids or aggregations, or read other parts of an exchange
     /// ([`Engine::exchange_needs`]), is refused, naming `meters`. Meter filters and values
@@ -879,6 +966,13 @@ impl Engine {
                 "what the meters read (request or response headers, bytes, body fields, handler-reported quantities) cannot change while the engine runs: HTTP layers keep only what the meters read when they are built; restart with the new meters",
             ));
         }
+        if compiled.calendar != cur.calendar {
+            return Err(ConfigError::new(
+                "time_zone",
+                compiled.calendar.name(),
+                "the time zone cannot change while the engine runs (quota periods would move); restart with it",
+            ));
+        }
         if compiled.instance != self.inner.instance {
             return Err(ConfigError::new(
                 "instance",
@@ -886,13 +980,9 @@ impl Engine {
                 "the instance name cannot change while the engine runs (it is part of idempotency keys)",
             ));
         }
-        if compiled.plans.len() < cur.plans.len() {
-            return Err(ConfigError::new(
-                "plans",
-                compiled.plans.len(),
-                "plans can be added or changed while running, not removed (customers refer to them by position)",
-            ));
-        }
+        // Plans keep their positions (customers hold a plan by position): a reload that
+        // reorders plans moves nobody; one that drops a plan is refused, naming it.
+        let compiled = compile_after(&config, &self.inner.predicates, Some(cur))?;
         self.inner.metering.config.store(compiled);
         Ok(())
     }
@@ -986,25 +1076,32 @@ fn sample_of(m: &Meter, quantity: u64) -> Sample {
 }
 
 /// The durable state of a customer in memory.
-fn live_account(cfg: &Compiled, s: &CustomerState, now: u64) -> AccountState {
+fn live_account(
+    cfg: &Compiled,
+    s: &CustomerState,
+    now: u64,
+    anchor: Option<&(u64, i64)>,
+) -> AccountState {
     account_of(
         cfg,
-        s.flags.load(Ordering::Relaxed),
-        s.plan.load(Ordering::Relaxed),
-        s.balance.load(Ordering::Relaxed),
+        (
+            s.flags.load(Ordering::Relaxed),
+            s.plan.load(Ordering::Relaxed),
+            s.balance.load(Ordering::Relaxed),
+        ),
         &s.cells.period_all(&cfg.aggs),
         now,
+        anchor,
     )
 }
 
 /// The durable state of one customer, from its parts.
 fn account_of(
     cfg: &Compiled,
-    flags: u32,
-    plan: u32,
-    balance: i64,
+    (flags, plan, balance): (u32, u32, i64),
     period: &[u64],
     now: u64,
+    anchor: Option<&(u64, i64)>,
 ) -> AccountState {
     let p = cfg.plan(plan);
     AccountState {
@@ -1020,7 +1117,12 @@ fn account_of(
             .filter(|(_, used)| **used > 0)
             .map(|(m, used)| {
                 let kind = p.map_or(Period::Month, |p| p.period_of(m.index.get()));
-                PeriodUsage::new(m.id.clone(), period_start(kind, now), *used)
+                let start = match (kind, anchor) {
+                    (Period::BillingCycle, Some(&(a, _))) => cfg.calendar.cycle(a, now).start,
+                    (Period::BillingCycle, None) => cfg.calendar.bounds(Period::Month, now).start,
+                    (k, _) => cfg.calendar.bounds(k, now).start,
+                };
+                PeriodUsage::new(m.id.clone(), start, *used)
             })
             .collect(),
     }

@@ -61,6 +61,8 @@ pub use id::{CustomerId, MeterId, MeterIndex, PlanId};
 pub use meter::{Exchange, ExchangeNeeds, MeterMatch, ReportedUsage, ResponseView};
 pub use notify::{MemoryNotifier, Notifier, NotifyError};
 pub use provider::{BillingProvider, ProviderError, RecordOutcome, UsageRecord};
+#[doc(hidden)]
+pub use rate_limit::BenchGcra;
 pub use rate_limit::RateLimitInfo;
 pub use state_sync::{RestoreSummary, StateSync, StateSyncHandle};
 pub use store::{AccountState, MemoryStore, PeriodUsage, StateStore, StoreError};

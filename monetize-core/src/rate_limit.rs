@@ -98,6 +98,38 @@ impl RateLimit {
     }
 }
 
+/// The rate limit's GCRA on its own, for `benches/benches/peers.rs` (compared with
+/// `governor`). Not part of the API.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct BenchGcra {
+    limit: RateLimit,
+    tat: AtomicU64,
+}
+
+#[doc(hidden)]
+impl BenchGcra {
+    /// `requests` per `per_secs`, bursts of `burst`; `None` when the figures are invalid.
+    pub fn new(requests: u64, per_secs: u64, burst: u64) -> Option<BenchGcra> {
+        let cfg = RateLimitConfig {
+            requests,
+            per_secs,
+            burst: Some(burst),
+        };
+        Some(BenchGcra {
+            limit: RateLimit::compile(&cfg, "bench").ok()?,
+            tat: AtomicU64::new(0),
+        })
+    }
+
+    /// One check at `now` (nanoseconds): the requests left, `None` when refused.
+    #[inline]
+    pub fn check(&self, now: u64) -> Option<u64> {
+        let info = self.limit.check(&self.tat, now);
+        info.retry_after_secs.is_none().then_some(info.remaining)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

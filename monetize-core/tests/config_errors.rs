@@ -537,3 +537,44 @@ fn json_and_toml_and_builder_agree() {
     let json = Config::from_json_str(&serde_json::to_string(&toml).unwrap()).unwrap();
     assert_eq!(toml, json);
 }
+
+#[test]
+fn time_zones() {
+    check(
+        error_with(|c| c.time_zone = "Mars/Olympus_Mons".into()),
+        "time_zone",
+        "Mars/Olympus_Mons",
+        "not a known time zone",
+    );
+    // A known zone is valid, and cannot change while the engine runs.
+    let mut cfg = Config::from_toml_str(&format!("time_zone = \"Europe/Paris\"\n{BASE}")).unwrap();
+    let engine = Engine::new(cfg.clone()).unwrap();
+    cfg.time_zone = "Asia/Tokyo".into();
+    check(
+        engine.reload(cfg).expect_err("a new time zone is refused"),
+        "time_zone",
+        "Asia/Tokyo",
+        "cannot change while the engine runs",
+    );
+}
+
+#[test]
+fn a_reload_may_reorder_plans_but_not_drop_one() {
+    let two = format!("{BASE}\n[[plans]]\nid = \"pro\"\n");
+    let engine = Engine::new(Config::from_toml_str(&two).unwrap()).unwrap();
+    let reordered = two
+        .replace("id = \"free\"", "id = \"tmp\"")
+        .replace("id = \"pro\"", "id = \"free\"")
+        .replace("id = \"tmp\"", "id = \"pro\"");
+    engine
+        .reload(Config::from_toml_str(&reordered).unwrap())
+        .expect("plans matched by id");
+    check(
+        engine
+            .reload(Config::from_toml_str(BASE).unwrap())
+            .expect_err("pro was dropped"),
+        "plans",
+        "pro",
+        "cannot be removed while the engine runs",
+    );
+}

@@ -53,15 +53,22 @@ impl Capture {
 #[derive(Debug)]
 struct TapState {
     capture: Capture,
+    /// Data bytes of the frames the inner service read.
     bytes: u64,
+    /// A [`TapBody`] was wrapped around the request body: `bytes` is what was read.
+    /// Without one (a plain tower stack that did not call [`TapBody::from_request`]),
+    /// request bytes fall back to `Content-Length`.
+    wrapped: bool,
 }
 
-/// A shared slot where [`TapBody`] captures the start of a request body, for meters that
-/// read a JSON field of the request.
+/// A shared slot where [`TapBody`] counts the bytes of the request body the inner
+/// service reads and captures its start, for request-bytes meters and meters that read a
+/// JSON field of the request.
 ///
-/// The layer puts one into the request extensions only when a meter reads a request JSON
-/// field ([`Engine::json_capture`]); wrap the request body with [`TapBody::from_request`]
-/// inside the layer so the capture happens (`monetize-axum` does this for you).
+/// The layer makes one only when such a meter is configured; wrap the request body with
+/// [`TapBody::from_request`] inside the layer so the counting happens (`monetize-axum`
+/// does this for you). Without the wrapper, request bytes come from `Content-Length`
+/// (0 for a chunked upload).
 #[derive(Clone, Debug)]
 pub struct RequestTap(Arc<Mutex<TapState>>);
 
@@ -70,6 +77,7 @@ impl RequestTap {
         Self(Arc::new(Mutex::new(TapState {
             capture: Capture::new(cap, hint),
             bytes: 0,
+            wrapped: false,
         })))
     }
 
@@ -90,8 +98,11 @@ pin_project! {
 }
 
 impl<B> TapBody<B> {
-    /// Wraps `body`, capturing into `tap` (nothing is captured when `tap` is `None`).
+    /// Wraps `body`, counting and capturing into `tap` (nothing when `tap` is `None`).
     pub fn new(body: B, tap: Option<RequestTap>) -> Self {
+        if let Some(t) = &tap {
+            t.with(|t| t.wrapped = true);
+        }
         Self { body, tap }
     }
 
@@ -263,9 +274,13 @@ impl RequestSide {
             .tap
             .as_ref()
             .map(|t| t.0.lock().unwrap_or_else(|e| e.into_inner()));
-        let (tap_bytes, req_body) = tapped
-            .as_deref()
-            .map_or((0, None), |t| (t.bytes, t.capture.get()));
+        // Request bytes: what the inner service read of the body, when the tap was wrapped
+        // around it; else the `Content-Length` read at the request.
+        let (request_bytes, req_body) = match tapped.as_deref() {
+            Some(t) if t.wrapped => (t.bytes, t.capture.get()),
+            Some(t) => (self.bytes, t.capture.get()),
+            None => (self.bytes, None),
+        };
         let ex = match self.kept.as_deref() {
             Some(k) => {
                 let pq = k.path_and_query.as_ref();
@@ -282,7 +297,7 @@ impl RequestSide {
             None => Exchange::new(&Method::GET, "", res.headers),
         };
         let ex = ex
-            .request_bytes(self.bytes.max(tap_bytes))
+            .request_bytes(request_bytes)
             .response(res.status, res.headers, res.bytes)
             .reported(res.reported)
             .bodies(req_body, res.body);

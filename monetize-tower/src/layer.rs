@@ -43,7 +43,8 @@ pub(crate) struct Keep {
     pub(crate) request_at_response: bool,
     /// A meter reads request headers.
     pub(crate) request_headers: bool,
-    /// A meter counts request body bytes: read `Content-Length`.
+    /// A meter counts request body bytes: the request body is tapped to count the bytes
+    /// the inner service reads (`Content-Length` when the tap is not wrapped around it).
     pub(crate) request_bytes: bool,
     /// The request body prefix cap of request JSON-field meters: the request body is
     /// tapped.
@@ -84,9 +85,10 @@ impl Keep {
             request_bytes: needs.request_bytes,
             request_capture,
             response: AtResponse {
-                // `request_bytes` comes from `Content-Length` unless the request body is
-                // tapped, which only happens for request JSON-field meters.
+                // Request bytes are counted as the inner service reads the body, which it
+                // may do until its response body ends.
                 at_head: !needs.response_bytes
+                    && !needs.request_bytes
                     && request_capture.is_none()
                     && response_capture.is_none(),
                 reported: needs.reported,
@@ -347,11 +349,13 @@ impl<R: RouteSource> MonetizeLayer<R> {
         &self.settings.engine
     }
 
-    /// Whether a meter reads a JSON field of the request body, so the request body must
-    /// be wrapped with [`TapBody`](crate::TapBody) inside the layer (a framework adapter
-    /// implementing [`TapRequestBody`](crate::TapRequestBody) does it by itself).
+    /// Whether a meter counts request body bytes or reads a JSON field of the request
+    /// body, so the request body must be wrapped with [`TapBody`](crate::TapBody) inside
+    /// the layer (a framework adapter implementing [`TapRequestBody`](crate::TapRequestBody)
+    /// does it by itself). Without the wrapper, request bytes fall back to
+    /// `Content-Length` and JSON fields of the request are not read.
     pub fn taps_request_body(&self) -> bool {
-        self.settings.keep.request_capture.is_some()
+        self.settings.keep.request_capture.is_some() || self.settings.keep.request_bytes
     }
 }
 

@@ -82,19 +82,25 @@
 //! The layer keeps and waits for only what the engine's meters read
 //! ([`Engine::exchange_needs`](monetize_core::Engine::exchange_needs)):
 //!
-//! - **When the response head arrives**, if no meter reads the bodies (no response-bytes
-//!   meter, no JSON-field meter) and no [`UsageRecorder`] of the request is still alive
+//! - **When the response head arrives**, if no meter reads the bodies (no request- or
+//!   response-bytes meter, no JSON-field meter) and no [`UsageRecorder`] of the request is still alive
 //!   (none was taken, or the handler dropped them all, as it does when it returns). The
 //!   response body is then passed through untouched (no wrapper is polled; with
 //!   `monetize-axum`, the handler's body is handed on as it is).
 //! - **When the response body ends, fails or is dropped**, otherwise: a meter counts
-//!   response bytes or reads a JSON field of a body, or a meter reads handler-reported
-//!   usage and a recorder is still alive (moved into a streaming body or a task: it may
+//!   request or response bytes or reads a JSON field of a body, or a meter reads
+//!   handler-reported usage and a recorder is still alive (moved into a streaming body or a task: it may
 //!   add while the body streams; adds after the body ended are not metered). **A client
 //!   that disconnects mid-body is metered for the bytes sent so far**: the server drops
 //!   the body, and dropping it meters. "Sent" means handed to the server, which writes it
 //!   to the socket: it includes what the operating system had buffered but the client
 //!   never read (up to the socket buffers, which reach a few MiB on loopback).
+//!   **Request bytes are the bytes of the body frames the inner service read** (a
+//!   chunked upload counts in full when read): a handler that never reads the body bills
+//!   0 request bytes whatever `Content-Length` says, one that stops early bills what it
+//!   read. The count comes from a [`TapBody`] around the request body (`monetize-axum`
+//!   wraps it; with another framework, call [`TapBody::from_request`] inside the layer,
+//!   or the figure falls back to `Content-Length`).
 //!
 //! Either way a request whose response future is dropped before the inner service
 //! answered is not metered, and request and response header maps are copied only when a

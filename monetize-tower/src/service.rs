@@ -166,9 +166,14 @@ where
                 headers: keep.request_headers.then(|| head.headers.clone()),
             })
         });
-        let tap = keep
-            .request_capture
-            .map(|cap| RequestTap::new(cap, (request_bytes > 0).then_some(request_bytes)));
+        // A tap counts the body frames the inner service reads (for request-bytes meters)
+        // and captures a prefix (for request JSON-field meters, up to their cap).
+        let tap = (keep.request_bytes || keep.request_capture.is_some()).then(|| {
+            RequestTap::new(
+                keep.request_capture.unwrap_or(0),
+                (request_bytes > 0).then_some(request_bytes),
+            )
+        });
         if settings.customer_extension {
             req.extensions_mut().insert(handle.clone());
         }
@@ -858,6 +863,69 @@ mod tests {
         res.into_body().collect().await.unwrap();
         assert_eq!(used(&engine, "acme", "requested"), 64);
         assert_eq!(used(&engine, "acme", "in_bytes"), 17);
+    }
+
+    /// A streamed request body with no `Content-Length`.
+    mod streamed {
+        use std::convert::Infallible;
+        use std::pin::Pin;
+        use std::task::{Context, Poll};
+
+        use bytes::Bytes;
+        use http_body::Frame;
+
+        /// `n` frames of 1,000 bytes each.
+        pub(super) struct Chunks(pub(super) usize);
+
+        impl http_body::Body for Chunks {
+            type Data = Bytes;
+            type Error = Infallible;
+
+            fn poll_frame(
+                mut self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+            ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+                if self.0 == 0 {
+                    return Poll::Ready(None);
+                }
+                self.0 -= 1;
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; 1000])))))
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn request_bytes_are_the_frames_the_service_read() {
+        let cfg = meters()
+            .meter(MeterConfig::sum("in_bytes", ValueConfig::RequestBytes))
+            .build();
+        let engine = Engine::new(cfg).unwrap();
+        let layer = MonetizeLayer::new(engine.clone(), ApiKey::new(keys()));
+        assert!(layer.taps_request_body(), "a request-bytes meter taps");
+        // Reads two frames of five, then answers.
+        let svc = ServiceBuilder::new()
+            .layer(layer)
+            .map_request(TapBody::from_request)
+            .service(service_fn(
+                |req: Request<TapBody<streamed::Chunks>>| async move {
+                    let mut body = req.into_body();
+                    for _ in 0..2 {
+                        body.frame().await.unwrap().unwrap();
+                    }
+                    Ok::<_, Infallible>(Response::new(Full::from("ok")))
+                },
+            ));
+        let req = Request::post("/v1/upload")
+            .header("x-api-key", "key-acme")
+            .body(streamed::Chunks(5))
+            .unwrap();
+        let res = svc.oneshot(req).await.unwrap();
+        res.into_body().collect().await.unwrap();
+        assert_eq!(
+            used(&engine, "acme", "in_bytes"),
+            2000,
+            "what the handler read"
+        );
     }
 
     #[tokio::test]

@@ -33,6 +33,12 @@ impl ConfigBuilder {
         self
     }
 
+    /// Sets the time zone of calendar quota periods (an IANA name; `UTC` by default).
+    pub fn time_zone(mut self, name: impl Into<String>) -> Self {
+        self.config.time_zone = name.into();
+        self
+    }
+
     /// Sets the default plan of new customers.
     pub fn default_plan(mut self, plan: impl Into<String>) -> Self {
         self.config.customers.default_plan = Some(plan.into());

@@ -114,7 +114,8 @@ pub struct FilterConfig {
     /// A response header that must be present (with this value, when given).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_header: Option<HeaderMatch>,
-    /// A query parameter that must be present (with this value, when given).
+    /// A query parameter that must be present (with this value, when given); names and
+    /// values are compared decoded (see [`QueryMatch`] for repeated parameters).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub query: Option<QueryMatch>,
     /// A handler-reported quantity that must be present.
@@ -234,13 +235,26 @@ pub struct HeaderMatch {
 }
 
 /// A query parameter to look for.
+///
+/// The query string is decoded as `application/x-www-form-urlencoded` (what axum's
+/// `Query` and serde_urlencoded read): `dry%5Frun=%31` is `dry_run=1`, `+` is a space,
+/// invalid UTF-8 becomes U+FFFD. Names and values are compared exactly (case-sensitive)
+/// after decoding; `?dry_run` (no `=`) has the empty value.
+///
+/// Repeated parameters: a test with a `value` matches only when the parameter is present
+/// and **every** occurrence has that value; a test without `value` matches when the
+/// parameter occurs at least once. So under `not = { query = { name = "dry_run", value =
+/// "1" } }` a request is left unbilled only when whichever occurrence a handler reads
+/// (first, last, any) says `dry_run=1`: `?dry_run=1&dry_run=0` is billed. Exclude
+/// requests with a value test, not a presence test: a presence test also exempts
+/// `?dry_run=0`, which a handler may serve as a real call.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct QueryMatch {
-    /// The parameter name.
+    /// The parameter name (decoded form).
     pub name: String,
-    /// The exact (undecoded) value, when it matters.
+    /// The exact decoded value every occurrence must have, when it matters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
 }
@@ -253,7 +267,13 @@ pub enum ValueConfig {
     /// 1 per matching request.
     #[default]
     Count,
-    /// Request body bytes.
+    /// Request body bytes: the data bytes of the body frames the API's service actually
+    /// read, counted as it reads them (a chunked upload counts like one with
+    /// `Content-Length`). A handler that does not read the body (or stops early) is billed
+    /// for what it read: 0 when it never reads it, whatever `Content-Length` claims. With
+    /// `monetize-tower` alone (no `monetize-axum`), wrap the body with
+    /// `TapBody::from_request` inside the layer; without it the figure falls back to
+    /// `Content-Length`. The exchange is then metered when the response body ends.
     RequestBytes,
     /// Response body bytes actually sent.
     ResponseBytes,

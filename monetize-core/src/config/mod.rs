@@ -68,6 +68,11 @@ pub struct Config {
     pub rules: Option<Vec<RuleConfig>>,
     /// Checkpoint and report timing, and which provider takes which meters.
     pub reporting: ReportingConfig,
+    /// The IANA time zone (`Europe/Paris`, `America/New_York`) whose calendar days and
+    /// months quota periods follow, and billing cycles are counted in; `UTC` by default.
+    /// Minute and hour periods are fixed lengths, whatever the zone. Cannot change while
+    /// the engine runs.
+    pub time_zone: String,
 }
 
 impl Default for Config {
@@ -79,6 +84,7 @@ impl Default for Config {
             plans: Vec::new(),
             rules: None,
             reporting: ReportingConfig::default(),
+            time_zone: "UTC".into(),
         }
     }
 }

@@ -110,7 +110,8 @@ impl QuotaConfig {
     }
 }
 
-/// A calendar period in UTC.
+/// A quota period. Minutes and hours are fixed lengths; days and months are calendar
+/// days and months in the config's `time_zone` (UTC by default).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
@@ -123,6 +124,11 @@ pub enum Period {
     Day,
     /// A calendar month.
     Month,
+    /// A month starting at the customer's billing anchor (set with
+    /// `StateChange::BillingAnchor`, for example the day their subscription started): a
+    /// customer anchored on the 15th has quotas reset on the 15th. Without an anchor, the
+    /// calendar month.
+    BillingCycle,
 }
 
 /// A request rate limit: `requests` per `per_secs`, with bursts up to `burst`.

@@ -17,6 +17,9 @@ pub(crate) type Predicates = HashMap<String, Arc<dyn Predicate>>;
 
 /// The validated, compiled configuration the engine runs on.
 #[derive(Debug)]
+///
+/// Plans are held by position (`plans`, indexed by a customer's `plan`); positions are
+/// stable across [`compile_after`], so a plan keeps its position for the engine's life.
 pub(crate) struct Compiled {
     pub(crate) instance: Arc<str>,
     pub(crate) meters: Vec<Meter>,
@@ -25,6 +28,8 @@ pub(crate) struct Compiled {
     pub(crate) plans: Vec<Plan>,
     pub(crate) plan_index: HashMap<String, u32, foldhash::fast::RandomState>,
     pub(crate) default_plan: u32,
+    /// Where quota periods begin and end (the configured time zone).
+    pub(crate) calendar: crate::quota::Calendar,
     pub(crate) rules: Vec<Rule>,
     pub(crate) customers: CustomersConfig,
     pub(crate) overflow_id: CustomerId,
@@ -51,7 +56,57 @@ impl Compiled {
 }
 
 pub(crate) fn compile(cfg: &Config, predicates: &Predicates) -> Result<Compiled, ConfigError> {
+    compile_after(cfg, predicates, None)
+}
+
+/// The order in which `cfg`'s plans take positions (indexes into `cfg.plans`): in config
+/// order; after a `previous` configuration, each plan it had keeps its position (customers
+/// hold a plan by position) and new plans follow, so a reload that reorders, renames
+/// around or adds plans moves no customer to another plan. A plan of `previous` that
+/// `cfg` lacks is an error naming it.
+fn plan_order(cfg: &Config, previous: Option<&Compiled>) -> Result<Vec<usize>, ConfigError> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, p) in cfg.plans.iter().enumerate() {
+        if seen.insert(p.id.as_str(), i).is_some() {
+            return Err(ConfigError::new(
+                format!("plans[{i}].id"),
+                &p.id,
+                "another plan already has this id",
+            ));
+        }
+    }
+    let Some(prev) = previous else {
+        return Ok((0..cfg.plans.len()).collect());
+    };
+    let mut order = Vec::with_capacity(cfg.plans.len());
+    for p in &prev.plans {
+        let i = seen.remove(p.id.as_str()).ok_or_else(|| {
+            ConfigError::new(
+                "plans",
+                p.id.as_str(),
+                "a plan cannot be removed while the engine runs (customers may be on it); keep it, or restart",
+            )
+        })?;
+        order.push(i);
+    }
+    order.extend((0..cfg.plans.len()).filter(|i| seen.contains_key(cfg.plans[*i].id.as_str())));
+    Ok(order)
+}
+
+/// [`compile`], keeping the plan positions of `previous` (see [`plan_order`]).
+pub(crate) fn compile_after(
+    cfg: &Config,
+    predicates: &Predicates,
+    previous: Option<&Compiled>,
+) -> Result<Compiled, ConfigError> {
     PlanId::new(&cfg.instance).map_err(|e| ConfigError::id("instance", &cfg.instance, e))?;
+    let calendar = crate::quota::Calendar::new(&cfg.time_zone).ok_or_else(|| {
+        ConfigError::new(
+            "time_zone",
+            &cfg.time_zone,
+            "not a known time zone; use an IANA name such as `UTC`, `Europe/Paris` or `America/New_York`",
+        )
+    })?;
 
     if cfg.meters.len() > u16::MAX as usize {
         return Err(ConfigError::new(
@@ -77,15 +132,10 @@ pub(crate) fn compile(cfg: &Config, predicates: &Predicates) -> Result<Compiled,
 
     let mut plans = Vec::with_capacity(cfg.plans.len());
     let mut plan_names: HashMap<&str, u32> = HashMap::new();
-    for (i, p) in cfg.plans.iter().enumerate() {
+    for (pos, i) in plan_order(cfg, previous)?.into_iter().enumerate() {
+        let p = &cfg.plans[i];
         let field = format!("plans[{i}]");
-        if plan_names.insert(p.id.as_str(), i as u32).is_some() {
-            return Err(ConfigError::new(
-                format!("{field}.id"),
-                &p.id,
-                "another plan already has this id",
-            ));
-        }
+        plan_names.insert(p.id.as_str(), pos as u32);
         let plan = Plan::compile(p, &field, &by_name)?;
         for (name, price) in &p.prices {
             if let Some(idx) = by_name.get(name.as_str()) {
@@ -244,6 +294,7 @@ pub(crate) fn compile(cfg: &Config, predicates: &Predicates) -> Result<Compiled,
         plans,
         plan_index,
         default_plan,
+        calendar,
         customers: cfg.customers.clone(),
         overflow_id,
         reporting: cfg.reporting.clone(),

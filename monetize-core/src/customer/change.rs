@@ -18,4 +18,10 @@ pub enum StateChange {
     GrantCredits(i64),
     /// The balance set outright, in micro-credits.
     SetBalance(i64),
+    /// The customer's billing anchor, in unix seconds (for example when the
+    /// subscription started): their `billing_cycle` quotas reset every month on that day
+    /// and time (in the config's time zone). The current cycle's usage is kept; the next
+    /// reset is at the next cycle start. Held in memory: set it again after a restart
+    /// (for example from the billing provider's subscription at startup).
+    BillingAnchor(u64),
 }

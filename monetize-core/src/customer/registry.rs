@@ -348,19 +348,21 @@ impl Registry {
         }
     }
 
-    /// Zeroes the period counters of dormant customers where `rolled(plan, meter)`.
-    pub(crate) fn reset_dormant_periods(&self, rolled: impl Fn(u32, usize) -> bool) {
+    /// Zeroes the period counters of dormant customers where `rolled(id, plan, meter)`.
+    pub(crate) fn reset_dormant_periods(&self, rolled: impl Fn(&CustomerId, u32, usize) -> bool) {
         let dormant = self.dormant.pin();
         let due: Vec<CustomerId> = dormant
             .iter()
-            .filter(|(_, d)| (0..d.period.len()).any(|i| d.period[i] != 0 && rolled(d.plan, i)))
+            .filter(|(id, d)| {
+                (0..d.period.len()).any(|i| d.period[i] != 0 && rolled(id, d.plan, i))
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for id in due {
-            dormant.update(id, |d| {
+            dormant.update(id.clone(), |d| {
                 let mut d = d.clone();
                 for (i, v) in d.period.iter_mut().enumerate() {
-                    if rolled(d.plan, i) {
+                    if rolled(&id, d.plan, i) {
                         *v = 0;
                     }
                 }

@@ -117,6 +117,37 @@ impl Sketch {
     }
 }
 
+/// The distinct-count sketch on its own, for `benches/benches/peers.rs` (compared with
+/// `hyperloglockless`). Not part of the API.
+#[doc(hidden)]
+pub struct BenchSketch(Sketch);
+
+#[doc(hidden)]
+impl BenchSketch {
+    /// An empty sketch.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        Self(Sketch::new())
+    }
+
+    /// Adds an item by its 64-bit hash, as recording does.
+    #[inline]
+    pub fn add_hash(&self, hash: u64) {
+        self.0.add_hash(hash);
+    }
+
+    /// Takes the registers (as a checkpoint does) and estimates their count.
+    pub fn take_count(&self) -> u64 {
+        self.0.take().map_or(0, |r| hll_estimate(&r))
+    }
+}
+
+/// A stable hash of `bytes` as distinct counting uses it (for the bench).
+#[doc(hidden)]
+pub fn bench_stable_hash(bytes: &[u8]) -> u64 {
+    stable_hash(bytes)
+}
+
 /// The HyperLogLog estimate with linear counting for small cardinalities.
 pub(crate) fn hll_estimate(regs: &[u8]) -> u64 {
     if regs.is_empty() {

@@ -27,6 +27,19 @@ pub(crate) struct UsageCells {
     sketches: Box<[Option<Sketch>]>,
 }
 
+/// The largest quantity one sample adds to a meter (2^48, about 2.8 * 10^14): a larger
+/// sample (a header or JSON value of `u64::MAX`, say) is recorded as this cap and counted
+/// in [`crate::EngineStats::samples_capped`]. Keeping samples this far below `u64::MAX`
+/// is what lets one `fetch_add` record them with no wrap: see [`CELL_MAX`].
+pub(crate) const SAMPLE_CAP: u64 = 1 << 48;
+
+/// Where a count or sum cell (and the period's base) saturates: 2^63. An add that takes a
+/// cell to this mark lowers it back with a `fetch_min` (which never raises a cell a
+/// checkpoint has just emptied), so a cell stays below `CELL_MAX + k * SAMPLE_CAP` with `k`
+/// adds in flight at once: wrapping would take 2^15 of them. What a checkpoint takes is
+/// clamped to `CELL_MAX`.
+pub(crate) const CELL_MAX: u64 = 1 << 63;
+
 /// Meters whose cells are stored inline.
 pub(crate) const INLINE: usize = 4;
 
@@ -35,6 +48,15 @@ pub(crate) const INLINE: usize = 4;
 struct Cell {
     word: AtomicU64,
     base: AtomicU64,
+}
+
+impl Cell {
+    /// Brings a count or sum cell that reached [`CELL_MAX`] back to it.
+    #[cold]
+    #[inline(never)]
+    fn saturate(&self) {
+        self.word.fetch_min(CELL_MAX, Ordering::Relaxed);
+    }
 }
 
 impl UsageCells {
@@ -66,11 +88,18 @@ impl UsageCells {
         }
     }
 
-    /// Adds to a count or sum cell: one relaxed `fetch_add`. Returns what the cell held.
+    /// Adds `v` (at most [`SAMPLE_CAP`]) to a count or sum cell: one relaxed `fetch_add`,
+    /// saturating at [`CELL_MAX`]. Returns what the cell held.
     #[inline]
     pub(crate) fn add(&self, i: usize, v: u64) -> u64 {
-        self.cell(i)
-            .map_or(0, |c| c.word.fetch_add(v, Ordering::Relaxed))
+        debug_assert!(v <= SAMPLE_CAP);
+        self.cell(i).map_or(0, |c| {
+            let prev = c.word.fetch_add(v, Ordering::Relaxed);
+            if prev >= CELL_MAX - v {
+                c.saturate();
+            }
+            prev
+        })
     }
 
     /// What earlier checkpoints took from cell `i` this quota period.
@@ -172,8 +201,12 @@ impl UsageCells {
                 Measure::Latest(v - 1)
             }
             _ => {
+                let v = v.min(CELL_MAX);
                 if let Some(b) = base {
-                    b.fetch_add(v, Ordering::Relaxed);
+                    // Background work: a saturating update, never a wrap.
+                    let _ = b.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |x| {
+                        Some(x.saturating_add(v).min(CELL_MAX))
+                    });
                 }
                 Measure::Sum(v)
             }
@@ -198,6 +231,28 @@ mod tests {
         assert_eq!(c.period_all(&aggs), vec![1, 2, 3, 4, 5, 6, 7]);
         assert_eq!(c.add(7, 1), 0, "no cell past the last meter");
         assert_eq!(c.take(7, Aggregation::Sum), None);
+    }
+
+    #[test]
+    fn count_and_sum_cells_saturate_instead_of_wrapping() {
+        let c = UsageCells::new(&[Aggregation::Sum]);
+        // 2^15 maximal samples reach the mark; as many again must not wrap.
+        for _ in 0..(1u64 << 16) {
+            c.add(0, SAMPLE_CAP);
+        }
+        assert_eq!(c.period_used(0, Aggregation::Sum), CELL_MAX);
+        assert_eq!(c.take(0, Aggregation::Sum), Some(Measure::Sum(CELL_MAX)));
+        for _ in 0..(1u64 << 16) {
+            c.add(0, SAMPLE_CAP);
+        }
+        assert_eq!(c.take(0, Aggregation::Sum), Some(Measure::Sum(CELL_MAX)));
+        assert_eq!(
+            c.period_used(0, Aggregation::Sum),
+            CELL_MAX,
+            "the period's base saturates too"
+        );
+        c.add(0, 3);
+        assert_eq!(c.take(0, Aggregation::Sum), Some(Measure::Sum(3)));
     }
 
     #[test]

@@ -194,11 +194,24 @@ impl<'a> Exchange<'a> {
         self.route.unwrap_or(self.path)
     }
 
-    /// The first value of query parameter `name`, undecoded.
-    pub(crate) fn query_param(&self, name: &str) -> Option<&'a str> {
-        self.query?.split('&').find_map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (k == name).then_some(v)
-        })
+    /// Whether query parameter `name` is present and, when `want` is given, every
+    /// occurrence of it has that value; names and values compared decoded
+    /// (`application/x-www-form-urlencoded`, see [`crate::config::QueryMatch`]). Borrows
+    /// from the query string unless a pair holds `%` or `+`.
+    pub(crate) fn query_matches(&self, name: &str, want: Option<&str>) -> bool {
+        let Some(q) = self.query else {
+            return false;
+        };
+        let mut seen = false;
+        for (k, v) in form_urlencoded::parse(q.as_bytes()) {
+            if k == name {
+                match want {
+                    None => return true,
+                    Some(w) if v != w => return false,
+                    Some(_) => seen = true,
+                }
+            }
+        }
+        seen
     }
 }

@@ -112,11 +112,7 @@ impl Filter {
             Filter::ResponseHeader(name, value) => ex
                 .response
                 .is_some_and(|r| header_matches(r.headers, name, value)),
-            Filter::Query(name, value) => match (ex.query_param(name), value) {
-                (Some(_), None) => true,
-                (Some(v), Some(want)) => v == want,
-                (None, _) => false,
-            },
+            Filter::Query(name, value) => ex.query_matches(name, value.as_deref()),
             Filter::Reported(name) => ex.reported.is_some_and(|r| name.find(r).is_some()),
             Filter::All(fs) => fs.iter().all(|f| f.matches(ex)),
             Filter::Any(fs) => fs.iter().any(|f| f.matches(ex)),
@@ -519,6 +515,59 @@ mod tests {
         assert!(!f.matches(&Exchange::new(&m, "/", &h).query(Some("a=2&dry_run=1"))));
         assert!(f.matches(&Exchange::new(&m, "/", &h).query(Some("dry_run=0"))));
         assert!(f.matches(&Exchange::new(&m, "/", &h)));
+    }
+
+    /// Under `not(query dry_run=1)`, whether each query string is billed.
+    #[test]
+    fn query_decoding_and_repeats_under_not() {
+        let f = compile(FilterConfig::new().not(FilterConfig::new().query("dry_run", Some("1"))));
+        let h = HeaderMap::new();
+        let m = Method::GET;
+        let billed = |q: &str| f.matches(&Exchange::new(&m, "/", &h).query(Some(q)));
+        // Exempt: every reading of the query says dry_run=1.
+        for q in [
+            "dry_run=1",
+            "dry%5Frun=1",
+            "dry%5frun=%31",
+            "dry_run=%31",
+            "a=b&dry_run=1&dry_run=1",
+            "dry_run=1&dry%5Frun=%31",
+            "&&dry_run=1&",
+        ] {
+            assert!(!billed(q), "{q:?} is a dry run");
+        }
+        // Billed: no occurrence, another value, or occurrences that disagree.
+        for q in [
+            "",
+            "dry_run=0",
+            "dry_run=1&dry_run=0",
+            "dry_run=0&dry_run=1",
+            "dry%5Frun=0&dry_run=1",
+            "dry_run=1&dry%5Frun=",
+            "dry_run",
+            "dry_run=1&dry_run",
+            "dry_run=+1",
+            "dry_run=1%00",
+            "dry_run=%FF",
+            "DRY_RUN=1",
+            "dry_run%3D1",
+            "xdry_run=1",
+        ] {
+            assert!(billed(q), "{q:?} is a billable call");
+        }
+    }
+
+    #[test]
+    fn query_presence_sees_encoded_names() {
+        let f = compile(FilterConfig::new().query("dry_run", None));
+        let h = HeaderMap::new();
+        let m = Method::GET;
+        let matches = |q: &str| f.matches(&Exchange::new(&m, "/", &h).query(Some(q)));
+        assert!(matches("dry%5Frun"));
+        assert!(matches("a=1&dry_run=0&dry_run=1"));
+        assert!(matches("dry+run=1&dry_run"));
+        assert!(!matches("dry+run=1"));
+        assert!(!f.matches(&Exchange::new(&m, "/", &h)));
     }
 
     fn compile(cfg: FilterConfig) -> Filter {

@@ -11,8 +11,10 @@ mod reported;
 mod value;
 
 pub use aggregation::{Aggregation, Measure};
+#[doc(hidden)]
+pub use aggregation::{BenchSketch, bench_stable_hash};
 pub(crate) use aggregation::{Sketch, mix64, stable_hash};
-pub(crate) use cells::UsageCells;
+pub(crate) use cells::{SAMPLE_CAP, UsageCells};
 pub use exchange::{Exchange, ExchangeNeeds, ResponseView};
 pub(crate) use filter::{Filter, Side};
 pub use meter_match::MeterMatch;
