@@ -62,6 +62,9 @@ struct Inner {
     last_checkpoint_len: std::sync::atomic::AtomicUsize,
     /// Period numbers seen by the last tick, for quota resets.
     periods: Mutex<Option<[u64; 4]>>,
+    /// Customers whose state an operator changed ([`Engine::apply`], [`Engine::register`])
+    /// since the reporter's last checkpoint took them (never touched on the request path).
+    changed_accounts: Mutex<std::collections::HashSet<CustomerId>>,
     predicates: Predicates,
 }
 
@@ -101,6 +104,7 @@ impl EngineBuilder {
                 coarse_secs: AtomicU32::new(0),
                 last_checkpoint_len: std::sync::atomic::AtomicUsize::new(0),
                 periods: Mutex::new(None),
+                changed_accounts: Mutex::new(std::collections::HashSet::new()),
                 predicates: self.predicates,
             }),
         };
@@ -326,6 +330,7 @@ impl Engine {
             .ok_or_else(|| CoreError::UnknownPlan(plan.to_owned()))?;
         if let Some(h) = self.inner.registry.get(customer) {
             h.0.plan.store(idx, Ordering::Relaxed);
+            self.account_changed(&h.0.id);
             return Ok(h);
         }
         let cid = CustomerId::new(customer).map_err(|source| CoreError::Id {
@@ -347,7 +352,78 @@ impl Engine {
             },
         )?;
         h.0.touch(self.inner.coarse_secs.load(Ordering::Relaxed));
+        self.account_changed(&h.0.id);
         Ok(h)
+    }
+
+    /// Notes an operator change of a customer's state, for the next checkpoint.
+    fn account_changed(&self, id: &CustomerId) {
+        let mut changed = self
+            .inner
+            .changed_accounts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        changed.insert(id.clone());
+    }
+
+    /// The customers whose state an operator changed since the last call (the reporter's
+    /// checkpoint snapshots them with the customers whose usage it took).
+    pub(crate) fn take_changed_accounts(&self) -> Vec<CustomerId> {
+        let mut changed = self
+            .inner
+            .changed_accounts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        changed.drain().collect()
+    }
+
+    /// The durable state of each of `ids` known to this process, in memory or evicted, as
+    /// of the last checkpoint's swap (for the reporter's checkpoint): quota usage of count
+    /// and sum meters is what the checkpoints took this period, so it matches the usage in
+    /// the spool exactly; the balance is read now (a call racing with the swap may have its
+    /// usage on one side and its spend on the other).
+    pub(crate) fn accounts_of(
+        &self,
+        ids: impl IntoIterator<Item = CustomerId>,
+    ) -> Vec<(CustomerId, AccountState)> {
+        let cfg = self.inner.metering.config.load();
+        let now = unix_now();
+        let registry = &self.inner.registry;
+        ids.into_iter()
+            .filter_map(|id| {
+                let state = registry
+                    .with(id.as_str(), |s| {
+                        (!s.is_overflow).then(|| {
+                            // Quota usage as checkpointed (the cells' content after the
+                            // swap belongs to the next checkpoint).
+                            let period: Vec<u64> = cfg
+                                .aggs
+                                .iter()
+                                .enumerate()
+                                .map(|(i, a)| match a {
+                                    Aggregation::Count | Aggregation::Sum => s.cells.base(i),
+                                    _ => s.cells.period_used(i, *a),
+                                })
+                                .collect();
+                            account_of(
+                                cfg,
+                                s.flags.load(Ordering::Relaxed),
+                                s.plan.load(Ordering::Relaxed),
+                                s.balance.load(Ordering::Relaxed),
+                                &period,
+                                now,
+                            )
+                        })
+                    })
+                    .flatten()
+                    .or_else(|| {
+                        registry.with_dormant(&id, |d| {
+                            account_of(cfg, d.flags, d.plan, d.balance, &d.period, now)
+                        })
+                    })?;
+                Some((id, state))
+            })
+            .collect()
     }
 
     /// Evaluates the rules for a request. Allocation-free when it allows.
@@ -720,6 +796,7 @@ impl Engine {
             }
             StateChange::SetBalance(n) => s.balance.store(n, Ordering::Relaxed),
         }
+        self.account_changed(&s.id);
         Ok(())
     }
 
