@@ -1387,7 +1387,44 @@ pub(crate) mod suite {
         );
     }
 
+    fn account(balance: i64, used: u64) -> AccountState {
+        AccountState {
+            plan: Some(crate::id::PlanId::new("prepaid").unwrap()),
+            balance,
+            period_usage: vec![PeriodUsage::new(m("calls"), 60, used)],
+            blocked: used > 100,
+            ..AccountState::default()
+        }
+    }
+
+    /// Account snapshots are written with the checkpoint's deltas, newest wins, and a
+    /// checkpoint skipped as already merged does not write its (older) snapshots.
+    pub(crate) fn accounts_ride_with_checkpoints(s: &dyn Spool) {
+        assert!(s.accounts().unwrap().is_empty());
+        let first = Checkpoint::new("w", 1, 100, vec![sum("c1", "calls", 3)])
+            .with_accounts(vec![(c("c1"), account(97, 3)), (c("c2"), account(5, 0))]);
+        s.merge_checkpoints(&routes(), std::slice::from_ref(&first), 60)
+            .unwrap();
+        let second = Checkpoint::new("w", 2, 101, vec![sum("c1", "calls", 2)])
+            .with_accounts(vec![(c("c1"), account(95, 205))]);
+        s.merge_checkpoints(&routes(), &[first, second], 60)
+            .unwrap();
+        assert_eq!(
+            s.accounts().unwrap(),
+            vec![(c("c1"), account(95, 205)), (c("c2"), account(5, 0))],
+            "the retried first checkpoint did not bring back c1's older state"
+        );
+        assert_eq!(s.pending_total(Some("ledger"), "calls", "c1").unwrap(), 5);
+        // A checkpoint with accounts and no deltas (operator changes only).
+        let third =
+            Checkpoint::new("w", 3, 102, Vec::new()).with_accounts(vec![(c("c2"), account(-4, 0))]);
+        assert_eq!(s.merge_checkpoints(&routes(), &[third], 60).unwrap(), 0);
+        assert_eq!(s.accounts().unwrap()[1], (c("c2"), account(-4, 0)));
+        assert_eq!(s.last_checkpoint("w").unwrap(), 3);
+    }
+
     pub(crate) fn all(make: &dyn Fn() -> Box<dyn Spool>) {
+        accounts_ride_with_checkpoints(&*make());
         keys_are_unique_per_spool(&*make(), &*make());
         checkpoints_merge_once(&*make());
         checkpoints_keep_their_window(&*make());
@@ -1411,6 +1448,27 @@ mod tests {
     use super::*;
     use crate::report::MemorySpool;
     use crate::report::spool::Spool;
+
+    #[test]
+    fn a_corrupt_account_row_is_skipped() {
+        let s = MemorySpool::new();
+        let cp = Checkpoint::new("w", 1, 100, Vec::new()).with_accounts(vec![(
+            c("good"),
+            AccountState {
+                balance: 7,
+                ..AccountState::default()
+            },
+        )]);
+        s.merge_checkpoints(&routes(), &[cp], 60).unwrap();
+        s.put_raw(
+            Table::Accounts,
+            account_key(&c("bad")),
+            &[ROW_VERSION, 0xff],
+        );
+        let got = s.accounts().unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].0.as_str(), got[0].1.balance), ("good", 7));
+    }
 
     #[test]
     fn memory_spool_passes_the_suite() {

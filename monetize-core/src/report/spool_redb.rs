@@ -369,6 +369,27 @@ mod tests {
     }
 
     #[test]
+    fn accounts_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.redb");
+        let state = AccountState {
+            balance: -12,
+            delinquent: true,
+            ..AccountState::default()
+        };
+        let id = CustomerId::new("acme").unwrap();
+        {
+            let s = RedbSpool::open(&path).unwrap();
+            let cp = Checkpoint::new("w", 1, 100, vec![sum("acme", "calls", 7)])
+                .with_accounts(vec![(id.clone(), state.clone())]);
+            s.merge_checkpoints(&routes(), &[cp], 60).unwrap();
+        }
+        let s = RedbSpool::open(&path).unwrap();
+        assert_eq!(s.accounts().unwrap(), vec![(id, state)]);
+        assert_eq!(s.pending_total(Some("ledger"), "calls", "acme").unwrap(), 7);
+    }
+
+    #[test]
     fn sealed_entries_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("spool.redb");
