@@ -160,3 +160,57 @@ async fn operator_changes_are_saved_by_the_next_checkpoint() {
     assert!(engine.account("bad").unwrap().blocked);
     reporter.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn failed_merges_keep_spends_with_their_usage() {
+    use monetize_core::report::{Checkpoint, SpoolError};
+    use monetize_tests::spool::MergeHook;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let dir = tempfile::tempdir().unwrap();
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let seen = attempts.clone();
+    // The first two merges fail: the first after committing (its reply lost), the second
+    // before; the third carries everything.
+    let spool = Arc::new(MergeHook::new(
+        MemorySpool::new(),
+        move |inner: &MemorySpool, routes, checkpoints: &[Checkpoint], window_secs| match seen
+            .fetch_add(1, Ordering::SeqCst)
+        {
+            0 => {
+                inner.merge_checkpoints(routes, checkpoints, window_secs)?;
+                Err(SpoolError::Unavailable {
+                    reason: "committed, then the reply was lost".into(),
+                })
+            }
+            1 => Err(SpoolError::Unavailable {
+                reason: "disk full".into(),
+            }),
+            _ => inner.merge_checkpoints(routes, checkpoints, window_secs),
+        },
+    ));
+    let engine = Engine::new(config()).unwrap();
+    let reporter = Reporter::start(
+        engine.clone(),
+        spool.clone(),
+        vec![route(dir.path())],
+        options(),
+    )
+    .unwrap();
+    engine.register("pre", "prepaid").unwrap();
+    for n in [3, 4, 5] {
+        calls(&engine, "pre", n);
+        let _ = reporter.flush_now().await;
+    }
+    assert!(attempts.load(Ordering::SeqCst) >= 3);
+    let stored = spool.inner().accounts().unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        stored[0].1.balance,
+        INITIAL - 12 * PRICE as i64,
+        "the newest snapshot is stored"
+    );
+    assert_eq!(stored[0].1.period_usage[0].used, 12);
+    assert_eq!(in_spool(spool.inner(), "pre"), 12, "usage merged once");
+    reporter.shutdown().await.unwrap();
+}

@@ -50,6 +50,27 @@
 //! (`tests/tests/crash.rs`) kills a process at random moments and asserts this bound (with
 //! a 50 ms interval: at most 150 ms of usage per kill) and that every committed unit is
 //! billed once per customer, meter and window.
+//!
+//! # Credits and quota usage
+//!
+//! Spent credits and quota usage are exactly as durable as the usage that spent them. Each
+//! checkpoint, right after the swap, snapshots the state (status, plan, prepaid balance,
+//! quota usage this period) of every customer whose usage it took or whose state an
+//! operator changed since the last one ([`Engine::apply`], [`Engine::register`]); the
+//! snapshots travel with the checkpoint (kept with it through failed merges, the newest
+//! per customer winning) and are written to the spool's accounts table **in the merge's
+//! transaction** ([`Spool::accounts`]). [`Reporter::start`] restores them into the engine.
+//! A `kill -9` therefore loses the spends and quota usage of exactly the calls whose usage
+//! it loses: **at most one `checkpoint_interval` plus the 100 ms commit allowance of
+//! both** (1.1 s by default), never more of one than of the other. Quota usage matches the
+//! usage in the spool exactly (it is the part the checkpoints took); the balance is read
+//! just after the swap, so a call racing with the swap (one per request in flight) may
+//! have its usage in one checkpoint and its spend in the next. Operator changes (top-ups,
+//! status, plan) are saved by the next checkpoint too: a `kill -9` loses those made in
+//! the last interval plus the allowance (the [`StateSync`](crate::StateSync) may have
+//! saved them to its store, but for a customer the spool holds, the spool wins: see
+//! [`Reporter::start`]). The crash test `tests/tests/crash_spend.rs` kills a spending
+//! process and asserts these figures.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -498,6 +519,13 @@ impl Reporter {
     /// Spawns the checkpoint task, a prune task and one task per provider on the current
     /// tokio runtime.
     ///
+    /// First restores the customer states stored in the spool by merged checkpoints
+    /// ([`Spool::accounts`]) into `engine` (counted in [`ReporterStats::accounts_restored`]).
+    /// For the customers it holds, the spool is authoritative for status, plan, balance and
+    /// quota usage: start the reporter **after** [`StateSync::start`](crate::StateSync::start)
+    /// (whose store may hold balances newer than the usage in the spool, that is credits
+    /// spent by usage a crash lost) and before changing customers' state.
+    ///
     /// Fails, before spawning anything, when two routes share a provider name (the name
     /// keys the provider's entries in the spool), when a provider refuses a meter routed to
     /// it ([`BillingProvider::check_meter`]), or when an option is out of range.
@@ -574,8 +602,6 @@ impl Reporter {
                 }
             }
         }
-        // Whatever the restore marked is as stored: nothing to snapshot for it.
-        drop(engine.take_changed_accounts());
         let mut writer = [0u8; 8];
         rand::RngCore::fill_bytes(&mut rand::rng(), &mut writer);
         let shared = Arc::new(Shared {
