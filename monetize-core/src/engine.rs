@@ -872,7 +872,8 @@ impl Engine {
     }
 
     /// Sets a customer's state from a [`crate::StateStore`] (admitting it if new). Quota
-    /// usage is restored only for periods that are still current. A plan the config does
+    /// usage is restored only for periods that are still current; meters the state does
+    /// not list have none. A plan the config does
     /// not know is an error and changes nothing; usage of unknown meters is skipped.
     pub fn restore_account(&self, customer: &str, state: &AccountState) -> Result<(), CoreError> {
         let cfg = self.inner.metering.config.load();
@@ -891,14 +892,22 @@ impl Engine {
         s.plan.store(plan, Ordering::Relaxed);
         s.balance.store(state.balance, Ordering::Relaxed);
         let now = unix_now();
+        // Every meter's period usage is replaced: one the state does not list (or lists for
+        // a past period) has none this period.
+        let mut used = vec![0u64; cfg.meters.len()];
         for pu in &state.period_usage {
             let Some(i) = cfg.meter_index.get(pu.meter.as_str()).map(|m| m.get()) else {
                 continue;
             };
             let period = cfg.plan(plan).map_or(Period::Month, |p| p.period_of(i));
-            if period_start(period, now) == pu.period_start {
-                s.cells.set_period(i, pu.used);
+            if period_start(period, now) == pu.period_start
+                && let Some(u) = used.get_mut(i)
+            {
+                *u = pu.used;
             }
+        }
+        for (i, u) in used.into_iter().enumerate() {
+            s.cells.set_period(i, u);
         }
         Ok(())
     }

@@ -214,3 +214,54 @@ async fn failed_merges_keep_spends_with_their_usage() {
     assert_eq!(in_spool(spool.inner(), "pre"), 12, "usage merged once");
     reporter.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn quota_usage_the_spool_does_not_hold_is_not_restored() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Arc::new(MemorySpool::new());
+    let store = Arc::new(MemoryStore::new());
+    {
+        let engine = Engine::new(config()).unwrap();
+        let sync = StateSync::start(engine.clone(), store.clone(), Duration::from_secs(3600))
+            .await
+            .unwrap();
+        let reporter = Reporter::start(
+            engine.clone(),
+            spool.clone(),
+            vec![route(dir.path())],
+            options(),
+        )
+        .unwrap();
+        // The spool holds q with no usage this period...
+        engine.apply("q", StateChange::Delinquent(false)).unwrap();
+        reporter.flush_now().await.unwrap();
+        // ...the store, saved later, 5 calls whose usage the crash loses.
+        calls(&engine, "q", 5);
+        sync.sync_now().await.unwrap();
+        std::mem::forget(reporter);
+        std::mem::forget(sync);
+    }
+    assert_eq!(in_spool(&spool, "q"), 0);
+    let engine = Engine::new(config()).unwrap();
+    let _sync = StateSync::start(engine.clone(), store.clone(), Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(
+        engine.usage("q").unwrap().meters[0].used,
+        5,
+        "the store's copy"
+    );
+    let reporter = Reporter::start(
+        engine.clone(),
+        spool.clone(),
+        vec![route(dir.path())],
+        options(),
+    )
+    .unwrap();
+    assert_eq!(
+        engine.usage("q").unwrap().meters[0].used,
+        0,
+        "quota usage matches the usage in the spool"
+    );
+    reporter.shutdown().await.unwrap();
+}
