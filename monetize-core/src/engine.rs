@@ -69,6 +69,9 @@ struct Inner {
     anchors: papaya::HashMap<CustomerId, (u64, i64)>,
     /// The wall clock (unix seconds) quota periods are computed on.
     clock: Option<WallClock>,
+    /// Customers whose state an operator changed ([`Engine::apply`], [`Engine::register`])
+    /// since the reporter's last checkpoint took them (never touched on the request path).
+    changed_accounts: Mutex<std::collections::HashSet<CustomerId>>,
     predicates: Predicates,
 }
 
@@ -123,6 +126,7 @@ impl EngineBuilder {
                 periods: Mutex::new(None),
                 anchors: papaya::HashMap::new(),
                 clock: self.clock,
+                changed_accounts: Mutex::new(std::collections::HashSet::new()),
                 predicates: self.predicates,
             }),
         };
@@ -353,6 +357,7 @@ impl Engine {
             .ok_or_else(|| CoreError::UnknownPlan(plan.to_owned()))?;
         if let Some(h) = self.inner.registry.get(customer) {
             h.0.plan.store(idx, Ordering::Relaxed);
+            self.account_changed(&h.0.id);
             return Ok(h);
         }
         // Not in memory: new, dormant (evicted) or being admitted by another thread.
@@ -378,7 +383,88 @@ impl Engine {
         // thread admitted): the plan asked for applies after it.
         h.0.plan.store(idx, Ordering::Relaxed);
         h.0.touch(self.inner.coarse_secs.load(Ordering::Relaxed));
+        self.account_changed(&h.0.id);
         Ok(h)
+    }
+
+    /// Notes an operator change of a customer's state, for the next checkpoint.
+    fn account_changed(&self, id: &CustomerId) {
+        let mut changed = self
+            .inner
+            .changed_accounts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        changed.insert(id.clone());
+    }
+
+    /// The customers whose state an operator changed since the last call (the reporter's
+    /// checkpoint snapshots them with the customers whose usage it took).
+    pub(crate) fn take_changed_accounts(&self) -> Vec<CustomerId> {
+        let mut changed = self
+            .inner
+            .changed_accounts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        changed.drain().collect()
+    }
+
+    /// The durable state of each of `ids` known to this process, in memory or evicted, as
+    /// of the last checkpoint's swap (for the reporter's checkpoint): quota usage of count
+    /// and sum meters is what the checkpoints took this period, so it matches the usage in
+    /// the spool exactly; the balance is read now (a call racing with the swap may have its
+    /// usage on one side and its spend on the other).
+    pub(crate) fn accounts_of(
+        &self,
+        ids: impl IntoIterator<Item = CustomerId>,
+    ) -> Vec<(CustomerId, AccountState)> {
+        let cfg = self.inner.metering.config.load();
+        let now = self.now();
+        let anchors = self.inner.anchors.pin();
+        let registry = &self.inner.registry;
+        ids.into_iter()
+            .filter_map(|id| {
+                let state = registry
+                    .with(id.as_str(), |s| {
+                        (!s.is_overflow).then(|| {
+                            // Quota usage as checkpointed (the cells' content after the
+                            // swap belongs to the next checkpoint).
+                            let period: Vec<u64> = cfg
+                                .aggs
+                                .iter()
+                                .enumerate()
+                                .map(|(i, a)| match a {
+                                    Aggregation::Count | Aggregation::Sum => s.cells.base(i),
+                                    _ => s.cells.period_used(i, *a),
+                                })
+                                .collect();
+                            account_of(
+                                cfg,
+                                (
+                                    s.flags.load(Ordering::Relaxed),
+                                    s.plan.load(Ordering::Relaxed),
+                                    s.balance.load(Ordering::Relaxed),
+                                ),
+                                &period,
+                                now,
+                                anchors.get(&s.id),
+                            )
+                        })
+                    })
+                    .flatten()
+                    .or_else(|| {
+                        registry.with_dormant(&id, |d| {
+                            account_of(
+                                cfg,
+                                (d.flags, d.plan, d.balance),
+                                &d.period,
+                                now,
+                                anchors.get(&id),
+                            )
+                        })
+                    })?;
+                Some((id, state))
+            })
+            .collect()
     }
 
     /// Evaluates the rules for a request. Allocation-free when it allows.
@@ -796,6 +882,7 @@ impl Engine {
                 .balance
                 .store(n.max(crate::metering::BALANCE_FLOOR), Ordering::Relaxed),
         }
+        self.account_changed(&s.id);
         Ok(())
     }
 
@@ -879,7 +966,8 @@ impl Engine {
     }
 
     /// Sets a customer's state from a [`crate::StateStore`] (admitting it if new). Quota
-    /// usage is restored only for periods that are still current. A plan the config does
+    /// usage is restored only for periods that are still current; meters the state does
+    /// not list have none. A plan the config does
     /// not know is an error and changes nothing; usage of unknown meters is skipped.
     pub fn restore_account(&self, customer: &str, state: &AccountState) -> Result<(), CoreError> {
         let cfg = self.inner.metering.config.load();
@@ -898,14 +986,22 @@ impl Engine {
         s.plan.store(plan, Ordering::Relaxed);
         s.balance.store(state.balance, Ordering::Relaxed);
         let now = self.now();
+        // Every meter's period usage is replaced: one the state does not list (or lists for
+        // a past period) has none this period.
+        let mut used = vec![0u64; cfg.meters.len()];
         for pu in &state.period_usage {
             let Some(i) = cfg.meter_index.get(pu.meter.as_str()).map(|m| m.get()) else {
                 continue;
             };
             let period = cfg.plan(plan).map_or(Period::Month, |p| p.period_of(i));
-            if self.bounds(cfg, &s.id, period, now).start == pu.period_start {
-                s.cells.set_period(i, pu.used);
+            if self.bounds(cfg, &s.id, period, now).start == pu.period_start
+                && let Some(u) = used.get_mut(i)
+            {
+                *u = pu.used;
             }
+        }
+        for (i, u) in used.into_iter().enumerate() {
+            s.cells.set_period(i, u);
         }
         Ok(())
     }

@@ -2,11 +2,22 @@
 //! (status, plan, prepaid balance, quota usage this period) survives restarts.
 //!
 //! At start every stored customer is restored into the engine; then, every interval, the
-//! customers whose state changed since the last save are written. Balances and quota
-//! counters change on the request path with atomic operations and are saved on the next
-//! interval: after a `kill -9` a customer may get back the credits and quota spent in the
-//! last interval at most (the same bound as usage between checkpoints). `shutdown` saves
+//! customers whose state changed since the last save are written. `shutdown` saves
 //! everything before returning.
+//!
+//! # Which copy wins
+//!
+//! With a [`Reporter`](crate::report::Reporter), every checkpoint also writes the state of
+//! the customers it touched into the spool, in the transaction that stores their usage,
+//! and [`Reporter::start`](crate::report::Reporter::start) restores those states after
+//! this restore: **for a customer the spool holds, the spool is authoritative** (status,
+//! plan, balance, quota usage as of the last merged checkpoint), because the store may
+//! have been saved after that checkpoint, with credits spent by usage that a `kill -9`
+//! then lost. The store remains the source for customers the spool does not hold (no
+//! usage and no operator change since the spool was created), for engines without a
+//! reporter, and for sharing state between instances. So start `StateSync` first, then
+//! the reporter. Without a reporter, a `kill -9` loses at most the last interval of
+//! balance and quota changes.
 
 use std::collections::HashMap;
 use std::sync::Arc;

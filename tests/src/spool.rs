@@ -1,13 +1,13 @@
 //! A spool wrapper for tests: runs a hook around `merge_checkpoints` and forwards
 //! everything else.
 
-use monetize_core::MeterId;
 use monetize_core::meter::Aggregation;
 use monetize_core::provider::UsageRecord;
 use monetize_core::report::{
     Acknowledged, Checkpoint, DeadLetter, PendingEntry, Pruned, Quarantined, Settled, Spool,
     SpoolError, SpoolKey, SpoolRoute, TakeRequest, Taken,
 };
+use monetize_core::{AccountState, CustomerId, MeterId};
 
 /// What a [`MergeHook`] does instead of a plain merge: it gets the inner spool and the
 /// merge's arguments (routes, checkpoints, window length), and may fail, count or forward.
@@ -53,6 +53,10 @@ impl<S: Spool> Spool for MergeHook<S> {
 
     fn last_checkpoint(&self, writer: &str) -> Result<u64, SpoolError> {
         self.inner.last_checkpoint(writer)
+    }
+
+    fn accounts(&self) -> Result<Vec<(CustomerId, AccountState)>, SpoolError> {
+        self.inner.accounts()
     }
 
     fn take(&self, request: &TakeRequest) -> Result<Taken, SpoolError> {

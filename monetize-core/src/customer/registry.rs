@@ -379,6 +379,15 @@ impl Registry {
         }
     }
 
+    /// Runs `f` on an evicted customer's dormant record, if it has one.
+    pub(crate) fn with_dormant<R>(
+        &self,
+        id: &CustomerId,
+        f: impl FnOnce(&Dormant) -> R,
+    ) -> Option<R> {
+        self.dormant.pin().get(id).map(f)
+    }
+
     /// Customers in memory.
     pub(crate) fn len(&self) -> usize {
         self.map.len()

@@ -50,6 +50,27 @@
 //! (`tests/tests/crash.rs`) kills a process at random moments and asserts this bound (with
 //! a 50 ms interval: at most 150 ms of usage per kill) and that every committed unit is
 //! billed once per customer, meter and window.
+//!
+//! # Credits and quota usage
+//!
+//! Spent credits and quota usage are exactly as durable as the usage that spent them. Each
+//! checkpoint, right after the swap, snapshots the state (status, plan, prepaid balance,
+//! quota usage this period) of every customer whose usage it took or whose state an
+//! operator changed since the last one ([`Engine::apply`], [`Engine::register`]); the
+//! snapshots travel with the checkpoint (kept with it through failed merges, the newest
+//! per customer winning) and are written to the spool's accounts table **in the merge's
+//! transaction** ([`Spool::accounts`]). [`Reporter::start`] restores them into the engine.
+//! A `kill -9` therefore loses the spends and quota usage of exactly the calls whose usage
+//! it loses: **at most one `checkpoint_interval` plus the 100 ms commit allowance of
+//! both** (1.1 s by default), never more of one than of the other. Quota usage matches the
+//! usage in the spool exactly (it is the part the checkpoints took); the balance is read
+//! just after the swap, so a call racing with the swap (one per request in flight) may
+//! have its usage in one checkpoint and its spend in the next. Operator changes (top-ups,
+//! status, plan) are saved by the next checkpoint too: a `kill -9` loses those made in
+//! the last interval plus the allowance (the [`StateSync`](crate::StateSync) may have
+//! saved them to its store, but for a customer the spool holds, the spool wins: see
+//! [`Reporter::start`]). The crash test `tests/tests/crash_spend.rs` kills a spending
+//! process and asserts these figures.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -69,6 +90,7 @@ use crate::provider::{BillingProvider, ProviderError, RecordOutcome, UsageRecord
 use crate::report::Delta;
 use crate::report::spool::{Checkpoint, Spool, SpoolError, SpoolRoute, TakeRequest, Taken};
 use crate::report::window::{ReportWindow, unix_now};
+use crate::store::AccountState;
 
 /// The smallest interval accepted (tokio intervals cannot be zero).
 const MIN_INTERVAL: Duration = Duration::from_millis(1);
@@ -387,6 +409,8 @@ pub struct ReporterStats {
     /// Checkpoints found already merged when retried (a merge that committed and then
     /// reported an error); skipped, never added twice.
     pub checkpoints_already_merged: u64,
+    /// Customer states restored from the spool at start (see [`Spool::accounts`]).
+    pub accounts_restored: u64,
 }
 
 /// What a flush or a shutdown achieved.
@@ -417,6 +441,7 @@ struct Counters {
     to_reconcile: AtomicU64,
     quarantined: AtomicU64,
     checkpoints_already_merged: AtomicU64,
+    accounts_restored: AtomicU64,
 }
 
 impl Counters {
@@ -430,6 +455,7 @@ impl Counters {
             to_reconcile: self.to_reconcile.load(Ordering::Relaxed),
             quarantined: self.quarantined.load(Ordering::Relaxed),
             checkpoints_already_merged: self.checkpoints_already_merged.load(Ordering::Relaxed),
+            accounts_restored: self.accounts_restored.load(Ordering::Relaxed),
         }
     }
 }
@@ -492,6 +518,13 @@ pub struct Reporter;
 impl Reporter {
     /// Spawns the checkpoint task, a prune task and one task per provider on the current
     /// tokio runtime.
+    ///
+    /// First restores the customer states stored in the spool by merged checkpoints
+    /// ([`Spool::accounts`]) into `engine` (counted in [`ReporterStats::accounts_restored`]).
+    /// For the customers it holds, the spool is authoritative for status, plan, balance and
+    /// quota usage: start the reporter **after** [`StateSync::start`](crate::StateSync::start)
+    /// (whose store may hold balances newer than the usage in the spool, that is credits
+    /// spent by usage a crash lost) and before changing customers' state.
     ///
     /// Fails, before spawning anything, when two routes share a provider name (the name
     /// keys the provider's entries in the spool), when a provider refuses a meter routed to
@@ -557,6 +590,18 @@ impl Reporter {
                 }
             }
         }
+        // Balances and quota usage as of the last merged checkpoint (blocking, at start-up
+        // only): they replace what a StateStore restored, which may be newer than the
+        // usage the spool holds.
+        let counters = Counters::default();
+        for (id, state) in spool.accounts()? {
+            match engine.restore_account(id.as_str(), &state) {
+                Ok(()) => bump(&counters.accounts_restored, 1),
+                Err(e) => {
+                    tracing::warn!(customer = %id, error = %e, "customer state in the spool not restored");
+                }
+            }
+        }
         let mut writer = [0u8; 8];
         rand::RngCore::fill_bytes(&mut rand::rng(), &mut writer);
         let shared = Arc::new(Shared {
@@ -564,7 +609,7 @@ impl Reporter {
             spool,
             routes,
             options,
-            counters: Counters::default(),
+            counters,
             writer: hex::encode(writer),
         });
         let (stopping_tx, stopping_rx) = watch::channel(false);
@@ -669,9 +714,25 @@ impl ReporterHandle {
     /// running) is merged into the spool for the next reporter, counted and logged once.
     async fn sweep_late_usage(&self) -> u64 {
         let late = self.shared.engine.checkpoint();
-        if late.is_empty() {
+        let accounts = snapshot_accounts(&self.shared.engine, &late);
+        if late.is_empty() && accounts.is_empty() {
             return 0;
         }
+        let routes = Arc::clone(&self.shared.routes);
+        let window_secs = self.shared.options.window_secs();
+        let checkpoint = Checkpoint::unsequenced(unix_now(), compact(late)).with_accounts(accounts);
+        if checkpoint.deltas.is_empty() {
+            // Operator changes after the final checkpoint: saved, nothing to report.
+            if let Err(e) = self
+                .shared
+                .spool(move |s| s.merge_checkpoints(&routes, &[checkpoint], window_secs))
+                .await
+            {
+                tracing::error!(error = %e, "customer states changed at shutdown could not be saved");
+            }
+            return 0;
+        }
+        let late = &checkpoint.deltas;
         let cells = late.len() as u64;
         tracing::error!(
             cells,
@@ -681,9 +742,6 @@ impl ReporterHandle {
         self.shared
             .engine
             .emit(Event::new(None, EventKind::UsageAfterShutdown { cells }));
-        let routes = Arc::clone(&self.shared.routes);
-        let window_secs = self.shared.options.window_secs();
-        let checkpoint = Checkpoint::unsequenced(unix_now(), compact(late));
         if let Err(e) = self
             .shared
             .spool(move |s| s.merge_checkpoints(&routes, &[checkpoint], window_secs))
@@ -908,6 +966,21 @@ async fn resolve_carry(shared: &Shared, carry: &mut Carry) {
         );
     }
     let window_secs = shared.options.window_secs();
+    // Account snapshots, oldest first, move to the newest checkpoint (merged last): folding
+    // by window reorders checkpoints, and an older snapshot must never replace a newer one.
+    let mut latest: Vec<(CustomerId, AccountState)> = Vec::new();
+    let mut index: HashMap<CustomerId, usize> = HashMap::new();
+    for c in &mut carry.pending {
+        for (id, state) in std::mem::take(&mut c.accounts) {
+            match index.get(&id) {
+                Some(&i) => latest[i].1 = state,
+                None => {
+                    index.insert(id.clone(), latest.len());
+                    latest.push((id, state));
+                }
+            }
+        }
+    }
     let mut folded: Vec<Checkpoint> = Vec::new();
     for c in std::mem::take(&mut carry.pending) {
         let window = ReportWindow::containing(c.taken_unix, window_secs);
@@ -925,6 +998,9 @@ async fn resolve_carry(shared: &Shared, carry: &mut Carry) {
         }
     }
     folded.sort_by_key(|c| c.seq);
+    if let Some(last) = folded.last_mut() {
+        last.accounts = latest;
+    }
     carry.pending = folded;
 }
 
@@ -937,21 +1013,20 @@ async fn checkpoint_once(shared: &Shared, carry: &mut Carry) -> Result<usize, Sp
     shared.engine.tick();
     let taken_unix = unix_now();
     let fresh = shared.engine.checkpoint();
-    if fresh.is_empty() && carry.pending.is_empty() {
+    let accounts = snapshot_accounts(&shared.engine, &fresh);
+    if fresh.is_empty() && accounts.is_empty() && carry.pending.is_empty() {
         bump(&shared.counters.checkpoints, 1);
         return Ok(0);
     }
     if !carry.pending.is_empty() {
         resolve_carry(shared, carry).await;
     }
-    if !fresh.is_empty() {
+    if !fresh.is_empty() || !accounts.is_empty() {
         carry.seq += 1;
-        carry.pending.push(Checkpoint::new(
-            shared.writer.clone(),
-            carry.seq,
-            taken_unix,
-            compact(fresh),
-        ));
+        carry.pending.push(
+            Checkpoint::new(shared.writer.clone(), carry.seq, taken_unix, compact(fresh))
+                .with_accounts(accounts),
+        );
     }
     let batch = Arc::new(std::mem::take(&mut carry.pending));
     let checkpoints = Arc::clone(&batch);
@@ -977,6 +1052,18 @@ async fn checkpoint_once(shared: &Shared, carry: &mut Carry) -> Result<usize, Sp
             Err(e)
         }
     }
+}
+
+/// The state of every customer whose usage `deltas` took, or whose state an operator
+/// changed, read right after the swap (background work on the checkpoint task: the request
+/// path is not involved). A spend racing with the swap lands in this snapshot or the next,
+/// like its usage.
+fn snapshot_accounts(engine: &Engine, deltas: &[Delta]) -> Vec<(CustomerId, AccountState)> {
+    let mut ids: Vec<CustomerId> = engine.take_changed_accounts();
+    ids.extend(deltas.iter().map(|d| d.customer.clone()));
+    ids.sort_unstable();
+    ids.dedup();
+    engine.accounts_of(ids)
 }
 
 /// Folds deltas of the same customer and meter together, older first.

@@ -58,6 +58,7 @@ use crate::meter::{Aggregation, Measure};
 use crate::provider::UsageRecord;
 use crate::report::Delta;
 use crate::report::dead_letter::DeadLetter;
+use crate::store::AccountState;
 
 /// Why a spool operation failed.
 ///
@@ -155,6 +156,12 @@ pub struct Checkpoint {
     pub taken_unix: u64,
     /// The deltas.
     pub deltas: Vec<Delta>,
+    /// The state (status, plan, prepaid balance, quota usage this period) of the customers
+    /// whose usage was taken, or whose state an operator changed, snapshotted right after
+    /// the swap. Written to the spool's accounts table in the same transaction as the
+    /// deltas, so spent credits and quota usage are exactly as durable as the usage that
+    /// spent them (see [`Spool::accounts`]).
+    pub accounts: Vec<(CustomerId, AccountState)>,
 }
 
 impl Checkpoint {
@@ -165,7 +172,14 @@ impl Checkpoint {
             seq,
             taken_unix,
             deltas,
+            accounts: Vec::new(),
         }
+    }
+
+    /// Adds account snapshots (see [`Self::accounts`]).
+    pub fn with_accounts(mut self, accounts: Vec<(CustomerId, AccountState)>) -> Self {
+        self.accounts = accounts;
+        self
     }
 
     /// A checkpoint merged unconditionally (tests, tools).
@@ -405,7 +419,9 @@ pub trait Spool: Send + Sync + 'static {
     /// `window_secs`), for every route that takes the delta's meter; the checkpoint's
     /// number is stored in the same transaction. Checkpoints at or below the stored number
     /// were merged already and are skipped. If the window's latest entry is sealed (or
-    /// acknowledged, or dead-lettered), the delta opens the next part instead. Returns how
+    /// acknowledged, or dead-lettered), the delta opens the next part instead. The
+    /// checkpoint's [`accounts`](Checkpoint::accounts) replace the stored ones in the same
+    /// transaction (a later checkpoint's snapshot replaces an earlier one). Returns how
     /// many (delta, provider) pairs were merged.
     fn merge_checkpoints(
         &self,
@@ -416,6 +432,16 @@ pub trait Spool: Send + Sync + 'static {
 
     /// The highest checkpoint number merged for `writer` (0 if none).
     fn last_checkpoint(&self, writer: &str) -> Result<u64, SpoolError>;
+
+    /// The customer states stored by the merged checkpoints (the newest per customer), in
+    /// customer order: [`Reporter::start`] restores them into the engine, so that a
+    /// restart after a crash resumes with the balances and quota usage of the last merged
+    /// checkpoint, never with credits spent by usage the spool holds handed back. A row
+    /// that cannot be decoded is skipped with an error log (the customer keeps the state
+    /// from the [`StateStore`](crate::StateStore), if any).
+    ///
+    /// [`Reporter::start`]: crate::report::Reporter::start
+    fn accounts(&self) -> Result<Vec<(CustomerId, AccountState)>, SpoolError>;
 
     /// Hands out up to `limit` entries of a provider as records, in key order, examining a
     /// bounded number of rows: every sealed entry (again, with the same key and quantity

@@ -21,6 +21,7 @@ use crate::report::spool::{
     SpoolKey, SpoolRoute, TakeRequest, Taken,
 };
 use crate::report::window::ReportWindow;
+use crate::store::{AccountState, PeriodUsage};
 
 /// The tables of a spool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -39,10 +40,12 @@ pub(crate) enum Table {
     Parts,
     /// Spool id, checkpoint numbers, prune watermark.
     Meta,
+    /// Per customer: its state as of the last checkpoint that snapshotted it.
+    Accounts,
 }
 
 impl Table {
-    pub(crate) const ALL: [Table; 7] = [
+    pub(crate) const ALL: [Table; 8] = [
         Table::Pending,
         Table::Acked,
         Table::Dead,
@@ -50,6 +53,7 @@ impl Table {
         Table::Quarantine,
         Table::Parts,
         Table::Meta,
+        Table::Accounts,
     ];
 
     pub(crate) fn index(self) -> usize {
@@ -65,6 +69,7 @@ impl Table {
             Table::Quarantine => "quarantine",
             Table::Parts => "parts",
             Table::Meta => "meta",
+            Table::Accounts => "accounts",
         }
     }
 }
@@ -223,6 +228,79 @@ struct QuarantineRow {
     key: String,
     reason: String,
     bytes: Vec<u8>,
+}
+
+/// A customer's state as stored in the accounts table (its own plain shape: postcard is
+/// not self-describing, so no skipped or defaulted fields).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct AccountRow {
+    /// Who wrote it, and the checkpoint: `(writer, seq, taken_unix)`.
+    writer: String,
+    seq: u64,
+    taken_unix: u64,
+    delinquent: bool,
+    cancelled: bool,
+    blocked: bool,
+    plan: Option<String>,
+    balance: i64,
+    /// (meter, period start, used).
+    period_usage: Vec<(String, u64, u64)>,
+}
+
+impl AccountRow {
+    fn of(cp: &Checkpoint, state: &AccountState) -> Self {
+        Self {
+            writer: cp.writer.clone(),
+            seq: cp.seq,
+            taken_unix: cp.taken_unix,
+            delinquent: state.delinquent,
+            cancelled: state.cancelled,
+            blocked: state.blocked,
+            plan: state.plan.as_ref().map(|p| p.as_str().to_owned()),
+            balance: state.balance,
+            period_usage: state
+                .period_usage
+                .iter()
+                .map(|u| (u.meter.as_str().to_owned(), u.period_start, u.used))
+                .collect(),
+        }
+    }
+
+    fn state(&self, key: &RowKey) -> Result<AccountState, SpoolError> {
+        let corrupt = |reason: String| SpoolError::Corrupt {
+            key: key.to_string(),
+            reason,
+        };
+        let plan = match &self.plan {
+            Some(p) => Some(crate::id::PlanId::new(p).map_err(|e| corrupt(format!("plan: {e}")))?),
+            None => None,
+        };
+        let mut period_usage = Vec::with_capacity(self.period_usage.len());
+        for (meter, start, used) in &self.period_usage {
+            let meter = MeterId::new(meter).map_err(|e| corrupt(format!("meter: {e}")))?;
+            period_usage.push(PeriodUsage::new(meter, *start, *used));
+        }
+        let mut state = AccountState {
+            plan,
+            balance: self.balance,
+            period_usage,
+            ..AccountState::default()
+        };
+        state.delinquent = self.delinquent;
+        state.cancelled = self.cancelled;
+        state.blocked = self.blocked;
+        Ok(state)
+    }
+}
+
+fn account_key(customer: &CustomerId) -> RowKey {
+    RowKey {
+        provider: String::new(),
+        meter: String::new(),
+        customer: customer.as_str().to_owned(),
+        window_start: 0,
+        part: 0,
+    }
 }
 
 pub(crate) fn encode<T: Serialize>(key: &RowKey, value: &T) -> Result<Vec<u8>, SpoolError> {
@@ -427,6 +505,14 @@ pub(crate) fn merge_in<T: KvWrite + ?Sized>(
             }
             put_u64(txn, &key, cp.seq)?;
         }
+        for (customer, state) in &cp.accounts {
+            let key = account_key(customer);
+            txn.put(
+                Table::Accounts,
+                &key,
+                &encode(&key, &AccountRow::of(cp, state))?,
+            )?;
+        }
         let mut window = ReportWindow::containing(cp.taken_unix, window_secs);
         if window.end() <= pruned_through {
             tracing::warn!(
@@ -447,6 +533,34 @@ pub(crate) fn merge_in<T: KvWrite + ?Sized>(
         }
     }
     Ok(merged)
+}
+
+/// The stored customer states, in customer order; rows that cannot be decoded are skipped
+/// with an error log.
+pub(crate) fn accounts_in<T: KvRead + ?Sized>(
+    txn: &mut T,
+) -> Result<Vec<(CustomerId, AccountState)>, SpoolError> {
+    let rows = txn.scan(
+        Table::Accounts,
+        &RowKey::first_of(None),
+        usize::MAX,
+        &|_| true,
+    )?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (key, bytes) in rows {
+        let decoded = decode::<AccountRow>(&key, &bytes).and_then(|row| {
+            let id = CustomerId::new(&key.customer).map_err(|e| SpoolError::Corrupt {
+                key: key.to_string(),
+                reason: format!("customer: {e}"),
+            })?;
+            Ok((id, row.state(&key)?))
+        });
+        match decoded {
+            Ok(account) => out.push(account),
+            Err(e) => tracing::error!(error = %e, "stored customer state skipped"),
+        }
+    }
+    Ok(out)
 }
 
 fn merge_one<T: KvWrite + ?Sized>(
@@ -1273,7 +1387,46 @@ pub(crate) mod suite {
         );
     }
 
+    fn account(balance: i64, used: u64) -> AccountState {
+        AccountState {
+            plan: Some(crate::id::PlanId::new("prepaid").unwrap()),
+            balance,
+            period_usage: vec![PeriodUsage::new(m("calls"), 60, used)],
+            blocked: used > 100,
+            ..AccountState::default()
+        }
+    }
+
+    /// Account snapshots are written with the checkpoint's deltas, newest wins, and a
+    /// checkpoint skipped as already merged does not write its (older) snapshots.
+    pub(crate) fn accounts_ride_with_checkpoints(s: &dyn Spool) {
+        assert!(s.accounts().unwrap().is_empty());
+        let first = Checkpoint::new("w", 1, 100, vec![sum("c1", "calls", 3)])
+            .with_accounts(vec![(c("c1"), account(97, 3)), (c("c2"), account(5, 0))]);
+        s.merge_checkpoints(&routes(), std::slice::from_ref(&first), 60)
+            .unwrap();
+        let second = Checkpoint::new("w", 2, 101, vec![sum("c1", "calls", 2)])
+            .with_accounts(vec![(c("c1"), account(95, 205))]);
+        s.merge_checkpoints(&routes(), &[first.clone(), second], 60)
+            .unwrap();
+        // A late retry of the first checkpoint alone (its merge committed and errored).
+        assert_eq!(s.merge_checkpoints(&routes(), &[first], 60).unwrap(), 0);
+        assert_eq!(
+            s.accounts().unwrap(),
+            vec![(c("c1"), account(95, 205)), (c("c2"), account(5, 0))],
+            "the retried first checkpoint did not bring back c1's older state"
+        );
+        assert_eq!(s.pending_total(Some("ledger"), "calls", "c1").unwrap(), 5);
+        // A checkpoint with accounts and no deltas (operator changes only).
+        let third =
+            Checkpoint::new("w", 3, 102, Vec::new()).with_accounts(vec![(c("c2"), account(-4, 0))]);
+        assert_eq!(s.merge_checkpoints(&routes(), &[third], 60).unwrap(), 0);
+        assert_eq!(s.accounts().unwrap()[1], (c("c2"), account(-4, 0)));
+        assert_eq!(s.last_checkpoint("w").unwrap(), 3);
+    }
+
     pub(crate) fn all(make: &dyn Fn() -> Box<dyn Spool>) {
+        accounts_ride_with_checkpoints(&*make());
         keys_are_unique_per_spool(&*make(), &*make());
         checkpoints_merge_once(&*make());
         checkpoints_keep_their_window(&*make());
@@ -1297,6 +1450,27 @@ mod tests {
     use super::*;
     use crate::report::MemorySpool;
     use crate::report::spool::Spool;
+
+    #[test]
+    fn a_corrupt_account_row_is_skipped() {
+        let s = MemorySpool::new();
+        let cp = Checkpoint::new("w", 1, 100, Vec::new()).with_accounts(vec![(
+            c("good"),
+            AccountState {
+                balance: 7,
+                ..AccountState::default()
+            },
+        )]);
+        s.merge_checkpoints(&routes(), &[cp], 60).unwrap();
+        s.put_raw(
+            Table::Accounts,
+            account_key(&c("bad")),
+            &[ROW_VERSION, 0xff],
+        );
+        let got = s.accounts().unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].0.as_str(), got[0].1.balance), ("good", 7));
+    }
 
     #[test]
     fn memory_spool_passes_the_suite() {

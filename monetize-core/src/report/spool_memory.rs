@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Mutex, PoisonError};
 
-use crate::id::MeterId;
+use crate::id::{CustomerId, MeterId};
 use crate::meter::Aggregation;
 use crate::provider::UsageRecord;
 use crate::report::dead_letter::DeadLetter;
@@ -14,10 +14,11 @@ use crate::report::spool::{
     SpoolKey, SpoolRoute, TakeRequest, Taken,
 };
 use crate::report::spool_kv::{
-    KvRead, KvWrite, RowKey, Table, ack_in, acknowledged_in, dead_letter_in, last_checkpoint_in,
-    merge_in, pending_in, prune_batch_in, quarantined_in, requeue_in, settled_in,
-    stored_aggregation_in, take_in,
+    KvRead, KvWrite, RowKey, Table, accounts_in, ack_in, acknowledged_in, dead_letter_in,
+    last_checkpoint_in, merge_in, pending_in, prune_batch_in, quarantined_in, requeue_in,
+    settled_in, stored_aggregation_in, take_in,
 };
+use crate::store::AccountState;
 
 type Rows = BTreeMap<RowKey, Vec<u8>>;
 
@@ -140,6 +141,10 @@ impl Spool for MemorySpool {
         window_secs: u64,
     ) -> Result<usize, SpoolError> {
         self.with(|t| merge_in(t, routes, checkpoints, window_secs))
+    }
+
+    fn accounts(&self) -> Result<Vec<(CustomerId, AccountState)>, SpoolError> {
+        self.with(|t| accounts_in(t))
     }
 
     fn last_checkpoint(&self, writer: &str) -> Result<u64, SpoolError> {

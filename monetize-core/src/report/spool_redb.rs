@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::id::MeterId;
+use crate::id::{CustomerId, MeterId};
 use crate::meter::Aggregation;
 use crate::provider::UsageRecord;
 use crate::report::dead_letter::DeadLetter;
@@ -22,10 +22,11 @@ use crate::report::spool::{
     SpoolKey, SpoolRoute, TakeRequest, Taken,
 };
 use crate::report::spool_kv::{
-    KvRead, KvWrite, RowKey, Table, ack_in, acknowledged_in, dead_letter_in, last_checkpoint_in,
-    merge_in, pending_in, prune_batch_in, quarantined_in, requeue_in, settled_in, spool_id_in,
-    stored_aggregation_in, take_in,
+    KvRead, KvWrite, RowKey, Table, accounts_in, ack_in, acknowledged_in, dead_letter_in,
+    last_checkpoint_in, merge_in, pending_in, prune_batch_in, quarantined_in, requeue_in,
+    settled_in, spool_id_in, stored_aggregation_in, take_in,
 };
+use crate::store::AccountState;
 
 type Key = (&'static str, &'static str, &'static str, u64, u32);
 
@@ -36,6 +37,7 @@ const RECONCILE: TableDefinition<Key, &[u8]> = TableDefinition::new("reconcile")
 const QUARANTINE: TableDefinition<Key, &[u8]> = TableDefinition::new("quarantine");
 const PARTS: TableDefinition<Key, &[u8]> = TableDefinition::new("parts");
 const META: TableDefinition<Key, &[u8]> = TableDefinition::new("meta");
+const ACCOUNTS: TableDefinition<Key, &[u8]> = TableDefinition::new("accounts");
 
 fn definition(table: Table) -> TableDefinition<'static, Key, &'static [u8]> {
     match table {
@@ -46,6 +48,7 @@ fn definition(table: Table) -> TableDefinition<'static, Key, &'static [u8]> {
         Table::Quarantine => QUARANTINE,
         Table::Parts => PARTS,
         Table::Meta => META,
+        Table::Accounts => ACCOUNTS,
     }
 }
 
@@ -277,6 +280,10 @@ impl Spool for RedbSpool {
         self.write(|w| merge_in(w, routes, checkpoints, window_secs))
     }
 
+    fn accounts(&self) -> Result<Vec<(CustomerId, AccountState)>, SpoolError> {
+        self.read(|r| accounts_in(r))
+    }
+
     fn last_checkpoint(&self, writer: &str) -> Result<u64, SpoolError> {
         self.read(|r| last_checkpoint_in(r, writer))
     }
@@ -359,6 +366,27 @@ mod tests {
             let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Box::new(RedbSpool::open(dir.path().join(format!("s{i}.redb"))).unwrap())
         });
+    }
+
+    #[test]
+    fn accounts_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.redb");
+        let state = AccountState {
+            balance: -12,
+            delinquent: true,
+            ..AccountState::default()
+        };
+        let id = CustomerId::new("acme").unwrap();
+        {
+            let s = RedbSpool::open(&path).unwrap();
+            let cp = Checkpoint::new("w", 1, 100, vec![sum("acme", "calls", 7)])
+                .with_accounts(vec![(id.clone(), state.clone())]);
+            s.merge_checkpoints(&routes(), &[cp], 60).unwrap();
+        }
+        let s = RedbSpool::open(&path).unwrap();
+        assert_eq!(s.accounts().unwrap(), vec![(id, state)]);
+        assert_eq!(s.pending_total(Some("ledger"), "calls", "acme").unwrap(), 7);
     }
 
     #[test]
