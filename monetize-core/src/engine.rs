@@ -986,6 +986,18 @@ impl Engine {
         s.plan.store(plan, Ordering::Relaxed);
         s.balance.store(state.balance, Ordering::Relaxed);
         let now = self.now();
+        // The anchor first: the period bounds below follow it.
+        let anchors = self.inner.anchors.pin();
+        match state.billing_anchor {
+            Some(anchor) => {
+                let n = cfg.calendar.cycle(anchor, now).number;
+                anchors.insert(s.id.clone(), (anchor, n));
+            }
+            None => {
+                anchors.remove(&s.id);
+            }
+        }
+        drop(anchors);
         // Every meter's period usage is replaced: one the state does not list (or lists for
         // a past period) has none this period.
         let mut used = vec![0u64; cfg.meters.len()];
@@ -1206,6 +1218,7 @@ fn account_of(
         blocked: flags & BLOCKED != 0,
         plan: p.map(|p| p.id.clone()),
         balance,
+        billing_anchor: anchor.map(|&(a, _)| a),
         period_usage: cfg
             .meters
             .iter()

@@ -29,6 +29,12 @@ pub struct AccountState {
     /// Usage counted towards quotas in the current period, per meter (only non-zero ones).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub period_usage: Vec<PeriodUsage>,
+    /// The customer's billing anchor, unix seconds ([`StateChange::BillingAnchor`]), if
+    /// one was set: restored with the rest, so `billing_cycle` quotas keep their day.
+    ///
+    /// [`StateChange::BillingAnchor`]: crate::StateChange::BillingAnchor
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billing_anchor: Option<u64>,
 }
 
 /// One meter's usage within one quota period.

@@ -200,3 +200,23 @@ async fn paused_time_carries_a_tokyo_quota_across_the_month_boundary() {
     );
     server.shutdown().await;
 }
+
+/// A customer's billing anchor is part of its saved state: a restart (a new engine restored
+/// from the saved state) keeps its `billing_cycle` quota on the anchor day.
+#[test]
+fn the_billing_anchor_survives_a_restart() {
+    let clock = Arc::new(AtomicU64::new(FEB_15 - 3600));
+    let before = engine(Period::BillingCycle, "UTC", &clock);
+    before
+        .apply("acme", StateChange::BillingAnchor(ANCHOR))
+        .expect("anchor acme");
+    let saved = before.account("acme").expect("acme is known");
+    assert_eq!(saved.billing_anchor, Some(ANCHOR));
+    let after = engine(Period::BillingCycle, "UTC", &clock);
+    after.restore_account("acme", &saved).expect("restored");
+    assert_eq!(resets_at(&after, "acme"), FEB_15, "anchored, not the 1st");
+    assert_eq!(
+        after.account("acme").and_then(|a| a.billing_anchor),
+        Some(ANCHOR)
+    );
+}

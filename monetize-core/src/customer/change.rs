@@ -21,7 +21,7 @@ pub enum StateChange {
     /// The customer's billing anchor, in unix seconds (for example when the
     /// subscription started): their `billing_cycle` quotas reset every month on that day
     /// and time (in the config's time zone). The current cycle's usage is kept; the next
-    /// reset is at the next cycle start. Held in memory: set it again after a restart
-    /// (for example from the billing provider's subscription at startup).
+    /// reset is at the next cycle start. Saved with the customer's state (the spool's
+    /// checkpoints and a [`StateStore`](crate::StateStore)) and restored at start.
     BillingAnchor(u64),
 }

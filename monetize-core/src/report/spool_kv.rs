@@ -245,6 +245,8 @@ struct AccountRow {
     balance: i64,
     /// (meter, period start, used).
     period_usage: Vec<(String, u64, u64)>,
+    /// The billing anchor, unix seconds.
+    billing_anchor: Option<u64>,
 }
 
 impl AccountRow {
@@ -263,6 +265,7 @@ impl AccountRow {
                 .iter()
                 .map(|u| (u.meter.as_str().to_owned(), u.period_start, u.used))
                 .collect(),
+            billing_anchor: state.billing_anchor,
         }
     }
 
@@ -284,6 +287,7 @@ impl AccountRow {
             plan,
             balance: self.balance,
             period_usage,
+            billing_anchor: self.billing_anchor,
             ..AccountState::default()
         };
         state.delinquent = self.delinquent;
