@@ -38,3 +38,13 @@
 //! ```
 
 #![warn(missing_docs)]
+
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod mapping;
+
+pub use config::{ProviderKind, ProviderSection, ProvidersConfig, split_toml};
+pub use error::{FieldError, ProvidersError};
+pub use http::HttpSettings;
+pub use mapping::{Formula, IdMapper, Mapping, MeterTarget};
