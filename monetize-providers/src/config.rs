@@ -202,10 +202,12 @@ impl ProvidersConfig {
     /// Reads the `[[providers]]` tables of a TOML configuration (other tables are left
     /// to `monetize_core::config::Config`).
     pub fn from_toml_str(text: &str) -> Result<Self, ProvidersError> {
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ProvidersError::Parse {
-            format: "toml",
-            message: e.to_string(),
-        })?;
+        let table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ProvidersError::Parse {
+                    format: "toml",
+                    message: e.to_string(),
+                })?;
         Self::from_toml_table(&table)
     }
 
@@ -279,10 +281,12 @@ impl ProvidersConfig {
 /// Splits a TOML configuration into the text `monetize_core::config::Config` reads (every
 /// table but `providers`, which core refuses as unknown) and the provider sections.
 pub fn split_toml(text: &str) -> Result<(String, ProvidersConfig), ProvidersError> {
-    let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ProvidersError::Parse {
-        format: "toml",
-        message: e.to_string(),
-    })?;
+    let mut table: toml::Table =
+        text.parse()
+            .map_err(|e: toml::de::Error| ProvidersError::Parse {
+                format: "toml",
+                message: e.to_string(),
+            })?;
     let providers = ProvidersConfig::from_toml_table(&table)?;
     table.remove("providers");
     let rest = toml::to_string(&table).map_err(|e| ProvidersError::Parse {
@@ -372,7 +376,12 @@ impl ProviderSection {
             let field = f(&format!("meters.{meter}"));
             MeterId::new(meter).map_err(|e| FieldError::new(&field, meter, e.to_string()))?;
             let Some(configured) = engine.meters.iter().find(|m| m.id == *meter) else {
-                return Err(FieldError::new(&field, meter, "no meter with this id is configured in `meters`").into());
+                return Err(FieldError::new(
+                    &field,
+                    meter,
+                    "no meter with this id is configured in `meters`",
+                )
+                .into());
             };
             if target.id.is_empty() || target.id.len() > 100 {
                 return Err(FieldError::new(
@@ -390,8 +399,9 @@ impl ProviderSection {
                 )
                 .into());
             }
-            if let Some(api) = &target.api {
-                if self.kind != ProviderKind::Chargebee || !CHARGEBEE_APIS.contains(&api.as_str())
+            if let Some(api) = &target.api
+                && (self.kind != ProviderKind::Chargebee || !CHARGEBEE_APIS.contains(&api.as_str()))
+            {
                 {
                     return Err(FieldError::new(
                         format!("{field}.api"),
@@ -401,13 +411,14 @@ impl ProviderSection {
                     .into());
                 }
             }
-            target.formula.accepts(configured.aggregation).map_err(|problem| {
-                ProvidersError::Meter {
+            target
+                .formula
+                .accepts(configured.aggregation)
+                .map_err(|problem| ProvidersError::Meter {
                     provider: self.name(),
                     meter: meter.clone(),
                     problem,
-                }
-            })?;
+                })?;
         }
         for (ours, theirs) in &self.customers {
             let field = f(&format!("customers.{ours}"));
@@ -450,7 +461,10 @@ impl ProviderSection {
         for (ours, target) in &self.meters {
             let id = MeterId::new(ours)
                 .map_err(|e| FieldError::new(format!("meters.{ours}"), ours, e.to_string()))?;
-            m = m.with_meter(id, MeterTarget::new(&target.id).with_formula(target.formula));
+            m = m.with_meter(
+                id,
+                MeterTarget::new(&target.id).with_formula(target.formula),
+            );
         }
         Ok(m)
     }
@@ -560,12 +574,17 @@ id = "api_requests"
         assert!(e.problem.contains("api_kye_env"), "{e}");
         let e = field_error(&GOOD.replace("kind = \"stripe\"", "kind = \"paypal\""));
         assert!(e.problem.contains("paypal"), "{e}");
-        let e = field_error(&GOOD.replace("[providers.meters.api_calls]", "[providers.meters.nope]"));
+        let e =
+            field_error(&GOOD.replace("[providers.meters.api_calls]", "[providers.meters.nope]"));
         assert_eq!(e.field, "providers[0].meters.nope");
-        let e = field_error(&GOOD.replace("id = \"api_requests\"", "id = \"x\"\nformula = \"max\""));
+        let e =
+            field_error(&GOOD.replace("id = \"api_requests\"", "id = \"x\"\nformula = \"max\""));
         assert_eq!(e.field, "providers[0].meters.api_calls.formula");
         let e = field_error(&GOOD.replace("kind = \"stripe\"", "kind = \"stripe\"\napi = \"v9\""));
-        assert_eq!((e.field.as_str(), e.value.as_str()), ("providers[0].api", "v9"));
+        assert_eq!(
+            (e.field.as_str(), e.value.as_str()),
+            ("providers[0].api", "v9")
+        );
         let e = field_error(&GOOD.replace("acme = ", "\"a b\" = "));
         assert_eq!(e.field, "providers[0].customers.a b");
     }

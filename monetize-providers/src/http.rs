@@ -106,7 +106,9 @@ impl Answer {
         let v: serde_json::Value = serde_json::from_slice(&self.body).unwrap_or_default();
         let inner = v.get("error").filter(|e| e.is_object()).unwrap_or(&v);
         let s = |k: &str| inner.get(k).and_then(|x| x.as_str()).map(str::to_owned);
-        let code = s("code").or_else(|| s("api_error_code")).or_else(|| s("type"));
+        let code = s("code")
+            .or_else(|| s("api_error_code"))
+            .or_else(|| s("type"));
         let message = s("message").unwrap_or_else(|| {
             let text = String::from_utf8_lossy(&self.body);
             text.chars().take(200).collect()
@@ -141,10 +143,11 @@ impl Answer {
     /// The delay a throttled answer asks for.
     pub(crate) fn retry_after(&self, now: SystemTime) -> Duration {
         if let Some(v) = self.header("retry-after") {
-            if let Ok(secs) = v.trim().parse::<f64>() {
-                if secs.is_finite() && secs >= 0.0 {
-                    return Duration::from_secs_f64(secs).min(MAX_THROTTLE);
-                }
+            if let Ok(secs) = v.trim().parse::<f64>()
+                && secs.is_finite()
+                && secs >= 0.0
+            {
+                return Duration::from_secs_f64(secs).min(MAX_THROTTLE);
             }
             if let Ok(at) = httpdate::parse_http_date(v.trim()) {
                 return at.duration_since(now).unwrap_or_default().min(MAX_THROTTLE);
@@ -203,11 +206,7 @@ impl HttpClient {
             None => None,
             Some(per_minute) => {
                 let per_second = per_minute.get().div_ceil(60);
-                burst = settings
-                    .burst
-                    .unwrap_or(per_second)
-                    .max(min_burst)
-                    .max(1);
+                burst = settings.burst.unwrap_or(per_second).max(min_burst).max(1);
                 let burst_nz = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
                 let quota = Quota::with_period(Duration::from_secs(60) / per_minute.get())
                     .unwrap_or_else(|| Quota::per_minute(per_minute))
@@ -221,10 +220,6 @@ impl HttpClient {
             limiter,
             burst,
         })
-    }
-
-    pub(crate) fn provider(&self) -> &str {
-        &self.provider
     }
 
     pub(crate) fn request(&self, method: Method, url: &str) -> RequestBuilder {
@@ -326,7 +321,8 @@ mod tests {
 
     #[test]
     fn taxonomy() {
-        let stripe = r#"{"error":{"type":"invalid_request_error","code":"no_meter","message":"No meter"}}"#;
+        let stripe =
+            r#"{"error":{"type":"invalid_request_error","code":"no_meter","message":"No meter"}}"#;
         match answer(400, &[], stripe).error("stripe") {
             ProviderError::Permanent { message } => {
                 assert_eq!(message, "stripe 400: no_meter: No meter")
@@ -353,7 +349,8 @@ mod tests {
             answer(500, &[("stripe-should-retry", "false")], "{}").error("x"),
             ProviderError::Permanent { .. }
         ));
-        let cb = r#"{"message":"Sorry","type":"invalid_request","api_error_code":"resource_not_found"}"#;
+        let cb =
+            r#"{"message":"Sorry","type":"invalid_request","api_error_code":"resource_not_found"}"#;
         assert_eq!(
             answer(404, &[], cb).fault(),
             ApiFault {
@@ -374,10 +371,16 @@ mod tests {
         let t = |h: &[(&'static str, &str)]| answer(429, h, "{}").retry_after(now);
         assert_eq!(t(&[("retry-after", "7")]), Duration::from_secs(7));
         assert_eq!(
-            t(&[("retry-after", &httpdate::fmt_http_date(now + Duration::from_secs(30)))]),
+            t(&[(
+                "retry-after",
+                &httpdate::fmt_http_date(now + Duration::from_secs(30))
+            )]),
             Duration::from_secs(30)
         );
-        assert_eq!(t(&[("x-ratelimit-reset", "1000012")]), Duration::from_secs(12));
+        assert_eq!(
+            t(&[("x-ratelimit-reset", "1000012")]),
+            Duration::from_secs(12)
+        );
         assert_eq!(t(&[]), DEFAULT_THROTTLE);
         match answer(429, &[("retry-after", "2")], "{}").error("x") {
             ProviderError::Throttled { retry_after, .. } => {

@@ -39,12 +39,17 @@
 
 #![warn(missing_docs)]
 
+mod batch;
 pub mod config;
 pub mod error;
 pub mod http;
 pub mod mapping;
+mod routes;
+#[cfg(feature = "stripe")]
+pub mod stripe;
 
 pub use config::{ProviderKind, ProviderSection, ProvidersConfig, split_toml};
 pub use error::{FieldError, ProvidersError};
 pub use http::HttpSettings;
 pub use mapping::{Formula, IdMapper, Mapping, MeterTarget};
+pub use routes::{routes_from_config, routes_from_toml, routes_with_env};
