@@ -173,6 +173,7 @@ pub(crate) fn worst(errors: impl Iterator<Item = ProviderError>) -> Option<Provi
 }
 
 /// Stripe and Chargebee limits on how old a usage timestamp may be.
+#[cfg_attr(not(any(feature = "stripe", feature = "chargebee")), allow(dead_code))]
 pub(crate) fn too_old(timestamp: u64, now: u64, limit: Duration) -> bool {
     timestamp.saturating_add(limit.as_secs()) < now
 }

@@ -402,14 +402,12 @@ impl ProviderSection {
             if let Some(api) = &target.api
                 && (self.kind != ProviderKind::Chargebee || !CHARGEBEE_APIS.contains(&api.as_str()))
             {
-                {
-                    return Err(FieldError::new(
-                        format!("{field}.api"),
-                        api,
-                        "only Chargebee meters choose an api: usage_events or usages",
-                    )
-                    .into());
-                }
+                return Err(FieldError::new(
+                    format!("{field}.api"),
+                    api,
+                    "only Chargebee meters choose an api: usage_events or usages",
+                )
+                .into());
             }
             target
                 .formula
@@ -501,6 +499,7 @@ impl ProviderSection {
     }
 
     /// `events_base_url_env` when set in the environment, else `events_base_url`.
+    #[cfg_attr(not(any(feature = "stripe", feature = "chargebee")), allow(dead_code))]
     pub(crate) fn events_base_url(&self, env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
         self.events_base_url_env
             .as_deref()

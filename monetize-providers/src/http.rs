@@ -86,6 +86,7 @@ pub(crate) struct Answer {
 
 impl Answer {
     /// Parses a success body; an unreadable body is an unknown outcome (retryable).
+    #[cfg_attr(not(any(feature = "stripe", feature = "recurly")), allow(dead_code))]
     pub(crate) fn json<T: DeserializeOwned>(&self, provider: &str) -> Result<T, ProviderError> {
         serde_json::from_slice(&self.body).map_err(|e| ProviderError::Retryable {
             message: format!(
@@ -289,6 +290,7 @@ pub(crate) fn unix_now() -> u64 {
 }
 
 /// RFC 3339 UTC (`2026-01-02T03:04:05Z`) for unix seconds.
+#[cfg_attr(not(any(feature = "stripe", feature = "recurly")), allow(dead_code))]
 pub(crate) fn rfc3339(unix: u64) -> String {
     i64::try_from(unix)
         .ok()
@@ -299,8 +301,21 @@ pub(crate) fn rfc3339(unix: u64) -> String {
 
 /// Form-encodes ordered pairs (bracket keys such as `payload[value]` are kept as written
 /// and percent-encoded as Stripe's own clients do).
+#[cfg_attr(not(any(feature = "stripe", feature = "chargebee")), allow(dead_code))]
 pub(crate) fn form(pairs: &[(&str, &str)]) -> String {
     serde_urlencoded::to_string(pairs).unwrap_or_default()
+}
+
+/// Percent-encodes one path segment (`cus 1/x` to `cus%201%2Fx`).
+pub(crate) fn path_segment(s: &str) -> String {
+    let mut url = match reqwest::Url::parse("http://x/") {
+        Ok(u) => u,
+        Err(_) => return s.to_owned(),
+    };
+    if let Ok(mut segs) = url.path_segments_mut() {
+        segs.push(s);
+    }
+    url.path().trim_start_matches('/').to_owned()
 }
 
 #[cfg(test)]

@@ -38,12 +38,21 @@
 //! ```
 
 #![warn(missing_docs)]
+// Without a provider feature only the configuration and HTTP layers are compiled.
+#![cfg_attr(
+    not(any(feature = "stripe", feature = "recurly", feature = "chargebee")),
+    allow(dead_code, unused_imports)
+)]
 
 mod batch;
+#[cfg(feature = "chargebee")]
+pub mod chargebee;
 pub mod config;
 pub mod error;
 pub mod http;
 pub mod mapping;
+#[cfg(feature = "recurly")]
+pub mod recurly;
 mod routes;
 #[cfg(feature = "stripe")]
 pub mod stripe;
@@ -51,5 +60,6 @@ pub mod stripe;
 pub use config::{ProviderKind, ProviderSection, ProvidersConfig, split_toml};
 pub use error::{FieldError, ProvidersError};
 pub use http::HttpSettings;
+pub(crate) use http::path_segment;
 pub use mapping::{Formula, IdMapper, Mapping, MeterTarget};
 pub use routes::{routes_from_config, routes_from_toml, routes_with_env};

@@ -109,6 +109,42 @@ fn build(
             }
             Ok(Arc::new(b.build()?))
         }
+        #[cfg(feature = "recurly")]
+        ProviderKind::Recurly => {
+            use crate::recurly::RecurlyProvider;
+            let mut b = RecurlyProvider::builder(s.api_key(env)?)
+                .name(s.name())
+                .http(s.http_settings())
+                .mapper(Arc::new(s.mapping()?));
+            if let Some(url) = s.base_url(env) {
+                b = b.base_url(url);
+            }
+            Ok(Arc::new(b.build()?))
+        }
+        #[cfg(feature = "chargebee")]
+        ProviderKind::Chargebee => {
+            use crate::chargebee::ChargebeeProvider;
+            let site = s.site.clone().unwrap_or_default();
+            let mut b = ChargebeeProvider::builder(s.api_key(env)?, &site)
+                .name(s.name())
+                .http(s.http_settings())
+                .mapper(Arc::new(s.mapping()?))
+                .value_key(s.value_key.as_deref().unwrap_or("quantity"));
+            if let Some(url) = s.base_url(env) {
+                b = b.base_url(url);
+            }
+            if let Some(url) = s.events_base_url(env) {
+                b = b.ingest_url(url);
+            }
+            for (meter, target) in &s.meters {
+                if target.api.as_deref() == Some("usages")
+                    && let Ok(m) = monetize_core::MeterId::new(meter)
+                {
+                    b = b.classic_meter(m);
+                }
+            }
+            Ok(Arc::new(b.build()?))
+        }
         #[allow(unreachable_patterns)]
         kind => {
             let _ = env;

@@ -434,7 +434,7 @@ impl StripeProvider {
                 &format!(
                     "{}/v1/subscription_items/{}/usage_records",
                     i.base_url,
-                    path_segment(item)
+                    crate::path_segment(item)
                 ),
             )
             .header("Content-Type", "application/x-www-form-urlencoded")
@@ -565,18 +565,6 @@ impl StripeProvider {
         }
         Ok(problems)
     }
-}
-
-/// Percent-encodes one path segment.
-pub(crate) fn path_segment(s: &str) -> String {
-    let mut url = match reqwest::Url::parse("http://x/") {
-        Ok(u) => u,
-        Err(_) => return s.to_owned(),
-    };
-    if let Ok(mut segs) = url.path_segments_mut() {
-        segs.push(s);
-    }
-    url.path().trim_start_matches('/').to_owned()
 }
 
 #[async_trait]

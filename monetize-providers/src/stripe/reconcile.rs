@@ -156,7 +156,7 @@ impl StripeProvider {
             let mut url = reqwest::Url::parse(&format!(
                 "{}/v1/billing/meters/{}/event_summaries",
                 i.base_url,
-                super::path_segment(meter_id)
+                crate::path_segment(meter_id)
             ))
             .map_err(|e| ProviderError::Permanent {
                 message: format!("bad base URL: {e}"),
