@@ -48,23 +48,25 @@ impl Mock {
         self.throttled.store(0, Ordering::SeqCst);
     }
 
-    /// Takes `units`, or answers 429 with `Retry-After`.
-    fn admit(&self, units: u32) -> Result<(), axum::response::Response> {
+    /// Takes `units`; `false`: over the limit.
+    fn admit(&self, units: u32) -> bool {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let limiter = self.limiter.lock().unwrap().clone();
-        match limiter.check_n(NonZeroU32::new(units.max(1)).unwrap()) {
-            Ok(Ok(())) => Ok(()),
-            _ => {
-                self.throttled.fetch_add(1, Ordering::SeqCst);
-                Err((
-                    StatusCode::TOO_MANY_REQUESTS,
-                    [("retry-after", "1")],
-                    "{\"error\":{\"code\":\"rate_limit\",\"message\":\"slow down\"}}",
-                )
-                    .into_response())
-            }
+        let ok = matches!(
+            limiter.check_n(NonZeroU32::new(units.max(1)).unwrap()),
+            Ok(Ok(()))
+        );
+        if !ok {
+            self.throttled.fetch_add(1, Ordering::SeqCst);
         }
+        ok
     }
+}
+
+/// The 429 past the limit.
+fn throttled() -> axum::response::Response {
+    let body = r#"{"error":{"code":"rate_limit","message":"slow down"}}"#;
+    (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], body).into_response()
 }
 
 fn limiter(per_minute: u32, burst: u32) -> DefaultDirectRateLimiter {
@@ -79,9 +81,10 @@ fn json(status: StatusCode, body: &'static str) -> axum::response::Response {
 }
 
 async fn one(State(m): State<Arc<Mock>>) -> axum::response::Response {
-    match m.admit(1) {
-        Ok(()) => json(StatusCode::OK, "{}"),
-        Err(r) => r,
+    if m.admit(1) {
+        json(StatusCode::OK, "{}")
+    } else {
+        throttled()
     }
 }
 
@@ -95,9 +98,10 @@ async fn session(State(_): State<Arc<Mock>>) -> axum::response::Response {
 async fn batch(State(m): State<Arc<Mock>>, body: axum::body::Bytes) -> axum::response::Response {
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let n = v["events"].as_array().map_or(1, |e| e.len()) as u32;
-    match m.admit(n) {
-        Ok(()) => json(StatusCode::OK, r#"{"batch_id":"b","failed_events":[]}"#),
-        Err(r) => r,
+    if m.admit(n) {
+        json(StatusCode::OK, r#"{"batch_id":"b","failed_events":[]}"#)
+    } else {
+        throttled()
     }
 }
 
