@@ -4,10 +4,23 @@
 //! providers (Stripe, Recurly, Chargebee), notification channels (SMTP, Slack, PagerDuty,
 //! webhooks, Twilio) and the Redis store, each behind its own cargo feature.
 //!
-//! The clients are being built (see the project's issues); until they land, the embedded
-//! default is [`monetize_core::ledger::LedgerProvider`], and any provider is one trait
-//! implementation away. A provider receives closed report windows in batches, each with
-//! an idempotency key that stays the same on every retry and after restarts:
+//! The billing providers, each behind its cargo feature, share one HTTP client
+//! ([`http`]: reqwest with rustls, timeouts, a `governor` rate limiter, and the error
+//! taxonomy the reporter acts on):
+//!
+//! - `stripe`: [`stripe::StripeProvider`], meter events v1/v2, the v2 meter event stream,
+//!   adjustments, reconciliation, legacy usage records (opt-in);
+//! - `recurly`: [`recurly::RecurlyProvider`], v3 usage with check-before-resend;
+//! - `chargebee`: [`chargebee::ChargebeeProvider`], usage-event batches and classic usages.
+//!
+//! They are configured without code by `[[providers]]` tables next to the core
+//! configuration ([`config`]); [`routes_from_toml`] turns a file into reporter routes, and
+//! [`split_toml`] gives `monetize_core::config::Config` the rest of the file. Ids are mapped
+//! by [`Mapping`] (from the file) or your own [`IdMapper`]. With no provider configured the
+//! embedded default is [`monetize_core::ledger::LedgerProvider`], and any other provider
+//! is one trait implementation away. A provider receives closed report windows in
+//! batches, each with an idempotency key that stays the same on every retry and after
+//! restarts:
 //!
 //! ```
 //! use async_trait::async_trait;
@@ -38,3 +51,28 @@
 //! ```
 
 #![warn(missing_docs)]
+// Without a provider feature only the configuration and HTTP layers are compiled.
+#![cfg_attr(
+    not(any(feature = "stripe", feature = "recurly", feature = "chargebee")),
+    allow(dead_code, unused_imports)
+)]
+
+mod batch;
+#[cfg(feature = "chargebee")]
+pub mod chargebee;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod mapping;
+#[cfg(feature = "recurly")]
+pub mod recurly;
+mod routes;
+#[cfg(feature = "stripe")]
+pub mod stripe;
+
+pub use config::{ProviderKind, ProviderSection, ProvidersConfig, split_toml};
+pub use error::{FieldError, ProvidersError};
+pub use http::HttpSettings;
+pub(crate) use http::path_segment;
+pub use mapping::{Formula, IdMapper, Mapping, MeterTarget};
+pub use routes::{routes_from_config, routes_from_toml, routes_with_env};

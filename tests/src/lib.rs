@@ -1,5 +1,6 @@
 //! Shared test helpers.
 
+pub mod billing_mock;
 pub mod http;
 pub mod spool;
 

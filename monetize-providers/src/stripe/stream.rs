@@ -1,0 +1,163 @@
+//! The v2 meter event stream: a session token from `POST /v2/billing/meter_event_session`
+//! (valid 15 minutes), reused until shortly before it expires and recreated when Stripe
+//! answers `billing_meter_event_session_expired`; 100 events a call.
+
+use monetize_core::{ProviderError, RecordOutcome, UsageRecord};
+use reqwest::Method;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use tokio::sync::Mutex;
+
+use super::{STREAM_BATCH, StripeProvider};
+use crate::batch::{unique_keys, worst};
+use crate::http::unix_now;
+
+/// A token is replaced this long before Stripe says it expires.
+const EXPIRY_MARGIN_SECS: u64 = 60;
+
+/// The current session token.
+#[derive(Default)]
+pub(crate) struct SessionCache {
+    current: Mutex<Option<Session>>,
+}
+
+struct Session {
+    token: SecretString,
+    expires_at: u64,
+}
+
+#[derive(Deserialize)]
+struct SessionWire {
+    authentication_token: String,
+    expires_at: String,
+}
+
+impl StripeProvider {
+    /// The current token, creating a session when there is none, it is about to expire,
+    /// or it is `stale` (the token Stripe just called expired).
+    async fn token(&self, stale: Option<&str>) -> Result<SecretString, ProviderError> {
+        let i = &self.inner;
+        let mut current = i.session.current.lock().await;
+        let now = unix_now();
+        if let Some(s) = current.as_ref() {
+            let is_stale = stale.is_some_and(|t| t == s.token.expose_secret());
+            if !is_stale && s.expires_at > now + EXPIRY_MARGIN_SECS {
+                return Ok(s.token.clone());
+            }
+        }
+        let req = self.authed(
+            Method::POST,
+            &format!("{}/v2/billing/meter_event_session", i.base_url),
+        );
+        let answer = i.client.send(req, 1).await?;
+        if !answer.status.is_success() {
+            return Err(answer.error(&i.name));
+        }
+        let wire: SessionWire = answer.json(&i.name)?;
+        let expires_at = wire
+            .expires_at
+            .parse::<jiff::Timestamp>()
+            .ok()
+            .and_then(|t| u64::try_from(t.as_second()).ok())
+            .unwrap_or(now + 15 * 60);
+        let token = SecretString::from(wire.authentication_token);
+        *current = Some(Session {
+            token: token.clone(),
+            expires_at,
+        });
+        Ok(token)
+    }
+
+    /// Sends one chunk of events, recreating the session once if it expired.
+    async fn stream_chunk(&self, events: &[serde_json::Value]) -> Result<(), ProviderError> {
+        let i = &self.inner;
+        let body = serde_json::json!({ "events": events });
+        let mut stale: Option<String> = None;
+        for _ in 0..2 {
+            let token = self.token(stale.as_deref()).await?;
+            let req = i
+                .client
+                .request(
+                    Method::POST,
+                    &format!("{}/v2/billing/meter_event_stream", i.stream_url),
+                )
+                .bearer_auth(token.expose_secret())
+                .json(&body);
+            let answer = i.client.send(req, 1).await?;
+            if answer.status.is_success() {
+                return Ok(());
+            }
+            if answer.fault().code.as_deref() == Some("billing_meter_event_session_expired") {
+                tracing::debug!(provider = %i.name, "meter event session expired; creating a new one");
+                stale = Some(token.expose_secret().to_owned());
+                continue;
+            }
+            return Err(answer.error(&i.name));
+        }
+        Err(ProviderError::Retryable {
+            message: format!("{}: a new meter event session expired at once", i.name),
+        })
+    }
+
+    pub(super) async fn send_stream(
+        &self,
+        records: &[UsageRecord],
+    ) -> Result<Vec<RecordOutcome>, ProviderError> {
+        let i = &self.inner;
+        i.gate.check(&i.name)?;
+        let (unique, owner) = unique_keys(records);
+        let now = unix_now();
+        let mut outcomes: Vec<Option<RecordOutcome>> = vec![None; records.len()];
+        let mut to_send: Vec<(usize, serde_json::Value)> = Vec::new();
+        for &k in &unique {
+            match self.event(&records[k], now) {
+                Ok(Some(e)) => to_send.push((k, self.event_json(&e))),
+                Ok(None) => outcomes[k] = Some(RecordOutcome::Accepted),
+                Err(reason) => outcomes[k] = Some(RecordOutcome::Rejected { reason }),
+            }
+        }
+        let mut errors = Vec::new();
+        for chunk in to_send.chunks(STREAM_BATCH) {
+            let events: Vec<serde_json::Value> = chunk.iter().map(|(_, e)| e.clone()).collect();
+            let result = self.stream_chunk(&events).await;
+            let outcome = match &result {
+                Ok(()) => RecordOutcome::Accepted,
+                Err(ProviderError::Permanent { message }) => RecordOutcome::Rejected {
+                    reason: message.clone(),
+                },
+                Err(e) => RecordOutcome::Retry {
+                    reason: e.to_string(),
+                },
+            };
+            for (k, _) in chunk {
+                outcomes[*k] = Some(outcome.clone());
+            }
+            if let Err(e) = result {
+                i.gate.note(&e);
+                let stop = matches!(
+                    e,
+                    ProviderError::Throttled { .. } | ProviderError::Unauthorized { .. }
+                );
+                errors.push(e);
+                if stop {
+                    break;
+                }
+            }
+        }
+        let decided = outcomes
+            .iter()
+            .flatten()
+            .any(|o| !matches!(o, RecordOutcome::Retry { .. }));
+        if !decided && let Some(e) = worst(errors.into_iter()) {
+            return Err(e);
+        }
+        Ok(owner
+            .iter()
+            .map(|&o| {
+                outcomes[o].clone().unwrap_or(RecordOutcome::Retry {
+                    reason: format!("{}: not sent (throttled or refused credentials)", i.name),
+                })
+            })
+            .collect())
+    }
+}
