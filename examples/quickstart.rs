@@ -3,12 +3,16 @@
 //!
 //! Embedded defaults only: in-memory customer state, a redb spool and a JSON-lines ledger
 //! (the local stand-in for a billing provider) in a data folder. No account, no server.
+//! A `--config` file with `[[providers]]` sections also reports to Stripe, Recurly or
+//! Chargebee (`examples/stripe.toml`, `recurly.toml`, `chargebee.toml`: credentials and
+//! base URLs from the environment variables they name); the ledger keeps a local copy.
 //!
 //! ```sh
 //! cargo run --release --example quickstart                  # scenario, then serve until Ctrl-C
 //! cargo run --release --example quickstart -- --exit        # scenario, then exit
 //! cargo run --release --example quickstart -- --port 8080 --data-dir ./.monetize-data
 //! cargo run --release --example quickstart -- --config my.toml --no-scenario  # your meters
+//! STRIPE_API_KEY=sk_test_... cargo run --release --example quickstart -- --config examples/stripe.toml --exit
 //! cargo run --release --example quickstart -- --help
 //! ```
 
@@ -25,6 +29,7 @@ use monetize_core::config::Config;
 use monetize_core::ledger::LedgerProvider;
 use monetize_core::report::{ProviderRoute, RedbSpool, Reporter, ReporterHandle, ReporterOptions};
 use monetize_core::{CoreError, CustomerId, Engine, EventKind, RedbStore, StateSync};
+use monetize_providers::ProvidersConfig;
 use monetize_tower::MonetizeLayer;
 use monetize_tower::identify::{ApiKey, KeyDirectory};
 use serde_json::Value;
@@ -55,7 +60,8 @@ struct Args {
     data_dir: Option<PathBuf>,
     /// Meters, plans and rules from this file (`.toml`, or `.json`) instead of the
     /// built-in `examples/quickstart.toml`; start from a copy of that file. Checked like
-    /// the library checks a config: a bad file is refused, naming the field.
+    /// the library checks a config: a bad file is refused, naming the field. Its
+    /// `[[providers]]` sections (see `examples/stripe.toml`) add billing providers.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Serve the demo API without running the narrated scenario.
@@ -63,18 +69,41 @@ struct Args {
     no_scenario: bool,
 }
 
-/// The engine from `--config FILE`, or from the built-in `quickstart.toml`.
-fn load_engine(args: &Args) -> Result<Engine, String> {
-    let config = match &args.config {
-        Some(path) => Config::from_file(path).map_err(|e| format!("{}: {e}", path.display()))?,
-        None => Config::from_toml_str(include_str!("quickstart.toml"))
-            .map_err(|e| format!("quickstart.toml: {e}"))?,
+/// The engine and the billing provider routes from `--config FILE` (its `[[providers]]`
+/// sections), or the engine from the built-in `quickstart.toml` and no provider.
+fn load(args: &Args) -> Result<(Engine, Vec<ProviderRoute>), String> {
+    let Some(path) = &args.config else {
+        let config = Config::from_toml_str(include_str!("quickstart.toml"))
+            .map_err(|e| format!("quickstart.toml: {e}"))?;
+        let engine = Engine::new(config).map_err(|e| format!("quickstart.toml: {e}"))?;
+        return Ok((engine, Vec::new()));
     };
-    let origin = args
-        .config
-        .as_ref()
-        .map_or_else(|| "quickstart.toml".to_owned(), |p| p.display().to_string());
-    Engine::new(config).map_err(|e| format!("{origin}: {e}"))
+    let origin = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{origin}: {e}"))?;
+    let json = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    // Core reads everything but the `providers` sections, which monetize-providers reads.
+    let (config, providers) = if json {
+        let providers =
+            ProvidersConfig::from_json_str(&text).map_err(|e| format!("{origin}: {e}"))?;
+        let mut rest: Value = serde_json::from_str(&text).map_err(|e| format!("{origin}: {e}"))?;
+        if let Some(map) = rest.as_object_mut() {
+            map.remove("providers");
+        }
+        let config =
+            Config::from_json_str(&rest.to_string()).map_err(|e| format!("{origin}: {e}"))?;
+        (config, providers)
+    } else {
+        let (core_text, providers) =
+            monetize_providers::split_toml(&text).map_err(|e| format!("{origin}: {e}"))?;
+        let config = Config::from_toml_str(&core_text).map_err(|e| format!("{origin}: {e}"))?;
+        (config, providers)
+    };
+    let routes = monetize_providers::routes_from_config(&providers, &config)
+        .map_err(|e| format!("{origin}: {e}"))?;
+    let engine = Engine::new(config).map_err(|e| format!("{origin}: {e}"))?;
+    Ok((engine, routes))
 }
 
 #[tokio::main]
@@ -87,8 +116,8 @@ async fn main() -> Result<(), Error> {
     let args = Args::parse();
     // 1. The engine, from a config file (meters, plans, rules). A bad file is refused with
     //    the library's validation error, naming the field.
-    let engine = match load_engine(&args) {
-        Ok(engine) => engine,
+    let (engine, providers) = match load(&args) {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("quickstart: {e}");
             std::process::exit(2);
@@ -140,14 +169,23 @@ async fn main() -> Result<(), Error> {
         }
     }
 
-    // 3. The reporter: checkpoints into the redb spool, reports closed windows to the ledger.
+    // 3. The reporter: checkpoints into the redb spool, reports closed windows to the ledger
+    //    and to every billing provider of the config file, each exactly once.
     let spool = Arc::new(RedbSpool::open(data_dir.join("spool.redb"))?);
     let ledger = Arc::new(LedgerProvider::open(data_dir.join("ledger.jsonl"))?);
     let reporting = engine.reporting();
+    for route in &providers {
+        println!(
+            "reporting to {} as well as the local ledger",
+            route.provider.name()
+        );
+    }
+    let mut routes = vec![ProviderRoute::from_config(ledger.clone(), &reporting)];
+    routes.extend(providers);
     let reporter = Reporter::start(
         engine.clone(),
         spool,
-        vec![ProviderRoute::from_config(ledger.clone(), &reporting)],
+        routes,
         ReporterOptions::from(&reporting),
     )?;
 

@@ -2,6 +2,7 @@
 
 pub mod billing_mock;
 pub mod http;
+pub mod quickstart;
 pub mod spool;
 
 /// The README's code examples, compiled (and the first one run) as doc tests.

@@ -7,8 +7,6 @@
 //! from the workspace root. Set `MONETIZE_QUICKSTART_VIA_CARGO=1` to force the latter.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::process::Command;
@@ -16,43 +14,10 @@ use tokio::process::Command;
 /// The longest the scenario may take (including a `cargo run` build) before it is killed.
 const LIMIT: Duration = Duration::from_secs(120);
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests crate sits in the workspace")
-        .to_path_buf()
-}
-
-fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(d) if Path::new(&d).is_absolute() => PathBuf::from(d),
-        Some(d) => workspace_root().join(d),
-        None => workspace_root().join("target"),
-    }
-}
-
-/// The command running the quickstart, and a description for failure messages.
+/// The quickstart with `--exit --port 0`, and what runs.
 fn quickstart() -> (Command, String) {
-    let built = target_dir()
-        .join("debug")
-        .join("examples")
-        .join(format!("quickstart{}", std::env::consts::EXE_SUFFIX));
-    let forced = std::env::var_os("MONETIZE_QUICKSTART_VIA_CARGO").is_some();
-    let (mut cmd, what) = if built.is_file() && !forced {
-        (Command::new(&built), built.display().to_string())
-    } else {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut c = Command::new(&cargo);
-        c.args(["run", "--quiet", "--example", "quickstart", "--"]);
-        (c, format!("{cargo} run --example quickstart"))
-    };
-    cmd.args(["--exit", "--port", "0"])
-        .current_dir(workspace_root())
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    let (mut cmd, what) = monetize_tests::quickstart::command();
+    cmd.args(["--exit", "--port", "0"]);
     (cmd, what)
 }
 

@@ -5,45 +5,16 @@
 //! Runs the already-built `<target>/debug/examples/quickstart` when there is one, else
 //! `cargo run --example quickstart` (as `tests/quickstart.rs` does).
 
-use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
 use tokio::process::Command;
 
 const LIMIT: Duration = Duration::from_secs(120);
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests crate sits in the workspace")
-        .to_path_buf()
-}
-
 fn quickstart(args: &[&str]) -> Command {
-    let target = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(d) if Path::new(&d).is_absolute() => PathBuf::from(d),
-        Some(d) => workspace_root().join(d),
-        None => workspace_root().join("target"),
-    };
-    let built = target
-        .join("debug")
-        .join("examples")
-        .join(format!("quickstart{}", std::env::consts::EXE_SUFFIX));
-    let mut cmd = if built.is_file() {
-        Command::new(built)
-    } else {
-        let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        c.args(["run", "--quiet", "--example", "quickstart", "--"]);
-        c
-    };
-    cmd.args(args)
-        .current_dir(workspace_root())
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    let (mut cmd, _) = monetize_tests::quickstart::command();
+    cmd.args(args);
     cmd
 }
 

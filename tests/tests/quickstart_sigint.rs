@@ -1,7 +1,7 @@
 //! Issue 10 item 7 through the quickstart itself: Ctrl-C (SIGINT) while clients are
 //! calling it over real HTTP bills every call a client saw answered.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -9,36 +9,8 @@ use std::time::Duration;
 
 use monetize_core::provider::UsageRecord;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
 const LIMIT: Duration = Duration::from_secs(120);
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests crate sits in the workspace")
-        .to_path_buf()
-}
-
-fn quickstart() -> Command {
-    let target = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(d) if Path::new(&d).is_absolute() => PathBuf::from(d),
-        Some(d) => workspace_root().join(d),
-        None => workspace_root().join("target"),
-    };
-    let built = target
-        .join("debug")
-        .join("examples")
-        .join(format!("quickstart{}", std::env::consts::EXE_SUFFIX));
-    if built.is_file() {
-        Command::new(built)
-    } else {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut c = Command::new(cargo);
-        c.args(["run", "--quiet", "--example", "quickstart", "--"]);
-        c
-    }
-}
 
 /// The `api_calls` billed to `customer` in a ledger file.
 fn billed(ledger: &Path, customer: &str) -> u64 {
@@ -54,15 +26,11 @@ fn billed(ledger: &Path, customer: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_under_load_bills_every_answered_call() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = quickstart()
+    let (mut cmd, _) = monetize_tests::quickstart::command();
+    let mut child = cmd
         .args(["--port", "0", "--data-dir"])
         .arg(dir.path())
-        .current_dir(workspace_root())
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .expect("spawn the quickstart");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
