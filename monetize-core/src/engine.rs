@@ -844,6 +844,14 @@ impl Engine {
         self.inner.events.push(event);
     }
 
+    /// Raises an event from outside the engine (a provider's reconciliation, or the
+    /// application's own) onto the same bounded queue the engine's events go to
+    /// ([`Engine::drain_events`]); when the queue is full the oldest event is dropped and
+    /// counted. Never blocks.
+    pub fn raise(&self, event: Event) {
+        self.emit(event);
+    }
+
     /// Takes up to `max` pending events, oldest first.
     pub fn drain_events(&self, max: usize) -> Vec<Event> {
         let mut out = Vec::new();

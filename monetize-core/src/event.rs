@@ -73,6 +73,22 @@ pub enum EventKind {
         /// The quantity it carries.
         quantity: u64,
     },
+    /// A provider's own totals for a customer, meter and day differ from what the spool
+    /// holds as acknowledged by it (Stripe's meter event summaries, for example): look
+    /// for events it dropped or billed twice, and correct them (Stripe: meter event
+    /// adjustments).
+    ReconciliationDifference {
+        /// The provider.
+        provider: String,
+        /// The meter.
+        meter: MeterId,
+        /// The day compared (UTC), as unix seconds of its midnight.
+        day_start: u64,
+        /// What the spool holds as acknowledged by the provider.
+        acknowledged: u64,
+        /// What the provider reports (rounded down to whole units).
+        provider_quantity: u64,
+    },
     /// A provider refused the credentials: its records stay pending and are retried until
     /// somebody fixes the key (raised once per failure streak).
     ProviderUnauthorized {

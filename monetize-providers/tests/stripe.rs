@@ -450,4 +450,28 @@ async fn reconciliation_reports_every_day_that_differs() {
     assert_eq!(report.differences.len(), 1);
     let d = &report.differences[0];
     assert_eq!((d.day_start, d.acknowledged, d.stripe), (d0 + day, 5, 4.0));
+    // Each difference is raised as an event for the team's notifications.
+    let engine = monetize_core::Engine::new(
+        monetize_core::config::Config::builder()
+            .meter(monetize_core::config::MeterConfig::count("api_calls"))
+            .build(),
+    )
+    .unwrap();
+    assert_eq!(report.raise(&engine, "stripe"), 1);
+    let events = engine.drain_events(10);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(
+        events[0].customer.as_ref().map(|c| c.as_str()),
+        Some("acme")
+    );
+    assert_eq!(
+        events[0].kind,
+        monetize_core::EventKind::ReconciliationDifference {
+            provider: "stripe".into(),
+            meter: MeterId::new("api_calls").unwrap(),
+            day_start: d0 + day,
+            acknowledged: 5,
+            provider_quantity: 4,
+        }
+    );
 }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use monetize_core::meter::Aggregation;
 use monetize_core::report::Acknowledged;
-use monetize_core::{CustomerId, MeterId, ProviderError};
+use monetize_core::{CustomerId, Engine, Event, EventKind, MeterId, ProviderError};
 use reqwest::Method;
 use serde::Deserialize;
 
@@ -40,6 +40,28 @@ pub struct Reconciliation {
     pub differences: Vec<Difference>,
     /// Records not compared, and why (a meter that does not sum, an unmapped id).
     pub skipped: Vec<String>,
+}
+
+impl Reconciliation {
+    /// Raises one [`EventKind::ReconciliationDifference`] per difference on `engine`'s
+    /// event queue (for the notifications that route it to a team), naming `provider`.
+    /// Returns how many were raised.
+    pub fn raise(&self, engine: &Engine, provider: &str) -> usize {
+        for d in &self.differences {
+            engine.raise(Event::new(
+                Some(d.customer.clone()),
+                EventKind::ReconciliationDifference {
+                    provider: provider.to_owned(),
+                    meter: d.meter.clone(),
+                    day_start: d.day_start,
+                    acknowledged: d.acknowledged,
+                    // Stripe sums whole units; a fraction would itself be a difference.
+                    provider_quantity: d.stripe.max(0.0) as u64,
+                },
+            ));
+        }
+        self.differences.len()
+    }
 }
 
 #[derive(Deserialize)]
