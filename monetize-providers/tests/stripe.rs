@@ -287,7 +287,7 @@ async fn stream_reuses_the_session_and_recreates_it_when_expired() {
         .mount(&server)
         .await;
     let p = provider(&server, StripeApi::MeterEventStream);
-    assert_eq!(p.max_batch(), 100);
+    assert_eq!(p.max_batch(), 800, "100 events a call, 8 calls at once");
     let batch = |n: u64| -> Vec<UsageRecord> {
         (0..100)
             .map(|i| {
@@ -315,6 +315,56 @@ async fn stream_reuses_the_session_and_recreates_it_when_expired() {
     assert_eq!(events[0]["identifier"], format!("mz1_0002{:028}", 0));
     // the resend carries exactly what the expired call carried
     assert_eq!(stream[2].body, stream[3].body);
+}
+
+/// A batch larger than one call goes out in calls of at most 100 events, all of them
+/// accepted, no identifier in two calls.
+#[tokio::test]
+async fn a_stream_batch_is_split_into_calls_of_100() {
+    let server = MockServer::start().await;
+    let expires = jiff::Timestamp::from_second(now() as i64 + 900)
+        .unwrap()
+        .to_string();
+    Mock::given(method("POST"))
+        .and(path("/v2/billing/meter_event_session"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "id": "mes_0", "object": "v2.billing.meter_event_session",
+            "authentication_token": "tok_0", "expires_at": expires,
+            "created": "2026-01-01T00:00:00Z", "livemode": false
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/stream/v2/billing/meter_event_stream"))
+        .and(header("authorization", "Bearer tok_0"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({})))
+        .mount(&server)
+        .await;
+    let p = provider(&server, StripeApi::MeterEventStream);
+    let records: Vec<UsageRecord> = (0..750)
+        .map(|i| {
+            let mut r = record("acme", 1);
+            r.idempotency_key = format!("mz1_{i:032}");
+            r
+        })
+        .collect();
+    let out = p.report(&records).await.unwrap();
+    assert!(out.iter().all(|o| *o == RecordOutcome::Accepted));
+    let calls: Vec<Request> = server.received_requests().await.unwrap();
+    let mut seen = std::collections::HashSet::new();
+    let mut sizes = Vec::new();
+    for c in calls.iter().filter(|r| r.url.path().ends_with("meter_event_stream")) {
+        let body: serde_json::Value = serde_json::from_slice(&c.body).unwrap();
+        let events = body["events"].as_array().unwrap();
+        sizes.push(events.len());
+        for e in events {
+            assert!(seen.insert(e["identifier"].as_str().unwrap().to_owned()));
+        }
+    }
+    sizes.sort_unstable();
+    assert_eq!(sizes, [50, 100, 100, 100, 100, 100, 100, 100]);
+    assert_eq!(seen.len(), 750);
 }
 
 #[tokio::test]

@@ -575,7 +575,8 @@ impl BillingProvider for StripeProvider {
 
     fn max_batch(&self) -> usize {
         match self.inner.api {
-            StripeApi::MeterEventStream => STREAM_BATCH,
+            // One call carries 100 events; a batch fills every lane.
+            StripeApi::MeterEventStream => STREAM_BATCH * self.inner.lanes.max(1),
             _ => 100,
         }
     }

@@ -1,7 +1,11 @@
 //! The v2 meter event stream: a session token from `POST /v2/billing/meter_event_session`
 //! (valid 15 minutes), reused until shortly before it expires and recreated when Stripe
-//! answers `billing_meter_event_session_expired`; 100 events a call.
+//! answers `billing_meter_event_session_expired`; 100 events a call, up to `lanes` calls
+//! at once.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures_util::stream::{self, StreamExt};
 use monetize_core::{ProviderError, RecordOutcome, UsageRecord};
 use reqwest::Method;
 use secrecy::{ExposeSecret, SecretString};
@@ -68,6 +72,31 @@ impl StripeProvider {
         Ok(token)
     }
 
+    /// One lane's chunk: `None` (not sent) once `stop` is set or while a throttle lasts;
+    /// sets `stop` on a throttle or refused credentials.
+    async fn stream_lane(
+        &self,
+        chunk: &[(usize, serde_json::Value)],
+        stop: &AtomicBool,
+    ) -> Option<Result<(), ProviderError>> {
+        let i = &self.inner;
+        if stop.load(Ordering::Relaxed) || i.gate.check(&i.name).is_err() {
+            return None;
+        }
+        let events: Vec<serde_json::Value> = chunk.iter().map(|(_, e)| e.clone()).collect();
+        let result = self.stream_chunk(&events).await;
+        if let Err(e) = &result {
+            i.gate.note(e);
+            if matches!(
+                e,
+                ProviderError::Throttled { .. } | ProviderError::Unauthorized { .. }
+            ) {
+                stop.store(true, Ordering::Relaxed);
+            }
+        }
+        Some(result)
+    }
+
     /// Sends one chunk of events, recreating the session once if it expired.
     async fn stream_chunk(&self, events: &[serde_json::Value]) -> Result<(), ProviderError> {
         let i = &self.inner;
@@ -116,10 +145,20 @@ impl StripeProvider {
                 Err(reason) => outcomes[k] = Some(RecordOutcome::Rejected { reason }),
             }
         }
+        // Chunks of 100 events go out on up to `lanes` calls at once (a backlog drains at
+        // the stream's rate, not at one call's latency). A throttle or refused credentials
+        // stops the chunks not yet sent: they stay pending, to be retried.
+        let stop = AtomicBool::new(false);
+        let chunks: Vec<&[(usize, serde_json::Value)]> = to_send.chunks(STREAM_BATCH).collect();
+        let sends: Vec<_> = chunks
+            .iter()
+            .map(|chunk| self.stream_lane(chunk, &stop))
+            .collect();
+        let results: Vec<Option<Result<(), ProviderError>>> =
+            stream::iter(sends).buffered(i.lanes.max(1)).collect().await;
         let mut errors = Vec::new();
-        for chunk in to_send.chunks(STREAM_BATCH) {
-            let events: Vec<serde_json::Value> = chunk.iter().map(|(_, e)| e.clone()).collect();
-            let result = self.stream_chunk(&events).await;
+        for (chunk, result) in chunks.iter().zip(results) {
+            let Some(result) = result else { continue };
             let outcome = match &result {
                 Ok(()) => RecordOutcome::Accepted,
                 Err(ProviderError::Permanent { message }) => RecordOutcome::Rejected {
@@ -129,19 +168,11 @@ impl StripeProvider {
                     reason: e.to_string(),
                 },
             };
-            for (k, _) in chunk {
+            for (k, _) in *chunk {
                 outcomes[*k] = Some(outcome.clone());
             }
             if let Err(e) = result {
-                i.gate.note(&e);
-                let stop = matches!(
-                    e,
-                    ProviderError::Throttled { .. } | ProviderError::Unauthorized { .. }
-                );
                 errors.push(e);
-                if stop {
-                    break;
-                }
             }
         }
         let decided = outcomes
