@@ -53,6 +53,15 @@
 //! # });
 //! ```
 //!
+//! ## Modules, in the order a request meets them
+//!
+//! | module | what it holds |
+//! | --- | --- |
+//! | `router` | [`RouterExt::monetize`] (on every route, with `MatchedPath`) and `monetize_router` (around the router) |
+//! | `extract` | the [`Customer`] and [`Usage`] extractors handlers take |
+//! | `response` | [`BlockResponse`]: a block decision as an axum response |
+//! | `usage_route` | [`usage_routes`]: the caller's own figures |
+//!
 //! ## Where the layer sits
 //!
 //! axum sets `MatchedPath` only after routing, so [`RouterExt::monetize`] applies the

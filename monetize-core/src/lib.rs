@@ -32,6 +32,20 @@
 //! let deltas = engine.checkpoint();
 //! assert_eq!(deltas[0].measure.quantity(), 2);
 //! ```
+//!
+//! ## Modules, in the order a request meets them
+//!
+//! | module | what it holds |
+//! | --- | --- |
+//! | [`id`] | customer, meter and plan ids, checked once |
+//! | `customer` | the registry that resolves an id to a [`CustomerHandle`] (one map read), the customer's live state and its reference protocol |
+//! | `govern` | the compiled rules and the [`Decision`] (allow, or a block with its status and body), credits, quotas (`quota`) and rate limits (`rate_limit`) |
+//! | [`meter`] | filters, value sources, aggregations and the usage cells a metered exchange adds to (`metering` applies them and takes credits) |
+//! | [`event`] | what the engine, the reporter and providers raise for notifications |
+//! | [`report`] | checkpoints into the [`Spool`](report::Spool), and the [`Reporter`](report::Reporter) that delivers usage to each [`BillingProvider`] exactly once |
+//! | [`provider`] | the [`BillingProvider`] trait and [`UsageRecord`]; [`ledger`] is the embedded one |
+//! | [`store`] | customer state across restarts ([`StateSync`], [`RedbStore`]) |
+//! | [`config`] | the TOML/JSON configuration and its validation; [`notify`], the [`Notifier`] trait |
 
 pub mod config;
 mod customer;

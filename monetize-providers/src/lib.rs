@@ -49,6 +49,16 @@
 //! let provider: std::sync::Arc<dyn BillingProvider> = std::sync::Arc::new(InHouse);
 //! assert_eq!(provider.name(), "in-house");
 //! ```
+//!
+//! ## Modules, in the order a usage record meets them
+//!
+//! | module | what it holds |
+//! | --- | --- |
+//! | [`config`] and `routes` | the `[[providers]]` sections, their validation, and the reporter routes they build |
+//! | [`mapping`] | our customer and meter ids to the provider's |
+//! | `stripe`, `recurly`, `chargebee` | the clients, each behind its feature of the same name |
+//! | `batch` | per-record sending on parallel lanes, keys deduplicated, the throttle gate |
+//! | [`http`] | the one HTTP client (reqwest with rustls), its rate limiter and the error taxonomy ([`error`]) |
 
 #![warn(missing_docs)]
 // Without a provider feature only the configuration and HTTP layers are compiled.

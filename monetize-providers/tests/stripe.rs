@@ -354,7 +354,10 @@ async fn a_stream_batch_is_split_into_calls_of_100() {
     let calls: Vec<Request> = server.received_requests().await.unwrap();
     let mut seen = std::collections::HashSet::new();
     let mut sizes = Vec::new();
-    for c in calls.iter().filter(|r| r.url.path().ends_with("meter_event_stream")) {
+    for c in calls
+        .iter()
+        .filter(|r| r.url.path().ends_with("meter_event_stream"))
+    {
         let body: serde_json::Value = serde_json::from_slice(&c.body).unwrap();
         let events = body["events"].as_array().unwrap();
         sizes.push(events.len());

@@ -179,7 +179,7 @@ impl<B> MapBody<B> for KeepBody {
 }
 
 /// How the layer taps a request body when a meter reads a JSON field of the request
-/// ([`Engine::json_capture`]): the body must be wrapped in a [`TapBody`] that captures
+/// ([`Engine::json_capture`](monetize_core::Engine::json_capture)): the body must be wrapped in a [`TapBody`] that captures
 /// into the request's [`RequestTap`] as the inner service reads it.
 ///
 /// With [`KeepBody`] the layer cannot change the request body's type, so it puts the tap

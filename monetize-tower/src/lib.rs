@@ -55,6 +55,19 @@
 //! # });
 //! ```
 //!
+//! ## Modules, in the order a request meets them
+//!
+//! | module | what it holds |
+//! | --- | --- |
+//! | `layer` | [`MonetizeLayer`] and its settings |
+//! | `service` | the service: identify, resolve, decide, call the inner service |
+//! | [`identify`] | strategies naming the customer ([`identify::ApiKey`] over a [`identify::KeyDirectory`], bearer tokens, extensions) |
+//! | `route` | route templates ([`RouteTable`], `RouteTemplate`) |
+//! | `scope` and `slots` | the request being served on this thread, and the slots its [`UsageRecorder`]s ([`usage`]) add to |
+//! | `future` | the response future: the early block or the inner call, metered at its head |
+//! | `body` | body wrappers that count bytes, capture JSON prefixes and meter at the end of a body |
+//! | `response` | block responses and allow headers |
+//!
 //! ## What happens to a request
 //!
 //! 1. **Identify** with an [`Identify`](identify::Identify) strategy ([`identify`] module):
