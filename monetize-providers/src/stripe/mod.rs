@@ -245,6 +245,33 @@ pub(crate) struct Event {
     timestamp: u64,
 }
 
+/// One meter event on the wire of the v2 stream.
+#[derive(serde::Serialize)]
+pub(crate) struct StreamEvent<'a> {
+    event_name: &'a str,
+    identifier: &'a str,
+    payload: Payload<'a>,
+    timestamp: String,
+}
+
+/// An event's payload: the customer and the value under their configured keys.
+pub(crate) struct Payload<'a> {
+    customer_key: &'a str,
+    customer: &'a str,
+    value_key: &'a str,
+    value: &'a str,
+}
+
+impl serde::Serialize for Payload<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry(self.customer_key, self.customer)?;
+        m.serialize_entry(self.value_key, self.value)?;
+        m.end()
+    }
+}
+
 /// A Stripe meter (`GET /v1/billing/meters`).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[non_exhaustive]
@@ -344,6 +371,23 @@ impl StripeProvider {
             identifier: r.idempotency_key.clone(),
             timestamp,
         }))
+    }
+
+    /// An event as the stream takes it, serialized straight from `e` (no JSON tree, no
+    /// copy of its strings).
+    fn stream_event<'a>(&'a self, e: &'a Event) -> StreamEvent<'a> {
+        let i = &self.inner;
+        StreamEvent {
+            event_name: &e.event_name,
+            identifier: &e.identifier,
+            payload: Payload {
+                customer_key: &i.customer_key,
+                customer: &e.customer,
+                value_key: &i.value_key,
+                value: &e.value,
+            },
+            timestamp: rfc3339(e.timestamp),
+        }
     }
 
     fn event_json(&self, e: &Event) -> serde_json::Value {

@@ -12,12 +12,18 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
-use super::{STREAM_BATCH, StripeProvider};
+use super::{Event, STREAM_BATCH, StreamEvent, StripeProvider};
 use crate::batch::{unique_keys, worst};
 use crate::http::unix_now;
 
 /// A token is replaced this long before Stripe says it expires.
 const EXPIRY_MARGIN_SECS: u64 = 60;
+
+/// A stream call's body.
+#[derive(serde::Serialize)]
+struct StreamBody<'a, 'e> {
+    events: &'a [StreamEvent<'e>],
+}
 
 /// The current session token.
 #[derive(Default)]
@@ -76,14 +82,15 @@ impl StripeProvider {
     /// sets `stop` on a throttle or refused credentials.
     async fn stream_lane(
         &self,
-        chunk: &[(usize, serde_json::Value)],
+        chunk: &[(usize, Event)],
         stop: &AtomicBool,
     ) -> Option<Result<(), ProviderError>> {
         let i = &self.inner;
         if stop.load(Ordering::Relaxed) || i.gate.check(&i.name).is_err() {
             return None;
         }
-        let events: Vec<serde_json::Value> = chunk.iter().map(|(_, e)| e.clone()).collect();
+        let events: Vec<StreamEvent<'_>> =
+            chunk.iter().map(|(_, e)| self.stream_event(e)).collect();
         let result = self.stream_chunk(&events).await;
         if let Err(e) = &result {
             i.gate.note(e);
@@ -98,9 +105,9 @@ impl StripeProvider {
     }
 
     /// Sends one chunk of events, recreating the session once if it expired.
-    async fn stream_chunk(&self, events: &[serde_json::Value]) -> Result<(), ProviderError> {
+    async fn stream_chunk(&self, events: &[StreamEvent<'_>]) -> Result<(), ProviderError> {
         let i = &self.inner;
-        let body = serde_json::json!({ "events": events });
+        let body = StreamBody { events };
         let mut stale: Option<String> = None;
         for _ in 0..2 {
             let token = self.token(stale.as_deref()).await?;
@@ -137,10 +144,10 @@ impl StripeProvider {
         let (unique, owner) = unique_keys(records);
         let now = unix_now();
         let mut outcomes: Vec<Option<RecordOutcome>> = vec![None; records.len()];
-        let mut to_send: Vec<(usize, serde_json::Value)> = Vec::new();
+        let mut to_send: Vec<(usize, Event)> = Vec::new();
         for &k in &unique {
             match self.event(&records[k], now) {
-                Ok(Some(e)) => to_send.push((k, self.event_json(&e))),
+                Ok(Some(e)) => to_send.push((k, e)),
                 Ok(None) => outcomes[k] = Some(RecordOutcome::Accepted),
                 Err(reason) => outcomes[k] = Some(RecordOutcome::Rejected { reason }),
             }
@@ -149,7 +156,7 @@ impl StripeProvider {
         // the stream's rate, not at one call's latency). A throttle or refused credentials
         // stops the chunks not yet sent: they stay pending, to be retried.
         let stop = AtomicBool::new(false);
-        let chunks: Vec<&[(usize, serde_json::Value)]> = to_send.chunks(STREAM_BATCH).collect();
+        let chunks: Vec<&[(usize, Event)]> = to_send.chunks(STREAM_BATCH).collect();
         let sends: Vec<_> = chunks
             .iter()
             .map(|chunk| self.stream_lane(chunk, &stop))
