@@ -17,8 +17,8 @@ use crate::provider::UsageRecord;
 use crate::report::Delta;
 use crate::report::dead_letter::DeadLetter;
 use crate::report::spool::{
-    Acknowledged, Checkpoint, PendingEntry, Pruned, Quarantined, Sealed, Settled, SpoolError,
-    SpoolKey, SpoolRoute, TakeRequest, Taken,
+    Acknowledged, Checkpoint, PendingEntry, Pruned, Quarantined, Sealed, Settled, Spool,
+    SpoolError, SpoolKey, SpoolRoute, TakeRequest, Taken,
 };
 use crate::report::window::ReportWindow;
 use crate::store::{AccountState, PeriodUsage};
@@ -181,6 +181,107 @@ pub(crate) trait KvRead {
 pub(crate) trait KvWrite: KvRead {
     fn put(&mut self, table: Table, key: &RowKey, value: &[u8]) -> Result<(), SpoolError>;
     fn remove(&mut self, table: Table, key: &RowKey) -> Result<(), SpoolError>;
+}
+
+/// A key-value store the shared algorithm runs on ([`MemorySpool`](super::MemorySpool),
+/// [`RedbSpool`](super::RedbSpool)): each call is one transaction that takes effect
+/// whole or not at all. Every such store is a [`Spool`], through the one implementation
+/// below.
+pub(crate) trait KvStore: Send + Sync + 'static {
+    /// Runs `op` in a read transaction.
+    fn read_txn<R>(
+        &self,
+        op: impl FnOnce(&mut dyn KvRead) -> Result<R, SpoolError>,
+    ) -> Result<R, SpoolError>;
+
+    /// Runs `op` in a write transaction, committed when it returns `Ok`.
+    fn write_txn<R>(
+        &self,
+        op: impl FnOnce(&mut dyn KvWrite) -> Result<R, SpoolError>,
+    ) -> Result<R, SpoolError>;
+}
+
+impl<S: KvStore> Spool for S {
+    fn merge_checkpoints(
+        &self,
+        routes: &[SpoolRoute],
+        checkpoints: &[Checkpoint],
+        window_secs: u64,
+    ) -> Result<usize, SpoolError> {
+        self.write_txn(|w| merge_in(w, routes, checkpoints, window_secs))
+    }
+
+    fn accounts(&self) -> Result<Vec<(CustomerId, AccountState)>, SpoolError> {
+        self.read_txn(|r| accounts_in(r))
+    }
+
+    fn last_checkpoint(&self, writer: &str) -> Result<u64, SpoolError> {
+        self.read_txn(|r| last_checkpoint_in(r, writer))
+    }
+
+    fn take(&self, request: &TakeRequest) -> Result<Taken, SpoolError> {
+        self.write_txn(|w| take_in(w, request))
+    }
+
+    fn ack(&self, records: &[UsageRecord], now_unix: u64) -> Result<usize, SpoolError> {
+        self.write_txn(|w| ack_in(w, records, now_unix))
+    }
+
+    fn dead_letter(
+        &self,
+        records: &[UsageRecord],
+        reason: &str,
+        now_unix: u64,
+    ) -> Result<usize, SpoolError> {
+        self.write_txn(|w| dead_letter_in(w, records, reason, now_unix))
+    }
+
+    fn requeue(
+        &self,
+        from: Settled,
+        keys: &[SpoolKey],
+        instance: &str,
+        now_unix: u64,
+    ) -> Result<usize, SpoolError> {
+        self.write_txn(|w| requeue_in(w, from, keys, instance, now_unix))
+    }
+
+    fn pending(&self, provider: Option<&str>) -> Result<Vec<PendingEntry>, SpoolError> {
+        self.read_txn(|r| pending_in(r, provider))
+    }
+
+    fn acknowledged(&self, provider: Option<&str>) -> Result<Vec<Acknowledged>, SpoolError> {
+        self.read_txn(|r| acknowledged_in(r, provider))
+    }
+
+    fn dead_letters(&self, provider: Option<&str>) -> Result<Vec<DeadLetter>, SpoolError> {
+        self.read_txn(|r| settled_in(r, Settled::DeadLetters, provider))
+    }
+
+    fn to_reconcile(&self, provider: Option<&str>) -> Result<Vec<DeadLetter>, SpoolError> {
+        self.read_txn(|r| settled_in(r, Settled::Reconciliation, provider))
+    }
+
+    fn stored_aggregation(
+        &self,
+        provider: &str,
+        meter: &MeterId,
+    ) -> Result<Option<Aggregation>, SpoolError> {
+        self.read_txn(|r| stored_aggregation_in(r, provider, meter))
+    }
+
+    fn quarantined(&self) -> Result<Vec<Quarantined>, SpoolError> {
+        self.read_txn(|r| quarantined_in(r))
+    }
+
+    fn prune_batch(
+        &self,
+        before_unix: u64,
+        after: Option<&SpoolKey>,
+        max: usize,
+    ) -> Result<Pruned, SpoolError> {
+        self.write_txn(|w| prune_batch_in(w, before_unix, after, max))
+    }
 }
 
 // ---------------------------------------------------------------------------------------

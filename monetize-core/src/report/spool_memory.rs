@@ -5,20 +5,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Mutex, PoisonError};
 
-use crate::id::{CustomerId, MeterId};
-use crate::meter::Aggregation;
-use crate::provider::UsageRecord;
-use crate::report::dead_letter::DeadLetter;
-use crate::report::spool::{
-    Acknowledged, Checkpoint, PendingEntry, Pruned, Quarantined, Settled, Spool, SpoolError,
-    SpoolKey, SpoolRoute, TakeRequest, Taken,
-};
-use crate::report::spool_kv::{
-    KvRead, KvWrite, RowKey, Table, accounts_in, ack_in, acknowledged_in, dead_letter_in,
-    last_checkpoint_in, merge_in, pending_in, prune_batch_in, quarantined_in, requeue_in,
-    settled_in, stored_aggregation_in, take_in,
-};
-use crate::store::AccountState;
+use crate::report::spool::SpoolError;
+use crate::report::spool_kv::{KvRead, KvStore, KvWrite, RowKey, Table};
 
 type Rows = BTreeMap<RowKey, Vec<u8>>;
 
@@ -133,85 +121,18 @@ impl MemorySpool {
     }
 }
 
-impl Spool for MemorySpool {
-    fn merge_checkpoints(
+impl KvStore for MemorySpool {
+    fn read_txn<R>(
         &self,
-        routes: &[SpoolRoute],
-        checkpoints: &[Checkpoint],
-        window_secs: u64,
-    ) -> Result<usize, SpoolError> {
-        self.with(|t| merge_in(t, routes, checkpoints, window_secs))
+        op: impl FnOnce(&mut dyn KvRead) -> Result<R, SpoolError>,
+    ) -> Result<R, SpoolError> {
+        self.with(|t| op(t))
     }
 
-    fn accounts(&self) -> Result<Vec<(CustomerId, AccountState)>, SpoolError> {
-        self.with(|t| accounts_in(t))
-    }
-
-    fn last_checkpoint(&self, writer: &str) -> Result<u64, SpoolError> {
-        self.with(|t| last_checkpoint_in(t, writer))
-    }
-
-    fn take(&self, request: &TakeRequest) -> Result<Taken, SpoolError> {
-        self.with(|t| take_in(t, request))
-    }
-
-    fn ack(&self, records: &[UsageRecord], now_unix: u64) -> Result<usize, SpoolError> {
-        self.with(|t| ack_in(t, records, now_unix))
-    }
-
-    fn dead_letter(
+    fn write_txn<R>(
         &self,
-        records: &[UsageRecord],
-        reason: &str,
-        now_unix: u64,
-    ) -> Result<usize, SpoolError> {
-        self.with(|t| dead_letter_in(t, records, reason, now_unix))
-    }
-
-    fn requeue(
-        &self,
-        from: Settled,
-        keys: &[SpoolKey],
-        instance: &str,
-        now_unix: u64,
-    ) -> Result<usize, SpoolError> {
-        self.with(|t| requeue_in(t, from, keys, instance, now_unix))
-    }
-
-    fn pending(&self, provider: Option<&str>) -> Result<Vec<PendingEntry>, SpoolError> {
-        self.with(|t| pending_in(t, provider))
-    }
-
-    fn acknowledged(&self, provider: Option<&str>) -> Result<Vec<Acknowledged>, SpoolError> {
-        self.with(|t| acknowledged_in(t, provider))
-    }
-
-    fn dead_letters(&self, provider: Option<&str>) -> Result<Vec<DeadLetter>, SpoolError> {
-        self.with(|t| settled_in(t, Settled::DeadLetters, provider))
-    }
-
-    fn to_reconcile(&self, provider: Option<&str>) -> Result<Vec<DeadLetter>, SpoolError> {
-        self.with(|t| settled_in(t, Settled::Reconciliation, provider))
-    }
-
-    fn stored_aggregation(
-        &self,
-        provider: &str,
-        meter: &MeterId,
-    ) -> Result<Option<Aggregation>, SpoolError> {
-        self.with(|t| stored_aggregation_in(t, provider, meter))
-    }
-
-    fn quarantined(&self) -> Result<Vec<Quarantined>, SpoolError> {
-        self.with(|t| quarantined_in(t))
-    }
-
-    fn prune_batch(
-        &self,
-        before_unix: u64,
-        after: Option<&SpoolKey>,
-        max: usize,
-    ) -> Result<Pruned, SpoolError> {
-        self.with(|t| prune_batch_in(t, before_unix, after, max))
+        op: impl FnOnce(&mut dyn KvWrite) -> Result<R, SpoolError>,
+    ) -> Result<R, SpoolError> {
+        self.with(|t| op(t))
     }
 }

@@ -13,20 +13,8 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::id::{CustomerId, MeterId};
-use crate::meter::Aggregation;
-use crate::provider::UsageRecord;
-use crate::report::dead_letter::DeadLetter;
-use crate::report::spool::{
-    Acknowledged, Checkpoint, PendingEntry, Pruned, Quarantined, Settled, Spool, SpoolError,
-    SpoolKey, SpoolRoute, TakeRequest, Taken,
-};
-use crate::report::spool_kv::{
-    KvRead, KvWrite, RowKey, Table, accounts_in, ack_in, acknowledged_in, dead_letter_in,
-    last_checkpoint_in, merge_in, pending_in, prune_batch_in, quarantined_in, requeue_in,
-    settled_in, spool_id_in, stored_aggregation_in, take_in,
-};
-use crate::store::AccountState;
+use crate::report::spool::SpoolError;
+use crate::report::spool_kv::{KvRead, KvStore, KvWrite, RowKey, Table, spool_id_in};
 
 type Key = (&'static str, &'static str, &'static str, u64, u32);
 
@@ -270,93 +258,29 @@ impl KvRead for RedbRead<'_> {
     }
 }
 
-impl Spool for RedbSpool {
-    fn merge_checkpoints(
+impl KvStore for RedbSpool {
+    fn read_txn<R>(
         &self,
-        routes: &[SpoolRoute],
-        checkpoints: &[Checkpoint],
-        window_secs: u64,
-    ) -> Result<usize, SpoolError> {
-        self.write(|w| merge_in(w, routes, checkpoints, window_secs))
+        op: impl FnOnce(&mut dyn KvRead) -> Result<R, SpoolError>,
+    ) -> Result<R, SpoolError> {
+        self.read(|r| op(r))
     }
 
-    fn accounts(&self) -> Result<Vec<(CustomerId, AccountState)>, SpoolError> {
-        self.read(|r| accounts_in(r))
-    }
-
-    fn last_checkpoint(&self, writer: &str) -> Result<u64, SpoolError> {
-        self.read(|r| last_checkpoint_in(r, writer))
-    }
-
-    fn take(&self, request: &TakeRequest) -> Result<Taken, SpoolError> {
-        self.write(|w| take_in(w, request))
-    }
-
-    fn ack(&self, records: &[UsageRecord], now_unix: u64) -> Result<usize, SpoolError> {
-        self.write(|w| ack_in(w, records, now_unix))
-    }
-
-    fn dead_letter(
+    fn write_txn<R>(
         &self,
-        records: &[UsageRecord],
-        reason: &str,
-        now_unix: u64,
-    ) -> Result<usize, SpoolError> {
-        self.write(|w| dead_letter_in(w, records, reason, now_unix))
-    }
-
-    fn requeue(
-        &self,
-        from: Settled,
-        keys: &[SpoolKey],
-        instance: &str,
-        now_unix: u64,
-    ) -> Result<usize, SpoolError> {
-        self.write(|w| requeue_in(w, from, keys, instance, now_unix))
-    }
-
-    fn pending(&self, provider: Option<&str>) -> Result<Vec<PendingEntry>, SpoolError> {
-        self.read(|r| pending_in(r, provider))
-    }
-
-    fn acknowledged(&self, provider: Option<&str>) -> Result<Vec<Acknowledged>, SpoolError> {
-        self.read(|r| acknowledged_in(r, provider))
-    }
-
-    fn dead_letters(&self, provider: Option<&str>) -> Result<Vec<DeadLetter>, SpoolError> {
-        self.read(|r| settled_in(r, Settled::DeadLetters, provider))
-    }
-
-    fn to_reconcile(&self, provider: Option<&str>) -> Result<Vec<DeadLetter>, SpoolError> {
-        self.read(|r| settled_in(r, Settled::Reconciliation, provider))
-    }
-
-    fn stored_aggregation(
-        &self,
-        provider: &str,
-        meter: &MeterId,
-    ) -> Result<Option<Aggregation>, SpoolError> {
-        self.read(|r| stored_aggregation_in(r, provider, meter))
-    }
-
-    fn quarantined(&self) -> Result<Vec<Quarantined>, SpoolError> {
-        self.read(|r| quarantined_in(r))
-    }
-
-    fn prune_batch(
-        &self,
-        before_unix: u64,
-        after: Option<&SpoolKey>,
-        max: usize,
-    ) -> Result<Pruned, SpoolError> {
-        self.write(|w| prune_batch_in(w, before_unix, after, max))
+        op: impl FnOnce(&mut dyn KvWrite) -> Result<R, SpoolError>,
+    ) -> Result<R, SpoolError> {
+        self.write(|w| op(w))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::id::CustomerId;
+    use crate::report::spool::{Checkpoint, Spool};
     use crate::report::spool_kv::suite::{self, routes, sum};
+    use crate::store::AccountState;
 
     #[test]
     fn redb_spool_passes_the_suite() {
