@@ -86,14 +86,15 @@ fn nobody_left(after: u64) -> bool {
 unsafe fn free(ptr: NonNull<CustomerState>) {
     // Acquire: every use of the state through other references happens before the free.
     fence(Ordering::Acquire);
+    // SAFETY: allocated by `Resident::new` with `Box`, and the last reference is ours
+    // (`nobody_left` held for the word our own operation left).
+    let state = unsafe { Box::from_raw(ptr.as_ptr()) };
     #[cfg(all(test, monetize_loom))]
     FREED
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        // Safety: as below; the state is read before it is dropped.
-        .push(unsafe { ptr.as_ref() }.id.clone());
-    // Safety: allocated by `Resident::new` with `Box`, and the last reference is ours.
-    unsafe { drop(Box::from_raw(ptr.as_ptr())) }
+        .push(state.id.clone());
+    drop(state);
 }
 
 /// Adds one pinned reference unless the state is sealed or orphaned; undoes it otherwise.
@@ -101,7 +102,7 @@ unsafe fn free(ptr: NonNull<CustomerState>) {
 /// guard, or a watch), so the undo never frees.
 #[inline]
 fn try_pin(ptr: NonNull<CustomerState>) -> Option<Pinned> {
-    // Safety: the caller keeps the allocation alive.
+    // SAFETY: the caller keeps the allocation alive.
     let refs = unsafe { &ptr.as_ref().refs };
     // Relaxed: the state's contents were published with the map entry (read with acquire
     // by the map, or by the thread that made the watch), and the seal is decided on this
@@ -120,7 +121,7 @@ fn try_pin(ptr: NonNull<CustomerState>) -> Option<Pinned> {
 /// The registry's ownership of a customer's state while the customer is in memory.
 pub(crate) struct Resident(NonNull<CustomerState>);
 
-// Safety: `CustomerState` is `Send + Sync` (atomics and immutable fields); a `Resident` is
+// SAFETY: `CustomerState` is `Send + Sync` (atomics and immutable fields); a `Resident` is
 // an owning pointer to one, freed under the protocol above.
 unsafe impl Send for Resident {}
 unsafe impl Sync for Resident {}
@@ -134,7 +135,7 @@ impl Resident {
     /// The state.
     #[inline]
     pub(crate) fn state(&self) -> &CustomerState {
-        // Safety: the allocation is freed only after this resident is dropped (the
+        // SAFETY: the allocation is freed only after this resident is dropped (the
         // `ORPHANED` flag), so it is live while `self` is.
         unsafe { self.0.as_ref() }
     }
@@ -178,7 +179,7 @@ impl Drop for Resident {
     fn drop(&mut self) {
         let prev = self.state().refs.fetch_or(ORPHANED, Ordering::AcqRel);
         if nobody_left(prev | ORPHANED) {
-            // Safety: this operation left nobody.
+            // SAFETY: this operation left nobody.
             unsafe { free(self.0) }
         }
     }
@@ -188,7 +189,7 @@ impl Drop for Resident {
 /// holds.
 pub(crate) struct Pinned(NonNull<CustomerState>);
 
-// Safety: as for `Resident`.
+// SAFETY: as for `Resident`.
 unsafe impl Send for Pinned {}
 unsafe impl Sync for Pinned {}
 
@@ -209,7 +210,7 @@ impl Deref for Pinned {
 
     #[inline]
     fn deref(&self) -> &CustomerState {
-        // Safety: a pinned reference keeps the allocation: it is freed only once no
+        // SAFETY: a pinned reference keeps the allocation: it is freed only once no
         // reference of any kind is left.
         unsafe { self.0.as_ref() }
     }
@@ -234,7 +235,7 @@ impl Drop for Pinned {
         // the word this leaves.
         let prev = self.refs.fetch_sub(PIN, Ordering::Release);
         if nobody_left(prev - PIN) {
-            // Safety: this operation left nobody.
+            // SAFETY: this operation left nobody.
             unsafe { free(self.0) }
         }
     }
@@ -246,7 +247,7 @@ impl Drop for Pinned {
 /// (see [`super::handle_cache`]).
 pub(crate) struct Watch(NonNull<CustomerState>);
 
-// Safety: as for `Resident`.
+// SAFETY: as for `Resident`.
 unsafe impl Send for Watch {}
 unsafe impl Sync for Watch {}
 
@@ -254,7 +255,7 @@ impl Watch {
     /// The state (valid, but possibly evicted: only a pinned reference may record).
     #[inline]
     pub(crate) fn state(&self) -> &CustomerState {
-        // Safety: a watch keeps the allocation.
+        // SAFETY: a watch keeps the allocation.
         unsafe { self.0.as_ref() }
     }
 
@@ -270,7 +271,7 @@ impl Drop for Watch {
     fn drop(&mut self) {
         let prev = self.state().refs.fetch_sub(WATCH, Ordering::Release);
         if nobody_left(prev - WATCH) {
-            // Safety: this operation left nobody.
+            // SAFETY: this operation left nobody.
             unsafe { free(self.0) }
         }
     }
