@@ -112,6 +112,39 @@ pub enum EventKind {
         /// Usage cells that were not empty.
         cells: u64,
     },
+    /// A billing provider reported a failed payment (a webhook: Stripe
+    /// `invoice.payment_failed`, Recurly `charge_invoice.failed`, Chargebee
+    /// `payment_failed`).
+    PaymentFailed {
+        /// The provider that sent it (`stripe`, `recurly`, `chargebee`).
+        provider: String,
+        /// The provider's invoice (or transaction) id, when the event names one.
+        invoice: Option<String>,
+        /// The amount due, in the currency's minor unit, when the event names it.
+        amount_due: Option<i64>,
+        /// The ISO 4217 currency code, lower case, when the event names it.
+        currency: Option<String>,
+    },
+    /// A billing provider reported an invoice past its due date (Stripe `invoice.overdue`,
+    /// Recurly `charge_invoice.past_due`).
+    InvoiceOverdue {
+        /// The provider that sent it.
+        provider: String,
+        /// The provider's invoice id, when the event names one.
+        invoice: Option<String>,
+        /// The amount due, in the currency's minor unit, when the event names it.
+        amount_due: Option<i64>,
+        /// The ISO 4217 currency code, lower case, when the event names it.
+        currency: Option<String>,
+    },
+    /// A delinquent customer paid: a billing provider reported the invoice paid or the
+    /// subscription active again.
+    PaymentRecovered {
+        /// The provider that sent it.
+        provider: String,
+        /// The provider's invoice id, when the event names one.
+        invoice: Option<String>,
+    },
 }
 
 /// An event with its customer (when it concerns one) and time.
