@@ -326,7 +326,7 @@ impl Engine {
             value: id.chars().take(64).collect(),
             source,
         })?;
-        let cfg = self.inner.metering.config.load();
+        let cfg = &*self.inner.metering.config.load();
         let balance = cfg.plan(cfg.default_plan).map_or(0, |p| p.initial_credits);
         let (h, overflowed) = self.inner.registry.admit(
             cid.clone(),
@@ -350,7 +350,7 @@ impl Engine {
     /// Registers a customer on a plan. A new customer starts with the plan's
     /// `initial_credits`; an existing one only changes plan (its balance is kept).
     pub fn register(&self, customer: &str, plan: &str) -> Result<CustomerHandle, CoreError> {
-        let cfg = self.inner.metering.config.load();
+        let cfg = &*self.inner.metering.config.load();
         let idx = *cfg
             .plan_index
             .get(plan)
@@ -417,7 +417,7 @@ impl Engine {
         &self,
         ids: impl IntoIterator<Item = CustomerId>,
     ) -> Vec<(CustomerId, AccountState)> {
-        let cfg = self.inner.metering.config.load();
+        let cfg = &*self.inner.metering.config.load();
         let now = self.now();
         let anchors = self.inner.anchors.pin();
         let registry = &self.inner.registry;
@@ -473,7 +473,7 @@ impl Engine {
     /// of it is set, this is a few loads; otherwise the rules are walked out of line.
     #[inline]
     pub fn decide(&self, handle: &CustomerHandle, ex: &Exchange<'_>) -> Decision {
-        let cfg = self.inner.metering.config.load();
+        let cfg = &*self.inner.metering.config.load();
         match quiet_allow(cfg, &handle.0) {
             Some(allow) => Decision::Allow(allow),
             None => self.decide_rules(cfg, handle, ex),
@@ -493,7 +493,7 @@ impl Engine {
         handle: &CustomerHandle,
         ex: &Exchange<'_>,
     ) -> (Decision, MeterMatch) {
-        let cfg = self.inner.metering.config.load();
+        let cfg = &*self.inner.metering.config.load();
         // The match first (it reads only the request and the config), so that the
         // decision is built in place in the returned pair rather than moved into it.
         let matched = request_match(cfg, ex);
@@ -518,7 +518,7 @@ impl Engine {
         ex: &Exchange<'_>,
         allow: &mut Allow,
     ) -> Result<MeterMatch, Box<Block>> {
-        let cfg = self.inner.metering.config.load();
+        let cfg = &*self.inner.metering.config.load();
         let matched = request_match(cfg, ex);
         if let Some(balance) = quiet_balance(cfg, &handle.0) {
             allow.credits_remaining = balance;
@@ -634,7 +634,7 @@ impl Engine {
 
     /// Runs every meter against a completed exchange and records what matches.
     pub fn meter(&self, handle: &CustomerHandle, ex: &Exchange<'_>) {
-        let cfg = self.inner.metering.config.load();
+        let cfg = &*self.inner.metering.config.load();
         let s: &CustomerState = &handle.0;
         // The plan is read once for the exchange, as `meter_response` does.
         let plan = cfg.plan(s.plan.load(Ordering::Relaxed));
@@ -659,7 +659,7 @@ impl Engine {
     /// allocation, no lock.
     #[inline]
     pub fn meter_request(&self, ex: &Exchange<'_>) -> MeterMatch {
-        request_match(self.inner.metering.config.load(), ex)
+        request_match(&self.inner.metering.config.load(), ex)
     }
 
     /// The response half of two-phase metering: for each meter whose request-side filter
@@ -690,7 +690,7 @@ impl Engine {
     /// counting quota as a metered request would. Never allocates, locks or awaits.
     #[inline]
     pub fn record(&self, handle: &CustomerHandle, meter: MeterIndex, quantity: u64) {
-        let cfg = self.inner.metering.config.load();
+        let cfg = &*self.inner.metering.config.load();
         if let Some(m) = cfg.meters.get(meter.get()) {
             self.inner
                 .metering
@@ -706,7 +706,7 @@ impl Engine {
         meter: &str,
         quantity: u64,
     ) -> Result<(), CoreError> {
-        let cfg = self.inner.metering.config.load();
+        let cfg = &*self.inner.metering.config.load();
         let m = cfg
             .meter_index
             .get(meter)
@@ -721,7 +721,7 @@ impl Engine {
     /// Swaps every non-zero usage cell to zero and returns the deltas. An add racing with
     /// a checkpoint lands in this checkpoint or the next, never both and never neither.
     pub fn checkpoint(&self) -> Vec<Delta> {
-        let cfg = self.inner.metering.config.load();
+        let cfg = &*self.inner.metering.config.load();
         // Sized like the last checkpoint: under steady load, no regrowth of a large vector.
         let mut out = Vec::with_capacity(self.inner.last_checkpoint_len.load(Ordering::Relaxed));
         self.inner.registry.checkpoint(&cfg.meters, &mut out);
@@ -737,7 +737,7 @@ impl Engine {
     pub fn tick(&self) {
         let secs = self.inner.epoch.elapsed().as_secs().min(u32::MAX as u64) as u32;
         self.inner.coarse_secs.store(secs, Ordering::Relaxed);
-        let cfg = self.inner.metering.config.load();
+        let cfg = &*self.inner.metering.config.load();
         let now = self.now();
         let kinds = [Period::Minute, Period::Hour, Period::Day, Period::Month];
         let current = kinds.map(|p| cfg.calendar.bounds(p, now).number);
@@ -808,7 +808,7 @@ impl Engine {
     /// request holds; their usage goes to the next checkpoint and their state is kept.
     /// Returns how many were evicted.
     pub fn evict_idle(&self, idle_secs: u32) -> usize {
-        let cfg = self.inner.metering.config.load();
+        let cfg = &*self.inner.metering.config.load();
         let secs = self.inner.epoch.elapsed().as_secs().min(u32::MAX as u64) as u32;
         self.inner.coarse_secs.store(secs, Ordering::Relaxed);
         let cutoff = secs
@@ -873,7 +873,7 @@ impl Engine {
             StateChange::Cancelled(on) => s.set_flag(CANCELLED, on),
             StateChange::Blocked(on) => s.set_flag(BLOCKED, on),
             StateChange::Plan(p) => {
-                let cfg = self.inner.metering.config.load();
+                let cfg = &*self.inner.metering.config.load();
                 let idx = *cfg
                     .plan_index
                     .get(p.as_str())
@@ -882,7 +882,7 @@ impl Engine {
             }
             StateChange::GrantCredits(n) => crate::metering::grant(&s.balance, n),
             StateChange::BillingAnchor(anchor) => {
-                let cfg = self.inner.metering.config.load();
+                let cfg = &*self.inner.metering.config.load();
                 let n = cfg.calendar.cycle(anchor, self.now()).number;
                 self.inner.anchors.pin().insert(s.id.clone(), (anchor, n));
             }
@@ -897,7 +897,7 @@ impl Engine {
     /// A customer's current figures, or `None` when it is not known to this process.
     pub fn usage(&self, customer: &str) -> Option<CustomerUsage> {
         let h = self.inner.registry.get(customer)?;
-        let cfg = self.inner.metering.config.load();
+        let cfg = &*self.inner.metering.config.load();
         let s = &h.0;
         let plan_idx = s.plan.load(Ordering::Relaxed);
         let plan = cfg.plan(plan_idx);
@@ -935,7 +935,7 @@ impl Engine {
     /// A customer's durable state (status, plan, balance, quota usage this period), for a
     /// [`crate::StateStore`].
     pub fn account(&self, customer: &str) -> Option<AccountState> {
-        let cfg = self.inner.metering.config.load();
+        let cfg = &*self.inner.metering.config.load();
         let now = self.now();
         let anchors = self.inner.anchors.pin();
         self.inner
@@ -946,7 +946,7 @@ impl Engine {
     /// Every customer's durable state: those in memory and those evicted to dormant
     /// records.
     pub fn accounts(&self) -> Vec<(CustomerId, AccountState)> {
-        let cfg = self.inner.metering.config.load();
+        let cfg = &*self.inner.metering.config.load();
         let now = self.now();
         let anchors = self.inner.anchors.pin();
         let mut out = Vec::with_capacity(self.inner.registry.len());
@@ -978,7 +978,7 @@ impl Engine {
     /// not list have none. A plan the config does
     /// not know is an error and changes nothing; usage of unknown meters is skipped.
     pub fn restore_account(&self, customer: &str, state: &AccountState) -> Result<(), CoreError> {
-        let cfg = self.inner.metering.config.load();
+        let cfg = &*self.inner.metering.config.load();
         let plan = match &state.plan {
             Some(p) => *cfg
                 .plan_index
@@ -1028,7 +1028,7 @@ impl Engine {
 
     /// Counters for operators.
     pub fn stats(&self) -> EngineStats {
-        let cfg = self.inner.metering.config.load();
+        let cfg = &*self.inner.metering.config.load();
         EngineStats {
             customers: self.inner.registry.len(),
             dormant: self.inner.registry.dormant_len(),
@@ -1061,7 +1061,7 @@ impl Engine {
     /// started with ([`Engine::meter_response`]).
     pub fn reload(&self, config: Config) -> Result<(), ConfigError> {
         let compiled = compile(&config, &self.inner.predicates)?;
-        let cur = self.inner.metering.config.load();
+        let cur = &*self.inner.metering.config.load();
         let same = cur.meters.len() == compiled.meters.len()
             && cur
                 .meters

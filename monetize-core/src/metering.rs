@@ -190,7 +190,7 @@ impl Metering {
             }
         }
         if cfg.meters.len() > MeterMatch::CAPACITY {
-            self.meter_past_capacity(cfg, s, ex);
+            self.meter_past_capacity(&cfg, s, ex);
         }
     }
 
