@@ -7,6 +7,8 @@ pub mod spool;
 pub(crate) mod spool_kv;
 pub mod spool_memory;
 pub mod spool_redb;
+#[cfg(test)]
+pub(crate) mod spool_suite;
 pub mod window;
 
 pub use dead_letter::DeadLetter;

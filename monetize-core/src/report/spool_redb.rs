@@ -279,7 +279,7 @@ mod tests {
     use super::*;
     use crate::id::CustomerId;
     use crate::report::spool::{Checkpoint, Spool};
-    use crate::report::spool_kv::suite::{self, routes, sum};
+    use crate::report::spool_suite::{self as suite, routes, sum};
     use crate::store::AccountState;
 
     #[test]
