@@ -17,8 +17,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::config::cell::ConfigCell;
-use crate::config::validate::{Compiled, Predicates, compile, compile_after};
+use crate::compiled::cell::ConfigCell;
+use crate::compiled::validate::{Compiled, Predicates, compile, compile_after};
 use crate::config::{Config, Mode, Period};
 use crate::customer::handle_flags::{BLOCKED, CANCELLED, DELINQUENT, NO_PLAN};
 use crate::customer::registry_admission::Admission;

@@ -45,8 +45,9 @@
 //! | [`report`] | checkpoints into the [`Spool`](report::Spool), and the [`Reporter`](report::Reporter) that delivers usage to each [`BillingProvider`] exactly once |
 //! | [`provider`] | the [`BillingProvider`] trait and [`UsageRecord`]; [`ledger`] is the embedded one |
 //! | [`store`] | customer state across restarts ([`StateSync`], [`RedbStore`]) |
-//! | [`config`] | the TOML/JSON configuration and its validation; [`notify`], the [`Notifier`] trait |
+//! | [`config`] | the TOML/JSON configuration (serde types only); `compiled` validates it into what the engine runs on, held in an `arc-swap` cell that [`Engine::reload`] replaces; [`notify`], the [`Notifier`] trait |
 
+mod compiled;
 pub mod config;
 mod customer;
 mod engine;

@@ -7,8 +7,8 @@ use std::sync::{Arc, Weak};
 
 use crossbeam_queue::ArrayQueue;
 
-use crate::config::cell::ConfigCell;
-use crate::config::validate::Compiled;
+use crate::compiled::cell::ConfigCell;
+use crate::compiled::validate::Compiled;
 use crate::customer::{CustomerState, Plan};
 use crate::event::{Event, EventKind};
 use crate::meter::{Aggregation, Exchange, Meter, MeterMatch, MeterPhases, SAMPLE_CAP, Sample};
@@ -329,8 +329,8 @@ pub(crate) fn grant(balance: &std::sync::atomic::AtomicI64, n: i64) {
 /// A metering of an empty configuration, for tests of customer states.
 #[cfg(test)]
 pub(crate) fn for_tests() -> &'static Arc<Metering> {
+    use crate::compiled::validate::{Predicates, compile};
     use crate::config::Config;
-    use crate::config::validate::{Predicates, compile};
     static M: std::sync::OnceLock<Arc<Metering>> = std::sync::OnceLock::new();
     M.get_or_init(|| {
         let compiled = compile(&Config::builder().build(), &Predicates::default())

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::meter::Aggregation;
+use super::Aggregation;
 
 /// One meter.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

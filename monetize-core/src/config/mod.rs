@@ -27,18 +27,18 @@
 //! assert_eq!(from_file, in_code);
 //! ```
 
+mod aggregation;
 mod builder;
-pub(crate) mod cell;
 mod meter;
 mod plan;
 mod reporting;
 mod rule;
-pub(crate) mod validate;
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+pub use aggregation::Aggregation;
 pub use builder::ConfigBuilder;
 pub use meter::{
     BodySide, FilterConfig, HeaderMatch, JsonFieldConfig, MeterConfig, QueryMatch, Rounding,
@@ -165,10 +165,5 @@ impl Config {
             Some("json") => Self::from_json_str(&text),
             _ => Self::from_toml_str(&text),
         }
-    }
-
-    /// Checks the whole configuration without building an engine.
-    pub fn validate(&self) -> Result<(), crate::error::ConfigError> {
-        validate::compile(self, &Default::default()).map(|_| ())
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{Config, CustomersConfig, ReportingConfig};
+use crate::config::{Config, CustomersConfig, ReportingConfig};
 use crate::customer::Plan;
 use crate::customer::handle_flags::NO_PLAN;
 use crate::error::ConfigError;
@@ -194,7 +194,7 @@ pub(crate) fn compile_after(
 
     let rules_cfg = match &cfg.rules {
         Some(r) => r.clone(),
-        None => super::RuleConfig::defaults(),
+        None => crate::config::RuleConfig::defaults(),
     };
     let mut rules = Vec::with_capacity(rules_cfg.len());
     let mut rule_names = std::collections::HashSet::new();
@@ -264,7 +264,7 @@ pub(crate) fn compile_after(
     for m in &meters {
         if let Some((side, cap)) = m.json_capture() {
             let slot = match side {
-                super::BodySide::Request => &mut json_capture.0,
+                crate::config::BodySide::Request => &mut json_capture.0,
                 _ => &mut json_capture.1,
             };
             *slot = Some(slot.map_or(cap, |c: usize| c.max(cap)));

@@ -113,8 +113,8 @@ impl ConfigCell {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compiled::validate::{Predicates, compile};
     use crate::config::Config;
-    use crate::config::validate::{Predicates, compile};
 
     fn compiled() -> Compiled {
         compile(&Config::builder().build(), &Predicates::default()).unwrap()
