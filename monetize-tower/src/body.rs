@@ -206,7 +206,7 @@ fn empty_headers() -> &'static HeaderMap {
 
 /// What the layer keeps from the request until the response is metered: which meters'
 /// request-side filters matched, and the request side itself only when a meter needs it
-/// again ([`Keep::request_at_response`](crate::layer::Keep)).
+/// again ([`Keep::request_at_response`](crate::settings::Keep)).
 pub(crate) struct RequestSide {
     pub(crate) matched: MeterMatch,
     pub(crate) bytes: u64,

@@ -15,9 +15,9 @@ use pin_project_lite::pin_project;
 use crate::body::{
     Capture, KeepBody, MapBody, MeterState, RequestSide, ResponseBody, ResponseSide,
 };
-use crate::layer::AtResponse;
 use crate::response::{BlockParts, apply_allow};
 use crate::scope::{self, Frame};
+use crate::settings::AtResponse;
 use crate::slots::{Slots, with_reported};
 
 /// What a metered request carries from `call` to its response.

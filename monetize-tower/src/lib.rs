@@ -59,7 +59,8 @@
 //!
 //! | module | what it holds |
 //! | --- | --- |
-//! | `layer` | [`MonetizeLayer`] and its settings |
+//! | `layer` | [`MonetizeLayer`], the builder users call |
+//! | `settings` | what the layer shares with every service it makes ([`MissingPolicy`], exempt routes, what the response half keeps); `layer`, `service` and `future` all read it |
 //! | `service` | the service: identify, resolve, decide, call the inner service |
 //! | [`identify`] | strategies naming the customer ([`identify::ApiKey`] over a [`identify::KeyDirectory`], bearer tokens, extensions) |
 //! | `route` | route templates ([`RouteTable`], `RouteTemplate`) |
@@ -169,6 +170,7 @@ mod response;
 mod route;
 mod scope;
 mod service;
+mod settings;
 mod slots;
 pub mod usage;
 
@@ -176,9 +178,10 @@ pub use body::{KeepBody, MapBody, RequestTap, ResponseBody, TapBody, TapRequestB
 pub use error::Error;
 pub use future::ResponseFuture;
 pub use head::RequestHead;
-pub use layer::{MissingPolicy, MonetizeLayer};
+pub use layer::MonetizeLayer;
 pub use response::BlockParts;
 pub use route::{FromRouteTemplate, RouteSource, RouteTable, RouteTemplate};
 pub use scope::current_customer;
 pub use service::Monetize;
+pub use settings::MissingPolicy;
 pub use usage::UsageRecorder;

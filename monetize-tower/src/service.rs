@@ -14,9 +14,9 @@ use tower_service::Service;
 use crate::RequestHead;
 use crate::body::{KeepBody, KeptRequest, MapBody, RequestSide, RequestTap, TapRequestBody};
 use crate::future::{Pending, ResponseFuture};
-use crate::layer::{Settings, Who};
 use crate::response::BlockParts;
 use crate::route::{FromRouteTemplate, RouteSource};
+use crate::settings::{Settings, Who};
 
 /// Identifies the customer of each request, governs it, and meters the response.
 ///
