@@ -38,9 +38,10 @@
 //! | module | what it holds |
 //! | --- | --- |
 //! | [`id`] | customer, meter and plan ids, checked once |
-//! | `customer` | the registry that resolves an id to a [`CustomerHandle`] (one map read), the customer's live state and its reference protocol |
+//! | `customer` | the registry that resolves an id to a [`CustomerHandle`] (one map read), the customer's live state and its reference protocol, and `customer::metering`, which applies meters to that state and takes credits |
+//! | `plan` | a compiled plan: prices, quotas and rate limits per meter |
 //! | `govern` | the compiled rules and the [`Decision`] (allow, or a block with its status and body), credits, quotas (`quota`) and rate limits (`rate_limit`) |
-//! | [`meter`] | filters, value sources, aggregations and the usage cells a metered exchange adds to (`metering` applies them and takes credits) |
+//! | [`meter`] | filters, value sources, aggregations, the usage cells a metered exchange adds to, and the [`Delta`](meter::Delta) a checkpoint takes out of them |
 //! | [`event`] | what the engine, the reporter and providers raise for notifications |
 //! | [`report`] | checkpoints into the [`Spool`](report::Spool), and the [`Reporter`](report::Reporter) that delivers usage to each [`BillingProvider`] exactly once |
 //! | [`provider`] | the [`BillingProvider`] trait and [`UsageRecord`]; [`ledger`] is the embedded one |
@@ -57,8 +58,8 @@ mod govern;
 pub mod id;
 pub mod ledger;
 pub mod meter;
-mod metering;
 pub mod notify;
+mod plan;
 pub mod provider;
 mod quota;
 mod rate_limit;

@@ -5,12 +5,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::{Config, CustomersConfig, ReportingConfig};
-use crate::customer::Plan;
-use crate::customer::handle_flags::NO_PLAN;
 use crate::error::ConfigError;
 use crate::govern::{Predicate, QuietCheck, Rule};
 use crate::id::{CustomerId, MeterIndex, PlanId};
 use crate::meter::{Aggregation, Meter, MeterPhases};
+use crate::plan::NO_PLAN;
+use crate::plan::Plan;
 
 /// Predicates registered in code, by name.
 pub(crate) type Predicates = HashMap<String, Arc<dyn Predicate>>;

@@ -4,7 +4,7 @@ mod change;
 mod handle;
 mod handle_cache;
 mod hashed_id;
-mod plan;
+pub(crate) mod metering;
 mod registry;
 mod resident;
 mod state;
@@ -17,7 +17,6 @@ pub use token::CustomerToken;
 pub(crate) mod handle_flags {
     pub(crate) use super::state::{BLOCKED, CANCELLED, DELINQUENT, NO_PLAN};
 }
-pub(crate) use plan::Plan;
 pub(crate) use registry::Registry;
 pub(crate) mod registry_admission {
     pub(crate) use super::registry::Admission;

@@ -22,11 +22,11 @@ use super::hashed_id::{HashedId, IdQuery, PassHash};
 use super::resident::Resident;
 use super::state::CustomerState;
 use crate::config::OverflowPolicy;
+use crate::customer::metering::Metering;
 use crate::error::CoreError;
 use crate::id::CustomerId;
+use crate::meter::Delta;
 use crate::meter::{Aggregation, Meter};
-use crate::metering::Metering;
-use crate::report::Delta;
 
 /// The compact state kept for an evicted customer, restored when it comes back.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -423,7 +423,7 @@ mod tests {
             max: usize::MAX,
             policy: OverflowPolicy::Reject,
             overflow_id: overflow,
-            metering: crate::metering::for_tests(),
+            metering: crate::customer::metering::for_tests(),
         }
     }
 

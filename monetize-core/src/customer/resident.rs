@@ -290,7 +290,7 @@ mod tests {
             &[],
             0,
             0,
-            Arc::clone(crate::metering::for_tests()),
+            Arc::clone(crate::customer::metering::for_tests()),
         )
     }
 
@@ -407,7 +407,7 @@ mod loom_model {
             &[],
             0,
             0,
-            std::sync::Arc::clone(crate::metering::for_tests()),
+            std::sync::Arc::clone(crate::customer::metering::for_tests()),
         )
     }
 

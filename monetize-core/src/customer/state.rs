@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 
+use crate::customer::metering::Metering;
 use crate::id::CustomerId;
 use crate::meter::{Aggregation, UsageCells};
-use crate::metering::Metering;
 
 /// The type of [`CustomerState::refs`], the word of the reference protocol in
 /// [`super::resident`]. Under `--cfg monetize_loom` it is loom's, so that the loom model
@@ -21,8 +21,7 @@ pub(crate) const DELINQUENT: u32 = 1;
 pub(crate) const CANCELLED: u32 = 2;
 pub(crate) const BLOCKED: u32 = 4;
 
-/// No plan assigned.
-pub(crate) const NO_PLAN: u32 = u32::MAX;
+pub(crate) use crate::plan::NO_PLAN;
 
 /// Everything a request needs about one customer; reached through a [`CustomerHandle`].
 ///

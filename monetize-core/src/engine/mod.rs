@@ -21,6 +21,7 @@ use crate::compiled::cell::ConfigCell;
 use crate::compiled::validate::{Compiled, Predicates, compile, compile_after};
 use crate::config::{Config, Mode, Period};
 use crate::customer::handle_flags::{BLOCKED, CANCELLED, DELINQUENT, NO_PLAN};
+use crate::customer::metering::{Events, Metering};
 use crate::customer::registry_admission::Admission;
 use crate::customer::{
     CustomerHandle, CustomerState, CustomerStatus, CustomerToken, Registry, StateChange,
@@ -29,10 +30,9 @@ use crate::error::{ConfigError, CoreError};
 use crate::event::{Event, EventKind};
 use crate::govern::{Allow, Block, Ctx, Decision, Facts, Predicate, QuotaInfo, RuleAction};
 use crate::id::{CustomerId, MeterId, MeterIndex, PlanId};
+use crate::meter::Delta;
 use crate::meter::{Aggregation, Exchange, ExchangeNeeds, Meter, MeterMatch, Sample};
-use crate::metering::{Events, Metering};
 use crate::quota::Bounds;
-use crate::report::Delta;
 use crate::store::{AccountState, PeriodUsage};
 
 /// Events held for notifiers before the oldest are dropped (and counted).
@@ -880,15 +880,16 @@ impl Engine {
                     .ok_or_else(|| CoreError::UnknownPlan(p.to_string()))?;
                 s.plan.store(idx, Ordering::Relaxed);
             }
-            StateChange::GrantCredits(n) => crate::metering::grant(&s.balance, n),
+            StateChange::GrantCredits(n) => crate::customer::metering::grant(&s.balance, n),
             StateChange::BillingAnchor(anchor) => {
                 let cfg = &*self.inner.metering.config.load();
                 let n = cfg.calendar.cycle(anchor, self.now()).number;
                 self.inner.anchors.pin().insert(s.id.clone(), (anchor, n));
             }
-            StateChange::SetBalance(n) => s
-                .balance
-                .store(n.max(crate::metering::BALANCE_FLOOR), Ordering::Relaxed),
+            StateChange::SetBalance(n) => s.balance.store(
+                n.max(crate::customer::metering::BALANCE_FLOOR),
+                Ordering::Relaxed,
+            ),
         }
         self.account_changed(&s.id);
         Ok(())

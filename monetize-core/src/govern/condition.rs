@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::config::{ConditionConfig, Period};
-use crate::customer::{CustomerHandle, CustomerState, Plan};
+use crate::customer::{CustomerHandle, CustomerState};
 use crate::error::ConfigError;
 use crate::id::MeterIndex;
 use crate::meter::Exchange;
+use crate::plan::Plan;
 use crate::rate_limit::RateLimitInfo;
 
 /// A condition written in code, registered under a name and referred to from config as

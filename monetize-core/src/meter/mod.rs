@@ -3,6 +3,7 @@
 
 mod aggregation;
 mod cells;
+mod delta;
 mod exchange;
 mod filter;
 mod meter_match;
@@ -15,6 +16,7 @@ pub use aggregation::{Aggregation, Measure};
 pub use aggregation::{BenchSketch, bench_stable_hash};
 pub(crate) use aggregation::{Sketch, mix64, stable_hash};
 pub(crate) use cells::{SAMPLE_CAP, UsageCells};
+pub use delta::Delta;
 pub use exchange::{Exchange, ExchangeNeeds, ResponseView};
 pub(crate) use filter::{Filter, Side};
 pub use meter_match::MeterMatch;

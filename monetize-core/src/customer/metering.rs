@@ -9,9 +9,10 @@ use crossbeam_queue::ArrayQueue;
 
 use crate::compiled::cell::ConfigCell;
 use crate::compiled::validate::Compiled;
-use crate::customer::{CustomerState, Plan};
+use crate::customer::CustomerState;
 use crate::event::{Event, EventKind};
 use crate::meter::{Aggregation, Exchange, Meter, MeterMatch, MeterPhases, SAMPLE_CAP, Sample};
+use crate::plan::Plan;
 
 /// An engine's queue of events for notifiers, and how many it dropped when full.
 pub(crate) struct Events {

@@ -8,6 +8,9 @@ use crate::id::{MeterIndex, PlanId};
 use crate::quota::Quota;
 use crate::rate_limit::RateLimit;
 
+/// A customer's plan position when no plan is assigned.
+pub(crate) const NO_PLAN: u32 = u32::MAX;
+
 /// A plan, compiled against the meter table.
 #[derive(Clone, Debug)]
 pub(crate) struct Plan {
