@@ -65,6 +65,7 @@ pub mod report;
 mod state_sync;
 pub mod store;
 mod store_redb;
+pub mod webhook;
 
 pub use customer::{CustomerHandle, CustomerStatus, CustomerToken, StateChange};
 pub use engine::{CustomerUsage, Engine, EngineBuilder, EngineStats, MeterUsage};
