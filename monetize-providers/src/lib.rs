@@ -79,6 +79,8 @@ pub mod recurly;
 mod routes;
 #[cfg(feature = "stripe")]
 pub mod stripe;
+#[cfg(any(feature = "stripe", feature = "recurly", feature = "chargebee"))]
+pub mod webhook;
 
 pub use config::{ProviderKind, ProviderSection, ProvidersConfig, split_toml};
 pub use error::{FieldError, ProvidersError};
