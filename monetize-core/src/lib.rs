@@ -45,6 +45,7 @@
 //! | [`report`] | checkpoints into the [`Spool`](report::Spool), and the [`Reporter`](report::Reporter) that delivers usage to each [`BillingProvider`] exactly once |
 //! | [`provider`] | the [`BillingProvider`] trait and [`UsageRecord`]; [`ledger`] is the embedded one |
 //! | [`store`] | customer state across restarts ([`StateSync`], [`RedbStore`]) |
+//! | [`webhook`] | provider webhooks applied exactly once ([`webhook::WebhookProcessor`]); [`operator`], the operator's controls |
 //! | [`config`] | the TOML/JSON configuration and its validation; [`notify`], the [`Notifier`] trait |
 
 pub mod config;
@@ -58,6 +59,7 @@ pub mod ledger;
 pub mod meter;
 mod metering;
 pub mod notify;
+pub mod operator;
 pub mod provider;
 mod quota;
 mod rate_limit;

@@ -26,9 +26,12 @@ use crate::event::EventKind;
 use crate::id::CustomerId;
 
 pub use error::WebhookError;
-pub use log::{AppliedEvent, CustomerWebhooks, FieldValue, MemoryWebhookLog, WebhookLog};
+pub use log::{
+    AppliedEvent, CustomerWebhooks, FieldState, FieldValue, MemoryWebhookLog, WebhookLog,
+};
 pub use meaning::{EventMap, Meaning};
-pub use processor::{Outcome, WebhookProcessor};
+pub use processor::{DEFAULT_DEDUP_TTL, Outcome, WebhookProcessor};
+pub(crate) use processor::{field_name, now_ms, revert};
 
 /// The largest body a webhook route accepts by default (256 KiB; Stripe's events are far
 /// smaller).

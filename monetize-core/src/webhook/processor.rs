@@ -114,6 +114,12 @@ impl WebhookProcessor {
         &self.inner.log
     }
 
+    /// The lock deliveries are processed under (operators' changes take it too, so a
+    /// customer's log record is never written by both at once).
+    pub(crate) async fn lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.inner.lock.lock().await
+    }
+
     /// Applies a verified delivery. Errors change nothing (the provider retries).
     pub async fn process(&self, d: Delivery) -> Result<Outcome, WebhookError> {
         let key = format!("webhook:{}:{}", d.provider, d.event_id);
