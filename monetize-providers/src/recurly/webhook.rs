@@ -304,7 +304,7 @@ mod tests {
         assert_eq!(
             status(
                 plain
-                    .verify(&signed("rs", now_ms() - 301_000, PAST_DUE), PAST_DUE)
+                    .verify(&signed("rs", now_ms() - 330_000, PAST_DUE), PAST_DUE)
                     .await
             ),
             401
@@ -312,7 +312,7 @@ mod tests {
         assert_eq!(
             status(
                 plain
-                    .verify(&signed("rs", now_ms() + 301_000, PAST_DUE), PAST_DUE)
+                    .verify(&signed("rs", now_ms() + 330_000, PAST_DUE), PAST_DUE)
                     .await
             ),
             401

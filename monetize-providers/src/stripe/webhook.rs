@@ -290,14 +290,14 @@ mod tests {
         );
         assert_eq!(
             status(
-                w.verify(&signed("whsec_a", now() - 301, FAILED), FAILED)
+                w.verify(&signed("whsec_a", now() - 330, FAILED), FAILED)
                     .await
             ),
             401
         );
         assert_eq!(
             status(
-                w.verify(&signed("whsec_a", now() + 301, FAILED), FAILED)
+                w.verify(&signed("whsec_a", now() + 330, FAILED), FAILED)
                     .await
             ),
             401
