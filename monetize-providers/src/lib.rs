@@ -82,6 +82,8 @@ mod routes;
 pub mod stripe;
 #[cfg(any(feature = "stripe", feature = "recurly", feature = "chargebee"))]
 pub mod webhook;
+#[cfg(any(feature = "stripe", feature = "recurly", feature = "chargebee"))]
+mod webhook_config;
 #[cfg(any(feature = "recurly", feature = "chargebee"))]
 mod webhook_lookup;
 
@@ -91,3 +93,5 @@ pub use http::HttpSettings;
 pub(crate) use http::path_segment;
 pub use mapping::{Formula, IdMapper, Mapping, MeterTarget};
 pub use routes::{routes_from_config, routes_from_toml, routes_with_env};
+#[cfg(any(feature = "stripe", feature = "recurly", feature = "chargebee"))]
+pub use webhook_config::{WebhookMount, webhooks_with_env};
