@@ -27,6 +27,12 @@ pub enum Meaning {
     Paused,
     /// The subscription was resumed: no longer cancelled.
     Resumed,
+    /// The subscription moved to another plan: the source carries the plan
+    /// ([`Delivery::with_change`](super::Delivery::with_change)) when its price maps to one
+    /// of ours.
+    PlanChanged,
+    /// Credits were granted: the source carries the amount, converted to micro-credits.
+    CreditsGranted,
     /// Read the subscription's status in the payload (Stripe
     /// `customer.subscription.updated`): the source turns it into one of the above.
     SubscriptionStatus,
@@ -48,7 +54,10 @@ impl Meaning {
             ],
             Meaning::Cancelled | Meaning::Paused => vec![StateChange::Cancelled(true)],
             Meaning::Resumed => vec![StateChange::Cancelled(false)],
-            Meaning::SubscriptionStatus | Meaning::Ignored => Vec::new(),
+            Meaning::PlanChanged
+            | Meaning::CreditsGranted
+            | Meaning::SubscriptionStatus
+            | Meaning::Ignored => Vec::new(),
         }
     }
 

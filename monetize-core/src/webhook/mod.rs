@@ -55,6 +55,8 @@ pub struct Delivery {
     pub customer: Option<CustomerId>,
     /// What the event means ([`Meaning::Ignored`] for types the [`EventMap`] lacks).
     pub meaning: Meaning,
+    /// Changes the event carries beyond its meaning's: a plan, credits granted.
+    pub carried: Vec<crate::StateChange>,
     /// The event to raise for notifications when the delivery is applied (payment failed,
     /// invoice overdue); the processor adds `PaymentRecovered` itself.
     pub event: Option<EventKind>,
@@ -77,8 +79,15 @@ impl Delivery {
             version,
             customer,
             meaning,
+            carried: Vec::new(),
             event: None,
         }
+    }
+
+    /// Adds a change the event carries (a plan it names, credits it grants).
+    pub fn with_change(mut self, change: crate::StateChange) -> Self {
+        self.carried.push(change);
+        self
     }
 
     /// Sets the event raised when the delivery is applied.

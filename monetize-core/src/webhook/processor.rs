@@ -128,7 +128,8 @@ impl WebhookProcessor {
             tracing::info!(provider = %d.provider, event = %d.event_id, "webhook duplicate ignored");
             return Ok(Outcome::Duplicate);
         }
-        let changes = d.meaning.changes();
+        let mut changes = d.meaning.changes();
+        changes.extend(d.carried.iter().cloned());
         let Some(customer) = d.customer.clone() else {
             let reason = format!("`{}` names no customer we know", d.event_type);
             tracing::warn!(provider = %d.provider, event = %d.event_id, "{reason}");
@@ -338,5 +339,36 @@ mod tests {
         d.customer = None;
         assert_eq!(p.process(d).await.unwrap().as_str(), "ignored");
         assert!(delinquent());
+    }
+
+    #[tokio::test]
+    async fn carried_plans_are_ordered_and_credits_granted_once() {
+        let engine = Engine::new(
+            crate::config::Config::builder()
+                .meter(crate::config::MeterConfig::count("calls"))
+                .plan(crate::config::PlanConfig::new("free"))
+                .plan(crate::config::PlanConfig::new("pro").prepaid(0))
+                .build(),
+        )
+        .unwrap();
+        let p = WebhookProcessor::new(engine.clone(), Arc::new(MemoryWebhookLog::new()));
+        let plan = |id: &str| crate::id::PlanId::new(id).unwrap();
+        let d =
+            delivery("e1", 2_000, Meaning::PlanChanged).with_change(StateChange::Plan(plan("pro")));
+        assert_eq!(p.process(d).await.unwrap().as_str(), "applied");
+        let d = delivery("e0", 1_000, Meaning::PlanChanged)
+            .with_change(StateChange::Plan(plan("free")));
+        assert_eq!(p.process(d).await.unwrap().as_str(), "stale");
+        assert_eq!(engine.account("acme").unwrap().plan, Some(plan("pro")));
+        let grant = || {
+            delivery("g1", 500, Meaning::CreditsGranted).with_change(StateChange::GrantCredits(700))
+        };
+        assert_eq!(
+            p.process(grant()).await.unwrap().as_str(),
+            "applied",
+            "credits add up, whatever their time"
+        );
+        assert_eq!(p.process(grant()).await.unwrap(), Outcome::Duplicate);
+        assert_eq!(engine.account("acme").unwrap().balance, 700);
     }
 }
