@@ -1,11 +1,12 @@
 //! [`StripeWebhook`]: Stripe's signed webhooks as a [`WebhookSource`].
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use http::HeaderMap;
-use monetize_core::EventKind;
 use monetize_core::webhook::{Delivery, EventMap, Meaning, WebhookError, WebhookSource};
+use monetize_core::{EventKind, PlanId, StateChange};
 use secrecy::SecretString;
 use serde_json::Value;
 
@@ -27,6 +28,8 @@ pub struct StripeWebhook {
     events: EventMap,
     customers: CustomerMap,
     max_body: usize,
+    plans: HashMap<String, PlanId>,
+    micro_credits_per_unit: Option<i64>,
 }
 
 impl std::fmt::Debug for StripeWebhook {
@@ -50,7 +53,24 @@ impl StripeWebhook {
             events: Self::default_events(),
             customers: CustomerMap::Same,
             max_body: monetize_core::webhook::DEFAULT_MAX_BODY,
+            plans: HashMap::new(),
+            micro_credits_per_unit: None,
         }
+    }
+
+    /// Maps a Stripe price (its id `price_...` or its `lookup_key`) to our plan: a
+    /// subscription event whose first item has that price moves the customer to `plan`
+    /// (ordered like every field: an older event never overrides a newer plan).
+    pub fn plan(mut self, price: impl Into<String>, plan: PlanId) -> Self {
+        self.plans.insert(price.into(), plan);
+        self
+    }
+
+    /// Grants credits for `billing.credit_grant.created`: `amount.monetary.value` (minor
+    /// currency units) times `micro_credits` (without this, credit grants are ignored).
+    pub fn credits_per_minor_unit(mut self, micro_credits: i64) -> Self {
+        self.micro_credits_per_unit = Some(micro_credits);
+        self
     }
 
     /// Also accepts signatures made with `secret` (while rolling the endpoint secret).
@@ -88,7 +108,10 @@ impl StripeWebhook {
     /// `invoice.payment_succeeded` paid; `customer.subscription.updated` by its status
     /// (`past_due`/`unpaid` delinquent, `active`/`trialing` active, `canceled` cancelled,
     /// `paused` paused); `customer.subscription.deleted` cancelled;
-    /// `customer.subscription.paused` paused; `customer.subscription.resumed` resumed.
+    /// `customer.subscription.paused` paused; `customer.subscription.resumed` resumed;
+    /// `billing.credit_grant.created` credits granted (with
+    /// [`credits_per_minor_unit`](Self::credits_per_minor_unit)). Subscription events also
+    /// change the plan when their price is mapped ([`plan`](Self::plan)).
     pub fn default_events() -> EventMap {
         EventMap::from_pairs([
             ("invoice.payment_failed", Meaning::PaymentFailed),
@@ -100,6 +123,7 @@ impl StripeWebhook {
             ("customer.subscription.deleted", Meaning::Cancelled),
             ("customer.subscription.paused", Meaning::Paused),
             ("customer.subscription.resumed", Meaning::Resumed),
+            ("billing.credit_grant.created", Meaning::CreditsGranted),
         ])
     }
 
@@ -175,7 +199,29 @@ impl WebhookSource for StripeWebhook {
             customer,
             meaning,
         );
-        let is_invoice = object.get("object").and_then(Value::as_str) == Some("invoice");
+        let kind_of_object = object.get("object").and_then(Value::as_str);
+        if kind_of_object == Some("subscription") && !self.plans.is_empty() {
+            let price = object.pointer("/items/data/0/price");
+            let plan = ["/lookup_key", "/id"]
+                .iter()
+                .filter_map(|p| price.and_then(|v| v.pointer(p)).and_then(Value::as_str))
+                .find_map(|k| self.plans.get(k));
+            if let Some(plan) = plan {
+                d = d.with_change(StateChange::Plan(plan.clone()));
+            }
+        }
+        if meaning == Meaning::CreditsGranted
+            && let Some(rate) = self.micro_credits_per_unit
+        {
+            let value = object
+                .pointer("/amount/monetary/value")
+                .and_then(Value::as_i64)
+                .ok_or_else(|| {
+                    WebhookError::Malformed("missing number `amount.monetary.value`".into())
+                })?;
+            d = d.with_change(StateChange::GrantCredits(value.saturating_mul(rate)));
+        }
+        let is_invoice = kind_of_object == Some("invoice");
         let invoice = is_invoice.then(|| opt_text(object, "/id")).flatten();
         let amount_due = object.get("amount_due").and_then(Value::as_i64);
         let currency = opt_text(object, "/currency");
@@ -263,6 +309,36 @@ mod tests {
             Meaning::Delinquent,
             "subscription status past_due"
         );
+        assert!(d.carried.is_empty(), "no plan mapped");
+        let pro = PlanId::new("pro").unwrap();
+        let planned = StripeWebhook::new("whsec_a".into()).plan("api_calls_monthly", pro.clone());
+        let d = planned
+            .verify(&signed("whsec_a", now(), PAST_DUE), PAST_DUE)
+            .await
+            .unwrap();
+        assert_eq!(
+            d.carried,
+            vec![StateChange::Plan(pro)],
+            "by the price's lookup_key"
+        );
+        let grant = br#"{"id":"evt_g","type":"billing.credit_grant.created","created":1793149300,
+            "data":{"object":{"id":"credgr_1","object":"billing.credit_grant","customer":"cus_1",
+            "amount":{"type":"monetary","monetary":{"currency":"usd","value":500}}}}}"#;
+        let d = w
+            .verify(&signed("whsec_a", now(), grant), grant)
+            .await
+            .unwrap();
+        assert_eq!(
+            (d.meaning, d.carried.len()),
+            (Meaning::CreditsGranted, 0),
+            "no rate: nothing granted"
+        );
+        let paying = StripeWebhook::new("whsec_a".into()).credits_per_minor_unit(10_000);
+        let d = paying
+            .verify(&signed("whsec_a", now(), grant), grant)
+            .await
+            .unwrap();
+        assert_eq!(d.carried, vec![StateChange::GrantCredits(5_000_000)]);
         let mapped = StripeWebhook::new("whsec_a".into()).customers(CustomerMap::Mapping(
             crate::Mapping::new()
                 .with_customer(CustomerId::new("acme").unwrap(), "cus_TAb3kZ9wQ1xY2z"),
