@@ -2,7 +2,7 @@
 //! call it): block and unblock, grant and top up credits, change plan, read a customer's
 //! whole state, list delinquent and blocked customers. Every change is logged (tracing,
 //! target `monetize::operator`) with who made it, and, with a [`WebhookProcessor`],
-//! recorded in its [`WebhookLog`] with the customer's state before the call returns (so
+//! recorded in its [`WebhookLog`](crate::webhook::WebhookLog) with the customer's state before the call returns (so
 //! it survives a restart, and a webhook older than the change does not undo it).
 
 use std::time::Duration;
