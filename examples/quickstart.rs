@@ -15,6 +15,12 @@
 //! STRIPE_API_KEY=sk_test_... cargo run --release --example quickstart -- --config examples/stripe.toml --exit
 //! cargo run --release --example quickstart -- --help
 //! ```
+//!
+//! Provider webhooks are served at `/webhooks/stripe`, `/webhooks/recurly` and
+//! `/webhooks/chargebee` when their secrets are in the environment
+//! (`STRIPE_WEBHOOK_SECRET`, `RECURLY_WEBHOOK_SECRET`, `CHARGEBEE_WEBHOOK_USER` and
+//! `CHARGEBEE_WEBHOOK_PASSWORD`; a `--config` file's provider section may name others),
+//! and the operator's admin routes under `/admin` when `MONETIZE_ADMIN_TOKEN` is set.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,10 +30,12 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::{get, post};
 use clap::Parser;
-use monetize_axum::{Customer, RouterExt, Usage, UsageRoutes};
+use monetize_axum::{AdminRoutes, Customer, RouterExt, Usage, UsageRoutes, webhook_route};
 use monetize_core::config::Config;
 use monetize_core::ledger::LedgerProvider;
+use monetize_core::operator::Operator;
 use monetize_core::report::{ProviderRoute, RedbSpool, Reporter, ReporterHandle, ReporterOptions};
+use monetize_core::webhook::WebhookProcessor;
 use monetize_core::{CoreError, CustomerId, Engine, EventKind, RedbStore, StateSync};
 use monetize_providers::ProvidersConfig;
 use monetize_tower::MonetizeLayer;
@@ -69,14 +77,14 @@ struct Args {
     no_scenario: bool,
 }
 
-/// The engine and the billing provider routes from `--config FILE` (its `[[providers]]`
-/// sections), or the engine from the built-in `quickstart.toml` and no provider.
-fn load(args: &Args) -> Result<(Engine, Vec<ProviderRoute>), String> {
+/// The engine, the billing provider routes and the `[[providers]]` sections from
+/// `--config FILE`, or the engine from the built-in `quickstart.toml` and no provider.
+fn load(args: &Args) -> Result<(Engine, Vec<ProviderRoute>, ProvidersConfig), String> {
     let Some(path) = &args.config else {
         let config = Config::from_toml_str(include_str!("quickstart.toml"))
             .map_err(|e| format!("quickstart.toml: {e}"))?;
         let engine = Engine::new(config).map_err(|e| format!("quickstart.toml: {e}"))?;
-        return Ok((engine, Vec::new()));
+        return Ok((engine, Vec::new(), ProvidersConfig::default()));
     };
     let origin = path.display();
     let text = std::fs::read_to_string(path).map_err(|e| format!("{origin}: {e}"))?;
@@ -103,7 +111,7 @@ fn load(args: &Args) -> Result<(Engine, Vec<ProviderRoute>), String> {
     let routes = monetize_providers::routes_from_config(&providers, &config)
         .map_err(|e| format!("{origin}: {e}"))?;
     let engine = Engine::new(config).map_err(|e| format!("{origin}: {e}"))?;
-    Ok((engine, routes))
+    Ok((engine, routes, providers))
 }
 
 #[tokio::main]
@@ -116,7 +124,7 @@ async fn main() -> Result<(), Error> {
     let args = Args::parse();
     // 1. The engine, from a config file (meters, plans, rules). A bad file is refused with
     //    the library's validation error, naming the field.
-    let (engine, providers) = match load(&args) {
+    let (engine, providers, providers_config) = match load(&args) {
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("quickstart: {e}");
@@ -146,7 +154,8 @@ async fn main() -> Result<(), Error> {
 
     // Customer state (balances, status, quota usage) survives restarts in a redb store.
     let store = Arc::new(RedbStore::open(data_dir.join("state.redb"))?);
-    let state_sync = StateSync::start(engine.clone(), store, Duration::from_secs(1)).await?;
+    let state_sync =
+        StateSync::start(engine.clone(), store.clone(), Duration::from_secs(1)).await?;
     if state_sync.restored().restored > 0 {
         println!(
             "restored {} customers from {}",
@@ -189,6 +198,12 @@ async fn main() -> Result<(), Error> {
         ReporterOptions::from(&reporting),
     )?;
 
+    // Webhooks and operator changes are remembered in the same redb file (event ids for
+    // dedup, the newest value of each field they set), and re-applied here over what the
+    // spool restored (its last checkpoint may predate the last delivery).
+    let webhooks = WebhookProcessor::new(engine.clone(), store.clone());
+    webhooks.restore().await?;
+
     // 4. The API, monetized with one layer.
     let usage_routes = UsageRoutes::new(engine.clone());
     let layer = MonetizeLayer::new(engine.clone(), ApiKey::new(keys))
@@ -200,6 +215,21 @@ async fn main() -> Result<(), Error> {
         .merge(usage_routes.into_router())
         .monetize(layer)
         .route("/health", get(|| async { "ok" }));
+    // Provider webhooks and the admin routes sit outside the layer: they carry no
+    // customer API key (signatures, Basic auth or the admin token instead).
+    let env = |k: &str| std::env::var(k).ok();
+    let mut app = app;
+    let mut served = Vec::new();
+    for mount in monetize_providers::webhooks_with_env(&providers_config, &env)? {
+        served.push(mount.path.clone());
+        app = app.route(&mount.path, webhook_route(mount.source, webhooks.clone()));
+    }
+    let admin_token = env("MONETIZE_ADMIN_TOKEN").filter(|t| !t.is_empty());
+    let admin = admin_token.is_some();
+    if let Some(token) = admin_token {
+        let operator = Operator::new(engine.clone()).with_webhooks(webhooks.clone());
+        app = app.merge(AdminRoutes::new(operator, token.into()).into_router());
+    }
 
     let listener = bind(args.port).await?;
     let addr = listener.local_addr()?;
@@ -213,9 +243,16 @@ async fn main() -> Result<(), Error> {
             .await
     });
     println!(
-        "monetize quickstart: API on http://{addr}  (data in {})\n",
+        "monetize quickstart: API on http://{addr}  (data in {})",
         data_dir.display()
     );
+    for path in &served {
+        println!("webhooks: POST http://{addr}{path}");
+    }
+    if admin {
+        println!("admin routes: http://{addr}/admin/customers/{{id}} (MONETIZE_ADMIN_TOKEN)");
+    }
+    println!();
 
     if !args.no_scenario {
         scenario(addr, &engine, &reporter, &ledger).await?;

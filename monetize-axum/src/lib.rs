@@ -61,6 +61,8 @@
 //! | `extract` | the [`Customer`] and [`Usage`] extractors handlers take |
 //! | `response` | [`BlockResponse`]: a block decision as an axum response |
 //! | `usage_route` | [`usage_routes`]: the caller's own figures |
+//! | `webhook_route` | [`webhook_route`]: a provider's webhooks, verified and applied exactly once |
+//! | `admin` | [`AdminRoutes`]: the operator's controls behind an admin token |
 //!
 //! ## Where the layer sits
 //!
@@ -114,17 +116,21 @@
 
 #![warn(missing_docs)]
 
+mod admin;
 mod extract;
 mod response;
 mod router;
 mod usage_route;
+mod webhook_route;
 
+pub use admin::{ACTOR_HEADER, AdminRoutes};
 pub use extract::{Customer, CustomerRejection, Usage, UsageRejection};
 pub use response::BlockResponse;
 pub use router::{
     AxumMonetize, AxumMonetizeLayer, AxumResponseFuture, FromMatchedPath, IntoAxumBody, RouterExt,
 };
 pub use usage_route::{UsageRoutes, usage_routes};
+pub use webhook_route::webhook_route;
 
 #[cfg(test)]
 pub(crate) mod test_support {

@@ -46,6 +46,7 @@
 //! | [`report`] | checkpoints into the [`Spool`](report::Spool), and the [`Reporter`](report::Reporter) that delivers usage to each [`BillingProvider`] exactly once |
 //! | [`provider`] | the [`BillingProvider`] trait and [`UsageRecord`]; [`ledger`] is the embedded one |
 //! | [`store`] | customer state across restarts ([`StateSync`], [`RedbStore`]) |
+//! | [`webhook`] | provider webhooks applied exactly once ([`webhook::WebhookProcessor`]); [`operator`], the operator's controls |
 //! | [`config`] | the TOML/JSON configuration (serde types only); `compiled` validates it into what the engine runs on, held in an `arc-swap` cell that [`Engine::reload`] replaces; [`notify`], the [`Notifier`] trait |
 
 mod compiled;
@@ -59,6 +60,7 @@ pub mod id;
 pub mod ledger;
 pub mod meter;
 pub mod notify;
+pub mod operator;
 mod plan;
 pub mod provider;
 mod quota;
@@ -67,6 +69,7 @@ pub mod report;
 mod state_sync;
 pub mod store;
 mod store_redb;
+pub mod webhook;
 
 pub use customer::{CustomerHandle, CustomerStatus, CustomerToken, StateChange};
 pub use engine::{CustomerUsage, Engine, EngineBuilder, EngineStats, MeterUsage};

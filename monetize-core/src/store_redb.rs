@@ -11,8 +11,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use crate::id::CustomerId;
 use crate::store::{AccountState, StateStore, StoreError};
 
-const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
-const MARKS: TableDefinition<&str, u64> = TableDefinition::new("marks");
+pub(crate) const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
+pub(crate) const MARKS: TableDefinition<&str, u64> = TableDefinition::new("marks");
 
 /// Customer state in a redb file. Every write is one committed transaction.
 #[derive(Clone)]
@@ -55,7 +55,7 @@ impl RedbStore {
     }
 
     /// Runs a blocking redb operation off the async workers.
-    async fn blocking<R: Send + 'static>(
+    pub(crate) async fn blocking<R: Send + 'static>(
         &self,
         op: impl FnOnce(&Database, &Path) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {

@@ -157,6 +157,31 @@ pub struct ProviderSection {
     /// Stripe legacy usage records: `"customer/meter"` to the subscription item (`si_...`).
     #[serde(default)]
     pub subscription_items: BTreeMap<String, String>,
+    /// Stripe, Recurly: the environment variable holding the webhook signing secret
+    /// (default `STRIPE_WEBHOOK_SECRET`, `RECURLY_WEBHOOK_SECRET`).
+    #[serde(default)]
+    pub webhook_secret_env: Option<String>,
+    /// Chargebee: the environment variable holding the webhook's Basic-auth user
+    /// (default `CHARGEBEE_WEBHOOK_USER`).
+    #[serde(default)]
+    pub webhook_user_env: Option<String>,
+    /// Chargebee: the environment variable holding the webhook's Basic-auth password
+    /// (default `CHARGEBEE_WEBHOOK_PASSWORD`).
+    #[serde(default)]
+    pub webhook_password_env: Option<String>,
+    /// Chargebee: confirm every webhook with `GET /events/{id}` (with the API key).
+    #[serde(default)]
+    pub webhook_confirm: bool,
+    /// Stripe, Recurly: how far a signature's timestamp may be from now, in seconds
+    /// (default 300).
+    #[serde(default)]
+    pub webhook_tolerance_secs: Option<u64>,
+    /// What webhook event types mean, over the provider's defaults
+    /// (`"invoice.marked_uncollectible" = "ignored"`; meanings: `payment_failed`,
+    /// `invoice_overdue`, `delinquent`, `paid`, `active`, `cancelled`, `paused`,
+    /// `resumed`, `subscription_status`, `ignored`).
+    #[serde(default)]
+    pub webhook_events: BTreeMap<String, monetize_core::webhook::Meaning>,
 }
 
 fn default_report_ms() -> u64 {

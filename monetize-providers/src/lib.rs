@@ -58,6 +58,7 @@
 //! | [`mapping`] | our customer and meter ids to the provider's |
 //! | `stripe`, `recurly`, `chargebee` | the clients, each behind its feature of the same name |
 //! | `batch` | per-record sending on parallel lanes, keys deduplicated, the throttle gate |
+//! | [`webhook`] and each provider's `webhook` | incoming webhooks: [`stripe::StripeWebhook`], [`recurly::RecurlyWebhook`], [`chargebee::ChargebeeWebhook`] (signatures or Basic auth in constant time), the [`webhook::CustomerMap`] |
 //! | [`http`] | the one HTTP client (reqwest with rustls), its rate limiter and the error taxonomy ([`error`]) |
 
 #![warn(missing_docs)]
@@ -79,6 +80,12 @@ pub mod recurly;
 mod routes;
 #[cfg(feature = "stripe")]
 pub mod stripe;
+#[cfg(any(feature = "stripe", feature = "recurly", feature = "chargebee"))]
+pub mod webhook;
+#[cfg(any(feature = "stripe", feature = "recurly", feature = "chargebee"))]
+mod webhook_config;
+#[cfg(any(feature = "recurly", feature = "chargebee"))]
+mod webhook_lookup;
 
 pub use config::{ProviderKind, ProviderSection, ProvidersConfig, split_toml};
 pub use error::{FieldError, ProvidersError};
@@ -86,3 +93,5 @@ pub use http::HttpSettings;
 pub(crate) use http::path_segment;
 pub use mapping::{Formula, IdMapper, Mapping, MeterTarget};
 pub use routes::{routes_from_config, routes_from_toml, routes_with_env};
+#[cfg(any(feature = "stripe", feature = "recurly", feature = "chargebee"))]
+pub use webhook_config::{WebhookMount, webhooks_with_env};

@@ -150,6 +150,21 @@ impl Mapping {
         self
     }
 
+    /// Our customer for a provider's customer id (the reverse of [`IdMapper::customer`],
+    /// used by webhooks): the customer mapped to `theirs`, else `theirs` itself when
+    /// [`with_same_customer_ids`](Self::with_same_customer_ids) is on and it is a valid id.
+    pub fn our_customer(&self, theirs: &str) -> Option<CustomerId> {
+        self.customers
+            .iter()
+            .find(|(_, t)| t.as_str() == theirs)
+            .map(|(ours, _)| ours.clone())
+            .or_else(|| {
+                self.same_customer_ids
+                    .then(|| CustomerId::new(theirs).ok())
+                    .flatten()
+            })
+    }
+
     /// The meters mapped.
     pub fn meters(&self) -> impl Iterator<Item = (&MeterId, &MeterTarget)> {
         self.meters.iter()
@@ -207,7 +222,11 @@ mod tests {
         let m = Mapping::new().with_customer(c("acme"), "cus_1");
         assert_eq!(m.customer(&c("acme")).as_deref(), Some("cus_1"));
         assert_eq!(m.customer(&c("other")), None);
+        assert_eq!(m.our_customer("cus_1"), Some(c("acme")));
+        assert_eq!(m.our_customer("cus_2"), None);
         let m = m.with_same_customer_ids(true);
         assert_eq!(m.customer(&c("other")).as_deref(), Some("other"));
+        assert_eq!(m.our_customer("cus_2"), Some(c("cus_2")));
+        assert_eq!(m.our_customer("cus_1"), Some(c("acme")));
     }
 }

@@ -11,6 +11,7 @@
 
 mod reconcile;
 mod stream;
+mod webhook;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 pub use reconcile::{Difference, Reconciliation};
+pub use webhook::StripeWebhook;
 
 use crate::batch::{ThrottleGate, per_record, too_old};
 use crate::error::ProvidersError;

@@ -29,6 +29,9 @@ use crate::error::ProvidersError;
 use crate::http::{Answer, HttpClient, HttpSettings, form, unix_now};
 use crate::mapping::{Formula, IdMapper, Mapping, no_customer, no_meter};
 
+mod webhook;
+pub use webhook::ChargebeeWebhook;
+
 /// Events per batch ingest call.
 pub const EVENT_BATCH: usize = 500;
 /// How old a usage event may be.

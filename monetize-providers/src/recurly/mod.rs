@@ -24,6 +24,9 @@ use crate::error::ProvidersError;
 use crate::http::{Answer, HttpClient, HttpSettings, rfc3339, unix_now};
 use crate::mapping::{Formula, IdMapper, Mapping, no_customer, no_meter};
 
+mod webhook;
+pub use webhook::RecurlyWebhook;
+
 /// Recurly's US API.
 pub const DEFAULT_BASE_URL: &str = "https://v3.recurly.com";
 /// The `Accept` header choosing the API version (without it Recurly answers 406).

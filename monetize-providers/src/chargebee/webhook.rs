@@ -1,0 +1,332 @@
+//! [`ChargebeeWebhook`]: Chargebee's webhooks (HTTP Basic auth, optional confirmation)
+//! as a [`WebhookSource`].
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use http::HeaderMap;
+use monetize_core::EventKind;
+use monetize_core::webhook::{Delivery, EventMap, Meaning, WebhookError, WebhookSource};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+use subtle::ConstantTimeEq;
+
+use crate::http::path_segment;
+use crate::webhook::{CustomerMap, header, opt_text, parse, text};
+use crate::webhook_lookup::Lookup;
+
+/// Chargebee webhooks. Chargebee signs nothing: the endpoint is protected by HTTP Basic
+/// auth (the user and password set on the webhook in Chargebee), compared in constant
+/// time; with [`confirm`](Self::confirm) every delivery is also fetched back with
+/// `GET /events/{id}` and the provider's copy is what gets applied (an id Chargebee does
+/// not know is refused with 401).
+///
+/// Deliveries are deduplicated on `id` and ordered by the `resource_version` of the
+/// object the event is about (the subscription for `subscription_*` events, else the
+/// invoice, else the transaction), else `occurred_at`. The customer is
+/// `content.subscription.customer_id`, `content.invoice.customer_id`,
+/// `content.customer.id` or `content.transaction.customer_id`; with a
+/// [`CustomerMap::Mapping`] the subscription id (what the provider client maps our
+/// customers to) is tried first.
+pub struct ChargebeeWebhook {
+    user: SecretString,
+    password: SecretString,
+    events: EventMap,
+    customers: CustomerMap,
+    confirm: Option<Lookup>,
+    max_body: usize,
+}
+
+impl std::fmt::Debug for ChargebeeWebhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChargebeeWebhook")
+            .field("credentials", &"[redacted]")
+            .field("confirm", &self.confirm.as_ref().map(|l| &l.base_url))
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChargebeeWebhook {
+    /// Accepts deliveries carrying these Basic-auth credentials.
+    pub fn new(user: SecretString, password: SecretString) -> Self {
+        Self {
+            user,
+            password,
+            events: Self::default_events(),
+            customers: CustomerMap::Same,
+            confirm: None,
+            max_body: monetize_core::webhook::DEFAULT_MAX_BODY,
+        }
+    }
+
+    /// Confirms each delivery with `GET {base_url}/events/{id}` (`base_url` like
+    /// `https://acme-test.chargebee.com/api/v2`) using the API key.
+    pub fn confirm(mut self, base_url: impl Into<String>, api_key: SecretString) -> Self {
+        self.confirm = Some(Lookup::new(base_url, api_key, None));
+        self
+    }
+
+    /// Which event types mean what (start from [`default_events`](Self::default_events)).
+    pub fn events(mut self, events: EventMap) -> Self {
+        self.events = events;
+        self
+    }
+
+    /// How Chargebee ids map to our customers (default: the customer id is ours).
+    pub fn customers(mut self, customers: CustomerMap) -> Self {
+        self.customers = customers;
+        self
+    }
+
+    /// The largest body accepted (default 256 KiB).
+    pub fn max_body(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
+    }
+
+    /// The defaults: `payment_failed` payment failed (the invoice then is in dunning:
+    /// `content.invoice.dunning_status`); `payment_succeeded` paid;
+    /// `subscription_cancelled` cancelled; `subscription_paused` paused;
+    /// `subscription_resumed` resumed; `subscription_reactivated` and
+    /// `subscription_activated` active.
+    pub fn default_events() -> EventMap {
+        EventMap::from_pairs([
+            ("payment_failed", Meaning::PaymentFailed),
+            ("payment_succeeded", Meaning::Paid),
+            ("subscription_cancelled", Meaning::Cancelled),
+            ("subscription_paused", Meaning::Paused),
+            ("subscription_resumed", Meaning::Resumed),
+            ("subscription_reactivated", Meaning::Active),
+            ("subscription_activated", Meaning::Active),
+        ])
+    }
+
+    fn check_auth(&self, headers: &HeaderMap) -> Result<(), WebhookError> {
+        let refused = || WebhookError::Unauthorized("Basic credentials do not match".into());
+        let given = header(headers, "authorization")
+            .ok_or_else(|| WebhookError::Unauthorized("no Authorization header".into()))?;
+        let (scheme, encoded) = given.trim().split_once(' ').ok_or_else(refused)?;
+        if !scheme.eq_ignore_ascii_case("basic") {
+            return Err(refused());
+        }
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .map_err(|_| refused())?;
+        let expected = format!(
+            "{}:{}",
+            self.user.expose_secret(),
+            self.password.expose_secret()
+        );
+        if bool::from(decoded.as_slice().ct_eq(expected.as_bytes())) {
+            Ok(())
+        } else {
+            Err(refused())
+        }
+    }
+
+    fn customer(&self, content: &Value) -> Option<monetize_core::CustomerId> {
+        if let CustomerMap::Mapping(_) = self.customers {
+            let sub = opt_text(content, "/subscription/id")
+                .or_else(|| opt_text(content, "/invoice/subscription_id"));
+            if let Some(c) = sub.and_then(|s| self.customers.ours(&s)) {
+                return Some(c);
+            }
+        }
+        [
+            "/subscription/customer_id",
+            "/invoice/customer_id",
+            "/customer/id",
+            "/transaction/customer_id",
+        ]
+        .iter()
+        .find_map(|p| opt_text(content, p))
+        .and_then(|c| self.customers.ours(&c))
+    }
+}
+
+#[async_trait]
+impl WebhookSource for ChargebeeWebhook {
+    fn provider(&self) -> &str {
+        "chargebee"
+    }
+
+    fn max_body(&self) -> usize {
+        self.max_body
+    }
+
+    async fn verify(&self, headers: &HeaderMap, body: &[u8]) -> Result<Delivery, WebhookError> {
+        self.check_auth(headers)?;
+        let mut v = parse(body)?;
+        let id = text(&v, "/id")?.to_owned();
+        if let Some(api) = &self.confirm {
+            let fetched = api
+                .get(&format!("/events/{}", path_segment(&id)))
+                .await?
+                .ok_or_else(|| {
+                    WebhookError::Unauthorized(format!("Chargebee knows no event `{id}`"))
+                })?;
+            let event = fetched.get("event").cloned().ok_or_else(|| {
+                WebhookError::Unavailable("GET /events answered without `event`".into())
+            })?;
+            if opt_text(&event, "/id").as_deref() != Some(id.as_str())
+                || event.get("event_type") != v.get("event_type")
+            {
+                return Err(WebhookError::Unauthorized(format!(
+                    "the delivery does not match Chargebee's event `{id}`"
+                )));
+            }
+            v = event;
+        }
+        let kind = text(&v, "/event_type")?;
+        let content = v
+            .get("content")
+            .filter(|c| c.is_object())
+            .ok_or_else(|| WebhookError::Malformed("missing object `content`".into()))?;
+        let occurred = v
+            .get("occurred_at")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| WebhookError::Malformed("missing number field `occurred_at`".into()))?;
+        let primary: &[&str] = if kind.starts_with("subscription_") {
+            &["/subscription/resource_version"]
+        } else {
+            &["/invoice/resource_version", "/transaction/resource_version"]
+        };
+        let version = primary
+            .iter()
+            .find_map(|p| content.pointer(p).and_then(Value::as_u64))
+            .unwrap_or(occurred.saturating_mul(1000));
+        let meaning = self.events.meaning(kind);
+        let mut d = Delivery::new(
+            "chargebee",
+            id.as_str(),
+            kind,
+            version,
+            self.customer(content),
+            meaning,
+        );
+        if meaning == Meaning::PaymentFailed {
+            d = d.with_event(EventKind::PaymentFailed {
+                provider: "chargebee".into(),
+                invoice: opt_text(content, "/invoice/id")
+                    .or_else(|| opt_text(content, "/transaction/id")),
+                amount_due: content
+                    .pointer("/invoice/amount_due")
+                    .or_else(|| content.pointer("/transaction/amount"))
+                    .and_then(Value::as_i64),
+                currency: opt_text(content, "/invoice/currency_code")
+                    .or_else(|| opt_text(content, "/transaction/currency_code"))
+                    .map(|c| c.to_ascii_lowercase()),
+            });
+        }
+        Ok(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use monetize_core::CustomerId;
+    use wiremock::matchers::{header as h, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    const FAILED: &[u8] =
+        include_bytes!("../../../tests/fixtures/webhooks/chargebee_payment_failed.json");
+    const CANCELLED: &[u8] =
+        include_bytes!("../../../tests/fixtures/webhooks/chargebee_subscription_cancelled.json");
+
+    fn basic(user: &str, pass: &str) -> HeaderMap {
+        let mut hm = HeaderMap::new();
+        let v = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+        hm.insert("authorization", format!("Basic {v}").parse().unwrap());
+        hm
+    }
+
+    fn status(r: Result<Delivery, WebhookError>) -> u16 {
+        r.map(|_| 200).unwrap_or_else(|e| e.status().as_u16())
+    }
+
+    #[tokio::test]
+    async fn basic_auth_and_parsing() {
+        let w = ChargebeeWebhook::new("hook".into(), "s3cret".into());
+        let d = w.verify(&basic("hook", "s3cret"), FAILED).await.unwrap();
+        assert_eq!(d.event_id, "ev_AzZTwBV1kR4Gh5Lw");
+        assert_eq!(
+            d.version, 1_793_145_662_012,
+            "the invoice's resource_version"
+        );
+        assert_eq!(
+            d.customer,
+            Some(CustomerId::new("AzZTwBV1kR1Ww2Ln").unwrap())
+        );
+        assert_eq!(d.meaning, Meaning::PaymentFailed);
+        assert!(matches!(
+            d.event,
+            Some(EventKind::PaymentFailed {
+                amount_due: Some(4250),
+                ..
+            })
+        ));
+        let d = w.verify(&basic("hook", "s3cret"), CANCELLED).await.unwrap();
+        assert_eq!(
+            (d.meaning, d.version),
+            (Meaning::Cancelled, 1_794_960_000_789)
+        );
+        assert_eq!(status(w.verify(&basic("hook", "wrong"), FAILED).await), 401);
+        assert_eq!(status(w.verify(&basic("hoo", "s3cret"), FAILED).await), 401);
+        assert_eq!(status(w.verify(&HeaderMap::new(), FAILED).await), 401);
+        assert_eq!(status(w.verify(&basic("hook", "s3cret"), b"{]").await), 400);
+        let mapped =
+            ChargebeeWebhook::new("hook".into(), "s3cret".into()).customers(CustomerMap::Mapping(
+                crate::Mapping::new()
+                    .with_customer(CustomerId::new("acme").unwrap(), "AzZTwBV1kR1Xy2Lp"),
+            ));
+        let d = mapped
+            .verify(&basic("hook", "s3cret"), FAILED)
+            .await
+            .unwrap();
+        assert_eq!(
+            d.customer,
+            Some(CustomerId::new("acme").unwrap()),
+            "by subscription id"
+        );
+        assert!(!format!("{w:?}").contains("s3cret"));
+    }
+
+    #[tokio::test]
+    async fn confirms_with_the_events_api() {
+        let server = MockServer::start().await;
+        let event: Value = serde_json::from_slice(FAILED).unwrap();
+        Mock::given(method("GET"))
+            .and(path("/events/ev_AzZTwBV1kR4Gh5Lw"))
+            .and(h("authorization", "Basic a2V5Og=="))
+            .respond_with(
+                ResponseTemplate::new(200).set_body_json(serde_json::json!({ "event": event })),
+            )
+            .expect(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("GET"))
+            .and(path("/events/ev_AzZTwBV1kS9Qp6Mx"))
+            .respond_with(ResponseTemplate::new(404).set_body_json(serde_json::json!({
+                "message": "not found", "api_error_code": "resource_not_found"
+            })))
+            .mount(&server)
+            .await;
+        let w = ChargebeeWebhook::new("hook".into(), "s3cret".into())
+            .confirm(server.uri(), "key".into());
+        assert_eq!(
+            status(w.verify(&basic("hook", "s3cret"), FAILED).await),
+            200
+        );
+        assert_eq!(
+            status(w.verify(&basic("hook", "s3cret"), CANCELLED).await),
+            401,
+            "unknown to Chargebee"
+        );
+        let down = ChargebeeWebhook::new("hook".into(), "s3cret".into())
+            .confirm("http://127.0.0.1:9", "key".into());
+        assert_eq!(
+            status(down.verify(&basic("hook", "s3cret"), FAILED).await),
+            503
+        );
+    }
+}
