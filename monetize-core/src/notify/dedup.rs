@@ -42,9 +42,13 @@ pub(crate) fn iso(unix: u64) -> String {
 /// event, the provider of a reporter event, the channel of a failure.
 fn subject(kind: &EventKind) -> String {
     match kind {
-        EventKind::QuotaWarning { meter, .. } | EventKind::QuotaReached { meter, .. } => {
-            meter.to_string()
+        // Warnings at different shares (80 %, 90 %) are different notifications: told
+        // apart by the tens of percent reached.
+        EventKind::QuotaWarning { meter, used, limit } => {
+            let tens = used.saturating_mul(100) / (*limit).max(1) / 10 * 10;
+            format!("{meter}/{tens}")
         }
+        EventKind::QuotaReached { meter, .. } => meter.to_string(),
         EventKind::ReconciliationDifference {
             meter, provider, ..
         } => format!("{provider}/{meter}"),

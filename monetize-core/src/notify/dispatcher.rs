@@ -532,6 +532,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn warnings_at_different_shares_are_different_notifications() {
+        let team = Arc::new(MemoryNotifier::new());
+        let config = NotifyConfig::new().route(RouteConfig::new("team", ["quota_warning"], "team"));
+        let d = Dispatcher::builder(config)
+            .channel("team", team.clone())
+            .start()
+            .unwrap();
+        for used in [8, 8, 9, 9] {
+            let mut e = warning("acme", DEC);
+            e.kind = EventKind::QuotaWarning {
+                meter: MeterId::new("api_calls").unwrap(),
+                used,
+                limit: 10,
+            };
+            d.dispatch(e);
+        }
+        assert!(d.idle(WAIT).await);
+        assert_eq!(team.notifications().len(), 2, "80 % once, 90 % once");
+    }
+
+    #[tokio::test]
     async fn repeat_after_sends_again_after_the_interval() {
         let team = Arc::new(MemoryNotifier::new());
         let config = NotifyConfig::new()
