@@ -97,6 +97,17 @@ pub enum EventKind {
         /// What it said.
         message: String,
     },
+    /// A provider's calls have kept failing (timeouts, 5xx, refused credentials,
+    /// throttling) for longer than `ReporterOptions::provider_failing_after`: usage waits
+    /// in the spool (raised once per failure streak).
+    ProviderFailing {
+        /// The provider.
+        provider: String,
+        /// How long the streak had lasted, seconds.
+        failing_for_secs: u64,
+        /// The last failure.
+        message: String,
+    },
     /// A spool row could not be decoded and was moved to the quarantine table
     /// (`Spool::quarantined`): bill it by hand if needed.
     SpoolRowQuarantined {
@@ -181,6 +192,7 @@ impl EventKind {
             EventKind::NeedsReconciliation { .. } => "needs_reconciliation",
             EventKind::ReconciliationDifference { .. } => "reconciliation_difference",
             EventKind::ProviderUnauthorized { .. } => "provider_unauthorized",
+            EventKind::ProviderFailing { .. } => "provider_failing",
             EventKind::SpoolRowQuarantined { .. } => "spool_row_quarantined",
             EventKind::UsageAfterShutdown { .. } => "usage_after_shutdown",
             EventKind::PaymentFailed { .. } => "payment_failed",

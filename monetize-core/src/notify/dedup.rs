@@ -62,7 +62,8 @@ fn subject(kind: &EventKind) -> String {
             idempotency_key,
             ..
         } => format!("{provider}/{idempotency_key}"),
-        EventKind::ProviderUnauthorized { provider, .. } => provider.clone(),
+        EventKind::ProviderUnauthorized { provider, .. }
+        | EventKind::ProviderFailing { provider, .. } => provider.clone(),
         EventKind::PaymentFailed {
             provider, invoice, ..
         }

@@ -175,6 +175,10 @@ pub struct ReporterOptions {
     pub shutdown_timeout: Duration,
     /// How long acknowledged records are kept for audit (default 30 days).
     pub audit_retention: Duration,
+    /// How long a provider may keep failing (timeouts, 5xx, 401, 429: every call of a
+    /// streak) before [`EventKind::ProviderFailing`] is raised, once per streak (default
+    /// 15 minutes).
+    pub provider_failing_after: Duration,
 }
 
 impl Default for ReporterOptions {
@@ -188,6 +192,7 @@ impl Default for ReporterOptions {
             max_retries: 4,
             shutdown_timeout: Duration::from_secs(30),
             audit_retention: Duration::from_secs(30 * 24 * 3600),
+            provider_failing_after: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -238,6 +243,12 @@ impl ProviderRoute {
 }
 
 impl ReporterOptions {
+    /// Sets [`Self::provider_failing_after`].
+    pub fn with_provider_failing_after(mut self, after: Duration) -> Self {
+        self.provider_failing_after = after;
+        self
+    }
+
     /// Sets [`Self::checkpoint_interval`].
     pub fn with_checkpoint_interval(mut self, every: Duration) -> Self {
         self.checkpoint_interval = every;
@@ -1234,6 +1245,29 @@ struct ProviderState {
     gate: Option<Instant>,
     /// An unauthorized alert was raised and no call succeeded since.
     unauthorized: bool,
+    /// When the current streak of failed calls began (none: the last call succeeded).
+    failing_since: Option<Instant>,
+    /// `ProviderFailing` was raised for the current streak.
+    failing_raised: bool,
+}
+
+/// Notes a failed call: raises [`EventKind::ProviderFailing`] once per streak of failed
+/// calls that has lasted [`ReporterOptions::provider_failing_after`].
+fn failed_call(shared: &Shared, provider: &str, gate: &mut ProviderState, message: &str) {
+    let since = *gate.failing_since.get_or_insert_with(Instant::now);
+    let lasted = since.elapsed();
+    if !gate.failing_raised && lasted >= shared.options.provider_failing_after {
+        gate.failing_raised = true;
+        tracing::error!(provider, failing_for = ?lasted, %message, "provider failing for longer than the alert threshold");
+        shared.engine.emit(Event::new(
+            None,
+            EventKind::ProviderFailing {
+                provider: provider.to_owned(),
+                failing_for_secs: lasted.as_secs(),
+                message: message.to_owned(),
+            },
+        ));
+    }
 }
 
 /// When a round must stop early: a shutdown began (`interrupt` turned true) or the
@@ -1409,15 +1443,18 @@ async fn deliver(
                     timeout = ?call_timeout,
                     "provider call timed out; outcome unknown, resending with the same keys"
                 );
+                failed_call(shared, provider.name(), gate, "call timed out");
                 backoff.next()
             }
             Ok(Err(ProviderError::Retryable { message })) => {
                 bump(&shared.counters.call_failures, 1);
                 tracing::warn!(records = remaining.len(), %message, "provider call failed; retrying");
+                failed_call(shared, provider.name(), gate, &message);
                 backoff.next()
             }
             Ok(Err(ProviderError::Unauthorized { message })) => {
                 bump(&shared.counters.call_failures, 1);
+                failed_call(shared, provider.name(), gate, &message);
                 if !gate.unauthorized {
                     gate.unauthorized = true;
                     tracing::error!(records = remaining.len(), %message, "provider refused the credentials; retrying (check the API key)");
@@ -1437,6 +1474,7 @@ async fn deliver(
             })) => {
                 bump(&shared.counters.call_failures, 1);
                 tracing::info!(?retry_after, %message, "provider throttled");
+                failed_call(shared, provider.name(), gate, &message);
                 gate.gate = Some(Instant::now() + retry_after);
                 backoff.next().map(|d| d.max(retry_after))
             }
@@ -1459,6 +1497,8 @@ async fn deliver(
                 backoff.next()
             }
             Ok(Ok(outcomes)) => {
+                gate.failing_since = None;
+                gate.failing_raised = false;
                 if gate.unauthorized {
                     gate.unauthorized = false;
                     tracing::info!("provider accepts the credentials again");
