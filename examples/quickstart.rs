@@ -7,6 +7,11 @@
 //! Chargebee (`examples/stripe.toml`, `recurly.toml`, `chargebee.toml`: credentials and
 //! base URLs from the environment variables they name); the ledger keeps a local copy.
 //!
+//! Customer emails are written as `.eml` files to `<data-dir>/outbox/` and team alerts as
+//! JSON lines to `<data-dir>/alerts.jsonl` (routes and templates: `examples/notify.toml`;
+//! a `[notify]` table in the config file replaces them). An `[smtp]` section in the
+//! config file (`examples/smtp.toml`) sends the emails over SMTP instead.
+//!
 //! ```sh
 //! cargo run --release --example quickstart                  # scenario, then serve until Ctrl-C
 //! cargo run --release --example quickstart -- --exit        # scenario, then exit
@@ -33,14 +38,19 @@ use clap::Parser;
 use monetize_axum::{AdminRoutes, Customer, RouterExt, Usage, UsageRoutes, webhook_route};
 use monetize_core::config::Config;
 use monetize_core::ledger::LedgerProvider;
+use monetize_core::notify::{Dispatcher, NotifyConfig};
 use monetize_core::operator::Operator;
 use monetize_core::report::{ProviderRoute, RedbSpool, Reporter, ReporterHandle, ReporterOptions};
 use monetize_core::webhook::WebhookProcessor;
-use monetize_core::{CoreError, CustomerId, Engine, EventKind, RedbStore, StateSync};
+use monetize_core::{CoreError, CustomerId, Engine, RedbStore, StateChange, StateSync};
 use monetize_providers::ProvidersConfig;
+use monetize_providers::notify::smtp::SmtpConfig;
 use monetize_tower::MonetizeLayer;
 use monetize_tower::identify::{ApiKey, KeyDirectory};
 use serde_json::Value;
+
+#[path = "quickstart_notify.rs"]
+mod notify;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -77,41 +87,94 @@ struct Args {
     no_scenario: bool,
 }
 
-/// The engine, the billing provider routes and the `[[providers]]` sections from
-/// `--config FILE`, or the engine from the built-in `quickstart.toml` and no provider.
-fn load(args: &Args) -> Result<(Engine, Vec<ProviderRoute>, ProvidersConfig), String> {
+/// What `--config FILE` holds besides the engine's configuration.
+#[derive(Default)]
+struct Extras {
+    providers: Vec<ProviderRoute>,
+    /// The `[[providers]]` sections (webhook secrets' variables, event maps).
+    providers_config: ProvidersConfig,
+    notify: Option<NotifyConfig>,
+    smtp: Option<SmtpConfig>,
+}
+
+/// Takes the `notify` and `smtp` tables out of a parsed file.
+fn take_notify<T, E: std::fmt::Display>(
+    notify: Option<T>,
+    smtp: Option<T>,
+    as_notify: impl Fn(T) -> Result<NotifyConfig, E>,
+    as_smtp: impl Fn(T) -> Result<SmtpConfig, E>,
+) -> Result<(Option<NotifyConfig>, Option<SmtpConfig>), String> {
+    let notify = notify
+        .map(as_notify)
+        .transpose()
+        .map_err(|e| format!("[notify]: {e}"))?;
+    let smtp = smtp
+        .map(as_smtp)
+        .transpose()
+        .map_err(|e| format!("[smtp]: {e}"))?;
+    Ok((notify, smtp))
+}
+
+/// The engine, the billing provider routes (`[[providers]]`), the notification config
+/// (`[notify]`) and the SMTP server (`[smtp]`) from `--config FILE`, or the engine from
+/// the built-in `quickstart.toml` and nothing else.
+fn load(args: &Args) -> Result<(Engine, Extras), String> {
     let Some(path) = &args.config else {
         let config = Config::from_toml_str(include_str!("quickstart.toml"))
             .map_err(|e| format!("quickstart.toml: {e}"))?;
         let engine = Engine::new(config).map_err(|e| format!("quickstart.toml: {e}"))?;
-        return Ok((engine, Vec::new(), ProvidersConfig::default()));
+        return Ok((engine, Extras::default()));
     };
     let origin = path.display();
     let text = std::fs::read_to_string(path).map_err(|e| format!("{origin}: {e}"))?;
     let json = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("json"));
-    // Core reads everything but the `providers` sections, which monetize-providers reads.
-    let (config, providers) = if json {
+    // Core reads everything but the `providers` sections, which monetize-providers reads,
+    // and the `notify` and `smtp` tables, which the notifications read.
+    let (config, providers, notify, smtp) = if json {
         let providers =
             ProvidersConfig::from_json_str(&text).map_err(|e| format!("{origin}: {e}"))?;
         let mut rest: Value = serde_json::from_str(&text).map_err(|e| format!("{origin}: {e}"))?;
+        let (mut notify, mut smtp) = (None, None);
         if let Some(map) = rest.as_object_mut() {
             map.remove("providers");
+            notify = map.remove("notify");
+            smtp = map.remove("smtp");
         }
+        let (notify, smtp) =
+            take_notify(notify, smtp, serde_json::from_value, serde_json::from_value)
+                .map_err(|e| format!("{origin}: {e}"))?;
         let config =
             Config::from_json_str(&rest.to_string()).map_err(|e| format!("{origin}: {e}"))?;
-        (config, providers)
+        (config, providers, notify, smtp)
     } else {
+        let mut table: toml::Table = text.parse().map_err(|e| format!("{origin}: {e}"))?;
+        let (notify, smtp) = take_notify(
+            table.remove("notify"),
+            table.remove("smtp"),
+            toml::Value::try_into,
+            toml::Value::try_into,
+        )
+        .map_err(|e| format!("{origin}: {e}"))?;
+        let text = toml::to_string(&table).map_err(|e| format!("{origin}: {e}"))?;
         let (core_text, providers) =
             monetize_providers::split_toml(&text).map_err(|e| format!("{origin}: {e}"))?;
         let config = Config::from_toml_str(&core_text).map_err(|e| format!("{origin}: {e}"))?;
-        (config, providers)
+        (config, providers, notify, smtp)
     };
     let routes = monetize_providers::routes_from_config(&providers, &config)
         .map_err(|e| format!("{origin}: {e}"))?;
     let engine = Engine::new(config).map_err(|e| format!("{origin}: {e}"))?;
-    Ok((engine, routes, providers))
+    Ok((
+        engine,
+        Extras {
+            providers: routes,
+            providers_config: providers,
+            notify,
+            smtp,
+        },
+    ))
 }
 
 #[tokio::main]
@@ -124,8 +187,22 @@ async fn main() -> Result<(), Error> {
     let args = Args::parse();
     // 1. The engine, from a config file (meters, plans, rules). A bad file is refused with
     //    the library's validation error, naming the field.
-    let (engine, providers, providers_config) = match load(&args) {
+    let (engine, extras) = match load(&args) {
         Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("quickstart: {e}");
+            std::process::exit(2);
+        }
+    };
+    let Extras {
+        providers,
+        providers_config,
+        notify: notify_config,
+        smtp,
+    } = extras;
+    // Routes and templates are checked now: a template mistake stops the start-up.
+    let notify_config = match notify::config(notify_config) {
+        Ok(c) => c,
         Err(e) => {
             eprintln!("quickstart: {e}");
             std::process::exit(2);
@@ -156,6 +233,17 @@ async fn main() -> Result<(), Error> {
     let store = Arc::new(RedbStore::open(data_dir.join("state.redb"))?);
     let state_sync =
         StateSync::start(engine.clone(), store.clone(), Duration::from_secs(1)).await?;
+
+    // Notifications: customer emails and team alerts, at most once per customer, event and
+    // month (the dedup marks live in the same redb file), delivered in the background.
+    let (dispatcher, where_emails_go) =
+        match notify::start(notify_config, smtp.as_ref(), &data_dir, store.clone()) {
+            Ok(started) => started,
+            Err(e) => {
+                eprintln!("quickstart: {e}");
+                std::process::exit(2);
+            }
+        };
     if state_sync.restored().restored > 0 {
         println!(
             "restored {} customers from {}",
@@ -252,11 +340,16 @@ async fn main() -> Result<(), Error> {
     if admin {
         println!("admin routes: http://{addr}/admin/customers/{{id}} (MONETIZE_ADMIN_TOKEN)");
     }
-    println!();
+    println!(
+        "{where_emails_go}; team alerts to {}\n",
+        data_dir.join("alerts.jsonl").display()
+    );
 
     if !args.no_scenario {
-        scenario(addr, &engine, &reporter, &ledger).await?;
+        scenario(addr, &engine, &reporter, &ledger, &dispatcher).await?;
     }
+    // From now on events are routed in the background as they come.
+    let pump = dispatcher.pump(engine.clone(), Duration::from_millis(200));
 
     if !args.exit {
         println!("\nStill serving on http://{addr} — try:");
@@ -284,6 +377,11 @@ async fn main() -> Result<(), Error> {
     );
     let saved = state_sync.shutdown().await?;
     println!("customer state saved ({saved} changed since the last sync)");
+    pump.abort();
+    dispatcher.take_from(&engine);
+    if !dispatcher.idle(Duration::from_secs(10)).await {
+        println!("notifications still pending at exit were not sent");
+    }
     Ok(())
 }
 
@@ -373,6 +471,7 @@ async fn scenario(
     engine: &Engine,
     reporter: &ReporterHandle,
     ledger: &LedgerProvider,
+    dispatcher: &Dispatcher,
 ) -> Result<(), Error> {
     let c = Client {
         http: reqwest::Client::builder()
@@ -428,9 +527,9 @@ async fn scenario(
 
     step(
         4,
-        "initech (free plan, 3 calls a month) goes over its quota and gets 429",
+        "initech (free plan, 5 calls a month) goes over its quota and gets 429",
     );
-    for _ in 0..4 {
+    for _ in 0..6 {
         let a = c
             .send("GET", "/v1/hello", Some(key_of("initech")), None)
             .await?;
@@ -479,28 +578,33 @@ async fn scenario(
         a.body.trim()
     );
 
-    step(7, "events raised for emails and alerts");
-    for e in engine.drain_events(100) {
-        let who = e.customer.as_ref().map_or("-", |c| c.as_str());
-        let what = match &e.kind {
-            EventKind::CreditsLow { balance } => format!("credits low (balance {balance})"),
-            EventKind::CreditsExhausted { balance } => {
-                format!("credits exhausted (balance {balance})")
-            }
-            EventKind::QuotaWarning { meter, used, limit } => {
-                format!("quota warning {meter} {used}/{limit}")
-            }
-            EventKind::QuotaReached { meter, used, limit } => {
-                format!("quota reached {meter} {used}/{limit}")
-            }
-            EventKind::Blocked { rule } => format!("blocked by rule `{rule}`"),
-            other => format!("{other:?}"),
-        };
-        println!("    {who:<8} {what}");
+    step(
+        7,
+        "an operator blocks acme; acme keeps calling and is refused with 403",
+    );
+    engine.apply("acme", StateChange::Blocked(true))?;
+    for _ in 0..2 {
+        let a = c
+            .send("GET", "/v1/hello", Some(key_of("acme")), None)
+            .await?;
+        println!("    GET /v1/hello -> {} {}", a.status, a.body.trim());
     }
+    engine.apply("acme", StateChange::Blocked(false))?;
 
     step(
         8,
+        "the events become customer emails and team alerts, once per customer, event and month",
+    );
+    dispatcher.take_from(engine);
+    dispatcher.idle(Duration::from_secs(10)).await;
+    let s = dispatcher.stats();
+    println!(
+        "    {} sent, {} already sent this month (dedup survives restarts), {} failed",
+        s.sent, s.deduplicated, s.failed
+    );
+
+    step(
+        9,
         "the reporter checkpoints usage into the spool and reports it to the ledger, once",
     );
     reporter.flush_now().await?;

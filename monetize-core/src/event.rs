@@ -97,6 +97,17 @@ pub enum EventKind {
         /// What it said.
         message: String,
     },
+    /// A provider's calls have kept failing (timeouts, 5xx, refused credentials,
+    /// throttling) for longer than `ReporterOptions::provider_failing_after`: usage waits
+    /// in the spool (raised once per failure streak).
+    ProviderFailing {
+        /// The provider.
+        provider: String,
+        /// How long the streak had lasted, seconds.
+        failing_for_secs: u64,
+        /// The last failure.
+        message: String,
+    },
     /// A spool row could not be decoded and was moved to the quarantine table
     /// (`Spool::quarantined`): bill it by hand if needed.
     SpoolRowQuarantined {
@@ -145,6 +156,52 @@ pub enum EventKind {
         /// The provider's invoice id, when the event names one.
         invoice: Option<String>,
     },
+    /// An event of the application's own ([`Event::custom`]), routed by its `name` like
+    /// the built-in kinds.
+    Custom {
+        /// The event's name (`trial_ending`), matched by routes.
+        name: String,
+        /// Anything the templates should see, under `data`.
+        data: serde_json::Value,
+    },
+    /// A notification could not be delivered after its retries (or was refused for
+    /// good): the channel's configuration or the service needs a look.
+    NotificationFailed {
+        /// The channel (`email`, `slack`).
+        channel: String,
+        /// The route that produced it.
+        route: String,
+        /// The last error.
+        reason: String,
+    },
+}
+
+impl EventKind {
+    /// The name routes match: the snake_case kind (`quota_warning`, `credits_low`), or a
+    /// custom event's own name.
+    pub fn name(&self) -> &str {
+        match self {
+            EventKind::CreditsLow { .. } => "credits_low",
+            EventKind::CreditsExhausted { .. } => "credits_exhausted",
+            EventKind::QuotaWarning { .. } => "quota_warning",
+            EventKind::QuotaReached { .. } => "quota_reached",
+            EventKind::ShadowBlock { .. } => "shadow_block",
+            EventKind::Blocked { .. } => "blocked",
+            EventKind::DeadLetter { .. } => "dead_letter",
+            EventKind::CustomerOverflow => "customer_overflow",
+            EventKind::NeedsReconciliation { .. } => "needs_reconciliation",
+            EventKind::ReconciliationDifference { .. } => "reconciliation_difference",
+            EventKind::ProviderUnauthorized { .. } => "provider_unauthorized",
+            EventKind::ProviderFailing { .. } => "provider_failing",
+            EventKind::SpoolRowQuarantined { .. } => "spool_row_quarantined",
+            EventKind::UsageAfterShutdown { .. } => "usage_after_shutdown",
+            EventKind::PaymentFailed { .. } => "payment_failed",
+            EventKind::InvoiceOverdue { .. } => "invoice_overdue",
+            EventKind::PaymentRecovered { .. } => "payment_recovered",
+            EventKind::Custom { name, .. } => name,
+            EventKind::NotificationFailed { .. } => "notification_failed",
+        }
+    }
 }
 
 /// An event with its customer (when it concerns one) and time.
@@ -169,5 +226,27 @@ impl Event {
             kind,
             at: SystemTime::now(),
         }
+    }
+
+    /// An event of the application's own, routed by `name` ([`EventKind::Custom`]): raise
+    /// it with `Engine::raise` or hand it to a notification dispatcher.
+    pub fn custom(
+        customer: Option<CustomerId>,
+        name: impl Into<String>,
+        data: serde_json::Value,
+    ) -> Self {
+        Self::new(
+            customer,
+            EventKind::Custom {
+                name: name.into(),
+                data,
+            },
+        )
+    }
+
+    /// The same event at another time (tests, replays).
+    pub fn at(mut self, at: SystemTime) -> Self {
+        self.at = at;
+        self
     }
 }

@@ -78,7 +78,7 @@ pub use event::{Event, EventKind};
 pub use govern::{Allow, Block, Decision, Predicate, QuotaInfo};
 pub use id::{CustomerId, MeterId, MeterIndex, PlanId};
 pub use meter::{Exchange, ExchangeNeeds, MeterMatch, ReportedUsage, ResponseView};
-pub use notify::{MemoryNotifier, Notifier, NotifyError};
+pub use notify::{Dispatcher, MemoryNotifier, Notification, Notifier, NotifyConfig, NotifyError};
 pub use provider::{BillingProvider, ProviderError, RecordOutcome, UsageRecord};
 #[doc(hidden)]
 pub use rate_limit::BenchGcra;

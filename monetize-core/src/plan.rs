@@ -11,6 +11,9 @@ use crate::rate_limit::RateLimit;
 /// A customer's plan position when no plan is assigned.
 pub(crate) const NO_PLAN: u32 = u32::MAX;
 
+/// The most quota warning shares per quota.
+const MAX_WARNINGS: usize = 4;
+
 /// A plan, compiled against the meter table.
 #[derive(Clone, Debug)]
 pub(crate) struct Plan {
@@ -83,6 +86,20 @@ impl Plan {
                     "must be between 1 and 100",
                 ));
             }
+            if q.warn_at_percents.len() > MAX_WARNINGS {
+                return Err(ConfigError::new(
+                    format!("{qf}.warn_at_percents"),
+                    format!("{:?}", q.warn_at_percents),
+                    "at most 4 shares",
+                ));
+            }
+            if let Some(bad) = q.warn_at_percents.iter().find(|p| **p == 0 || **p > 100) {
+                return Err(ConfigError::new(
+                    format!("{qf}.warn_at_percents"),
+                    bad,
+                    "each must be between 1 and 100",
+                ));
+            }
             if quotas[idx.get()].is_some() {
                 return Err(ConfigError::new(
                     format!("{qf}.meter"),
@@ -90,7 +107,10 @@ impl Plan {
                     "this plan already has a quota on this meter",
                 ));
             }
-            let warn_at = ((q.limit as u128 * q.warn_at_percent as u128).div_ceil(100)) as u64;
+            let mut warn_at = [u64::MAX; MAX_WARNINGS];
+            for (slot, share) in warn_at.iter_mut().zip(q.warning_shares()) {
+                *slot = ((q.limit as u128 * share as u128).div_ceil(100)) as u64;
+            }
             quotas[idx.get()] = Some(Quota {
                 limit: q.limit,
                 period: q.period,

@@ -18,8 +18,8 @@ use crate::config::Period;
 pub(crate) struct Quota {
     pub(crate) limit: u64,
     pub(crate) period: Period,
-    /// The usage at which the warning event fires.
-    pub(crate) warn_at: u64,
+    /// The usages at which warning events fire, ascending; unused slots are `u64::MAX`.
+    pub(crate) warn_at: [u64; 4],
 }
 
 /// Where periods begin and end: the configured time zone.

@@ -75,6 +75,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod mapping;
+pub mod notify;
 #[cfg(feature = "recurly")]
 pub mod recurly;
 mod routes;

@@ -3,6 +3,7 @@
 pub mod billing_mock;
 pub mod http;
 pub mod quickstart;
+pub mod smtp;
 pub mod spool;
 
 /// The README's code examples, compiled (and the first one run) as doc tests.

@@ -1,6 +1,7 @@
 //! Runs `examples/quickstart` with `--exit --port 0` and checks its narrated output: the
 //! 402 for credits, the 429 with `Retry-After`, the 401s, the 403 for another customer's
-//! usage, the ledger table and the clean shutdown.
+//! usage, the emails in `outbox/` and the alerts in `alerts.jsonl`, the ledger table and the
+//! clean shutdown.
 //!
 //! It runs the already-built `<target>/debug/examples/quickstart` when there is one
 //! (`cargo test --workspace` builds examples first), else `cargo run --example quickstart`
@@ -72,6 +73,8 @@ fn shutdown_line(out: &str) -> (u64, u64, u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quickstart_scenario_runs_and_tells_the_story() {
     let (mut cmd, what) = quickstart();
+    let data = tempfile::tempdir().unwrap();
+    cmd.arg("--data-dir").arg(data.path());
     let child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
@@ -126,9 +129,72 @@ async fn quickstart_scenario_runs_and_tells_the_story() {
         .collect();
     assert_eq!(
         calls,
-        BTreeMap::from([("acme", 5), ("globex", 3), ("initech", 3)]),
+        BTreeMap::from([("acme", 5), ("globex", 3), ("initech", 5)]),
         "api_calls in the ledger table:\n{out}"
     );
+
+    // The emails, as .eml files (RFC 5322, as SMTP carries them), and the team alerts.
+    let mut emails: Vec<String> = std::fs::read_dir(data.path().join("outbox"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    emails.sort();
+    assert_eq!(
+        emails,
+        [
+            "0000-globex-credits_low.eml",
+            "0001-globex-credits_exhausted.eml",
+            "0002-initech-quota_warning.eml",
+            "0003-initech-quota_reached.eml"
+        ],
+        "{out}"
+    );
+    let eml = std::fs::read_to_string(data.path().join("outbox").join(&emails[2])).unwrap();
+    for part in [
+        "From: \"Example API Billing\" <billing@example.com>\r\n",
+        "To: \"Initech IT\" <it@initech.example>\r\n",
+        "Subject: You have used 80 % of your api_calls quota\r\n",
+        "Message-ID: <",
+        "Content-Type: multipart/alternative;",
+        "Content-Type: text/plain; charset=utf-8",
+        "Content-Type: text/html; charset=utf-8",
+        "you have used 4 of 5 api_calls this period",
+    ] {
+        assert!(eml.contains(part), "{part:?} not in\n{eml}");
+    }
+    line_with(
+        &out,
+        &[
+            "email  to Globex Billing",
+            "Your prepaid credits are running low",
+        ],
+    );
+    line_with(
+        &out,
+        &["email  to Initech IT", "Your api_calls quota is used up"],
+    );
+    let alerts = std::fs::read_to_string(data.path().join("alerts.jsonl")).unwrap();
+    let blocked: Vec<(String, String)> = alerts
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| {
+            assert_eq!(v["event"]["kind"], "blocked", "{v}");
+            (
+                v["event"]["customer"].as_str().unwrap().to_owned(),
+                v["event"]["rule"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        blocked,
+        [
+            ("globex".into(), "credits_exhausted".into()),
+            ("initech".into(), "quota_exceeded".into()),
+            ("acme".into(), "blocked".into())
+        ],
+        "one alert per blocked customer, though acme called twice"
+    );
+    line_with(&out, &["alert  [finance] acme keeps calling while refused"]);
 
     // A clean shutdown: everything reported, nothing left, nothing dead.
     let (reported, pending, dead) = shutdown_line(&out);

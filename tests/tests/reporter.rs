@@ -739,6 +739,52 @@ async fn a_401_then_a_fixed_key_bills_everything_once() {
     assert_eq!(alerts, 1, "one alert per failure streak");
 }
 
+/// Issue 14: a provider failing for longer than the threshold raises one
+/// `provider_failing` per failure streak, not one per failed call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_failing_longer_than_the_threshold_raises_one_event() {
+    let engine = Engine::for_tests(&["meter_a", "meter_b"]);
+    let provider = Arc::new(Rotating {
+        ledger: LedgerProvider::new(),
+        fixed: std::sync::atomic::AtomicBool::new(false),
+        refusals: AtomicUsize::new(0),
+    });
+    let reporter = Reporter::start(
+        engine.clone(),
+        Arc::new(MemorySpool::new()),
+        vec![route(provider.clone())],
+        fast().with_provider_failing_after(Duration::from_millis(100)),
+    )
+    .unwrap();
+    engine.record_by_id("c1", "meter_a", 5).unwrap();
+    let mut failing = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline && provider.refusals.load(Ordering::SeqCst) < 20 {
+        let _ = reporter.flush_now().await;
+        failing.extend(
+            engine
+                .drain_events(100)
+                .into_iter()
+                .filter_map(|e| match e.kind {
+                    EventKind::ProviderFailing {
+                        provider, message, ..
+                    } => Some((provider, message)),
+                    _ => None,
+                }),
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(provider.refusals.load(Ordering::SeqCst) >= 20);
+    assert_eq!(
+        failing,
+        [("rotating".to_owned(), "401 invalid api key".to_owned())],
+        "one event for the streak"
+    );
+    provider.fixed.store(true, Ordering::SeqCst);
+    let summary = reporter.shutdown().await.unwrap();
+    assert_eq!(summary.pending_left, 0);
+}
+
 /// Issue 11 item 1: a meter whose aggregation changed across a restart, with usage still
 /// pending under the old one, is a start-up error naming the meter.
 #[tokio::test]

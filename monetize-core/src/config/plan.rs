@@ -92,6 +92,11 @@ pub struct QuotaConfig {
     /// Share of the limit (percent) at which a `quota_warning` event fires.
     #[serde(default = "default_warn")]
     pub warn_at_percent: u8,
+    /// Shares of the limit (percent, 1 to 100, at most 4) at which `quota_warning`
+    /// events fire, each once per period; 100 % is `quota_reached`. Empty (the default):
+    /// `warn_at_percent` and 90 %, so 80 %, 90 % and 100 % by default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warn_at_percents: Vec<u8>,
 }
 
 fn default_warn() -> u8 {
@@ -106,7 +111,26 @@ impl QuotaConfig {
             limit,
             period,
             warn_at_percent: default_warn(),
+            warn_at_percents: Vec::new(),
         }
+    }
+
+    /// Warns at these shares of the limit (percent) instead of 80 % and 90 %.
+    pub fn warn_at_percents(mut self, shares: impl IntoIterator<Item = u8>) -> Self {
+        self.warn_at_percents = shares.into_iter().collect();
+        self
+    }
+
+    /// The shares (percent) warned at, ascending, without repeats.
+    pub(crate) fn warning_shares(&self) -> Vec<u8> {
+        let mut shares = if self.warn_at_percents.is_empty() {
+            vec![self.warn_at_percent, 90]
+        } else {
+            self.warn_at_percents.clone()
+        };
+        shares.sort_unstable();
+        shares.dedup();
+        shares
     }
 }
 

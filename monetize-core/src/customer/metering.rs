@@ -264,8 +264,17 @@ impl Metering {
             let now = prev.saturating_add(q);
             if prev < quota.limit && now >= quota.limit {
                 self.quota_event(s, m, now, quota.limit, true);
-            } else if prev < quota.warn_at && now >= quota.warn_at {
-                self.quota_event(s, m, now, quota.limit, false);
+            } else {
+                // The first share above `prev` is crossed when `now` reaches it (a larger
+                // add may cross several: one warning, with the usage it reached).
+                for &w in &quota.warn_at {
+                    if w > prev {
+                        if now >= w && w < quota.limit {
+                            self.quota_event(s, m, now, quota.limit, false);
+                        }
+                        break;
+                    }
+                }
             }
         }
         if terms.price > 0 {

@@ -71,6 +71,10 @@ pub struct ReporterOptions {
     pub shutdown_timeout: Duration,
     /// How long acknowledged records are kept for audit (default 30 days).
     pub audit_retention: Duration,
+    /// How long a provider may keep failing (timeouts, 5xx, 401, 429: every call of a
+    /// streak) before [`EventKind::ProviderFailing`] is raised, once per streak (default
+    /// 15 minutes).
+    pub provider_failing_after: Duration,
 }
 
 impl Default for ReporterOptions {
@@ -84,6 +88,7 @@ impl Default for ReporterOptions {
             max_retries: 4,
             shutdown_timeout: Duration::from_secs(30),
             audit_retention: Duration::from_secs(30 * 24 * 3600),
+            provider_failing_after: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -134,6 +139,12 @@ impl ProviderRoute {
 }
 
 impl ReporterOptions {
+    /// Sets [`Self::provider_failing_after`].
+    pub fn with_provider_failing_after(mut self, after: Duration) -> Self {
+        self.provider_failing_after = after;
+        self
+    }
+
     /// Sets [`Self::checkpoint_interval`].
     pub fn with_checkpoint_interval(mut self, every: Duration) -> Self {
         self.checkpoint_interval = every;

@@ -108,6 +108,29 @@ pub(super) struct ProviderState {
     gate: Option<Instant>,
     /// An unauthorized alert was raised and no call succeeded since.
     unauthorized: bool,
+    /// When the current streak of failed calls began (none: the last call succeeded).
+    failing_since: Option<Instant>,
+    /// `ProviderFailing` was raised for the current streak.
+    failing_raised: bool,
+}
+
+/// Notes a failed call: raises [`EventKind::ProviderFailing`] once per streak of failed
+/// calls that has lasted [`ReporterOptions::provider_failing_after`].
+fn failed_call(shared: &Shared, provider: &str, gate: &mut ProviderState, message: &str) {
+    let since = *gate.failing_since.get_or_insert_with(Instant::now);
+    let lasted = since.elapsed();
+    if !gate.failing_raised && lasted >= shared.options.provider_failing_after {
+        gate.failing_raised = true;
+        tracing::error!(provider, failing_for = ?lasted, %message, "provider failing for longer than the alert threshold");
+        shared.engine.emit(Event::new(
+            None,
+            EventKind::ProviderFailing {
+                provider: provider.to_owned(),
+                failing_for_secs: lasted.as_secs(),
+                message: message.to_owned(),
+            },
+        ));
+    }
 }
 
 /// When a round must stop early: a shutdown began (`interrupt` turned true) or the
@@ -283,15 +306,18 @@ pub(super) async fn deliver(
                     timeout = ?call_timeout,
                     "provider call timed out; outcome unknown, resending with the same keys"
                 );
+                failed_call(shared, provider.name(), gate, "call timed out");
                 backoff.next()
             }
             Ok(Err(ProviderError::Retryable { message })) => {
                 bump(&shared.counters.call_failures, 1);
                 tracing::warn!(records = remaining.len(), %message, "provider call failed; retrying");
+                failed_call(shared, provider.name(), gate, &message);
                 backoff.next()
             }
             Ok(Err(ProviderError::Unauthorized { message })) => {
                 bump(&shared.counters.call_failures, 1);
+                failed_call(shared, provider.name(), gate, &message);
                 if !gate.unauthorized {
                     gate.unauthorized = true;
                     tracing::error!(records = remaining.len(), %message, "provider refused the credentials; retrying (check the API key)");
@@ -311,6 +337,7 @@ pub(super) async fn deliver(
             })) => {
                 bump(&shared.counters.call_failures, 1);
                 tracing::info!(?retry_after, %message, "provider throttled");
+                failed_call(shared, provider.name(), gate, &message);
                 gate.gate = Some(Instant::now() + retry_after);
                 backoff.next().map(|d| d.max(retry_after))
             }
@@ -333,6 +360,8 @@ pub(super) async fn deliver(
                 backoff.next()
             }
             Ok(Ok(outcomes)) => {
+                gate.failing_since = None;
+                gate.failing_raised = false;
                 if gate.unauthorized {
                     gate.unauthorized = false;
                     tracing::info!("provider accepts the credentials again");
