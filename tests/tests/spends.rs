@@ -38,7 +38,7 @@ fn calls(engine: &Engine, customer: &str, n: u64) {
     }
 }
 
-/// Checkpoints only when asked (the first tick fires at start, with nothing to take).
+/// Checkpoints only when asked (the first tick is an hour after the start).
 fn options() -> ReporterOptions {
     ReporterOptions::default().with_checkpoint_interval(Duration::from_secs(3600))
 }

@@ -28,6 +28,10 @@ pub(super) async fn checkpoint_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<
     };
     let mut tick = tokio::time::interval(shared.options.checkpoint_interval.max(MIN_INTERVAL));
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // The first checkpoint is one interval after the start, not at once: at the start
+    // there is nothing to take, and a first tick whose moment depends on when this task
+    // is first scheduled would make the first checkpoint's content depend on it too.
+    tick.reset();
     loop {
         tokio::select! {
             _ = tick.tick() => {
