@@ -73,6 +73,8 @@ struct Inner {
     /// since the reporter's last checkpoint took them (never touched on the request path).
     changed_accounts: Mutex<std::collections::HashSet<CustomerId>>,
     predicates: Predicates,
+    /// Grants, the credits journal and reservations in flight ([`crate::credits`]).
+    credits: crate::credits::Ledger,
 }
 
 /// Builds an [`Engine`] with predicates registered in code.
@@ -128,6 +130,7 @@ impl EngineBuilder {
                 clock: self.clock,
                 changed_accounts: Mutex::new(std::collections::HashSet::new()),
                 predicates: self.predicates,
+                credits: crate::credits::Ledger::default(),
             }),
         };
         engine.tick();
@@ -388,7 +391,7 @@ impl Engine {
     }
 
     /// Notes an operator change of a customer's state, for the next checkpoint.
-    fn account_changed(&self, id: &CustomerId) {
+    pub(crate) fn account_changed(&self, id: &CustomerId) {
         let mut changed = self
             .inner
             .changed_accounts
@@ -421,7 +424,8 @@ impl Engine {
         let now = self.now();
         let anchors = self.inner.anchors.pin();
         let registry = &self.inner.registry;
-        ids.into_iter()
+        let out = ids
+            .into_iter()
             .filter_map(|id| {
                 let state = registry
                     .with(id.as_str(), |s| {
@@ -464,7 +468,11 @@ impl Engine {
                     })?;
                 Some((id, state))
             })
-            .collect()
+            .collect::<Vec<_>>();
+        drop(anchors);
+        let mut out = out;
+        self.fill_credits(&mut out, false);
+        out
     }
 
     /// Evaluates the rules for a request. Allocation-free when it allows.
@@ -796,6 +804,7 @@ impl Engine {
                 cfg.plan(plan).is_some_and(|p| resets(id, p.period_of(i)))
             });
         }
+        self.credits_tick();
         if let Some(idle) = cfg.customers.evict_idle_secs {
             let idle = idle.min(u32::MAX as u64) as u32;
             if secs > idle {
@@ -818,7 +827,7 @@ impl Engine {
     }
 
     /// Unix seconds on the engine's wall clock ([`EngineBuilder::wall_clock`]).
-    fn now(&self) -> u64 {
+    pub(crate) fn now(&self) -> u64 {
         self.inner.clock.as_ref().map_or_else(unix_now, |c| c())
     }
 
@@ -837,6 +846,21 @@ impl Engine {
     /// Seconds since the engine started (for throttling, not for the request path's clock).
     fn coarse_now(&self) -> u32 {
         self.inner.epoch.elapsed().as_secs().min(u32::MAX as u64) as u32
+    }
+
+    /// The credits ledger ([`crate::credits`]).
+    pub(crate) fn ledger(&self) -> &crate::credits::Ledger {
+        &self.inner.credits
+    }
+
+    /// What recording usage needs (configuration, events).
+    pub(crate) fn metering(&self) -> &Arc<Metering> {
+        &self.inner.metering
+    }
+
+    /// The customer's handle when it is in memory (no admission).
+    pub(crate) fn resident(&self, customer: &str) -> Option<CustomerHandle> {
+        self.inner.registry.get(customer)
     }
 
     /// Pushes an event; when the queue is full the oldest event is dropped and counted.
@@ -938,9 +962,15 @@ impl Engine {
         let cfg = self.inner.metering.config.load();
         let now = self.now();
         let anchors = self.inner.anchors.pin();
-        self.inner
+        let state = self
+            .inner
             .registry
-            .with(customer, |s| live_account(cfg, s, now, anchors.get(&s.id)))
+            .with(customer, |s| live_account(cfg, s, now, anchors.get(&s.id)))?;
+        drop(anchors);
+        let mut one = [(CustomerId::new(customer).ok()?, state)];
+        self.fill_credits(&mut one, true);
+        let [(_, state)] = one;
+        Some(state)
     }
 
     /// Every customer's durable state: those in memory and those evicted to dormant
@@ -970,6 +1000,9 @@ impl Engine {
                 ),
             ));
         });
+        drop(_maintenance);
+        drop(anchors);
+        self.fill_credits(&mut out, true);
         out
     }
 
@@ -1023,6 +1056,7 @@ impl Engine {
         for (i, u) in used.into_iter().enumerate() {
             s.cells.set_period(i, u);
         }
+        self.restore_credits(s, state);
         Ok(())
     }
 
@@ -1242,6 +1276,8 @@ fn account_of(
                 PeriodUsage::new(m.id.clone(), start, *used)
             })
             .collect(),
+        credits: None,
+        ledger_seq: None,
     }
 }
 

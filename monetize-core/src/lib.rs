@@ -48,6 +48,7 @@
 //! | [`config`] | the TOML/JSON configuration and its validation; [`notify`], the [`Notifier`] trait |
 
 pub mod config;
+pub mod credits;
 mod customer;
 mod engine;
 pub mod error;

@@ -286,6 +286,31 @@ impl Metering {
         }
     }
 
+    /// Records `q` on the count or sum meter `m` with its quota test but without its price:
+    /// a [`Reservation`](crate::credits::Reservation) settles the credits itself.
+    pub(crate) fn add_settled(&self, plan: Option<&Plan>, s: &CustomerState, m: &Meter, q: u64) {
+        let i = m.index.get();
+        let q = if q > SAMPLE_CAP {
+            self.capped();
+            SAMPLE_CAP
+        } else {
+            q
+        };
+        let prev_cell = s.cells.add(i, q);
+        if let Some(quota) = plan
+            .and_then(|p| p.terms.get(i))
+            .and_then(|t| t.quota.as_ref())
+        {
+            let prev = s.cells.base(i).saturating_add(prev_cell);
+            let now = prev.saturating_add(q);
+            if prev < quota.limit && now >= quota.limit {
+                self.quota_event(s, m, now, quota.limit, true);
+            } else if prev < quota.warn_at && now >= quota.warn_at {
+                self.quota_event(s, m, now, quota.limit, false);
+            }
+        }
+    }
+
     /// Raises `QuotaReached` (`reached`) or `QuotaWarning`.
     #[cold]
     #[inline(never)]
