@@ -46,7 +46,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Ledger {
     /// Micro-credits held by `customer`'s reservations in flight.
-    fn held(&self, customer: &CustomerId) -> i64 {
+    pub(super) fn held(&self, customer: &CustomerId) -> i64 {
         self.reserved
             .pin()
             .get(customer)

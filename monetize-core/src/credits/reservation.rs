@@ -304,3 +304,217 @@ impl Drop for Reservation {
         self.give_back();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::config::{Config, MeterConfig, PlanConfig, ValueConfig};
+    use crate::credits::Grant;
+
+    /// `tokens` (reported, reserved on) at 3 micro-credits a token and `calls` (plain) at
+    /// 5, prepaid with `initial`.
+    fn engine(initial: i64) -> (Engine, CustomerHandle, MeterIndex) {
+        let cfg = Config::builder()
+            .meter(MeterConfig::sum("tokens", ValueConfig::Reported("tokens".into())).reserve(100))
+            .meter(MeterConfig::count("calls"))
+            .plan(
+                PlanConfig::new("pre")
+                    .prepaid(initial)
+                    .price("tokens", 3)
+                    .price("calls", 5),
+            )
+            .build();
+        let e = Engine::new(cfg).unwrap();
+        let h = e.register("c", "pre").unwrap();
+        let m = e.meter_index("tokens").unwrap();
+        (e, h, m)
+    }
+
+    fn tokens_used(e: &Engine) -> u64 {
+        e.usage("c").unwrap().meters[0].used
+    }
+
+    #[test]
+    fn reserve_holds_settle_gives_back_the_rest_drop_gives_back_all() {
+        let (e, h, m) = engine(1_000);
+        let r = e.reserve(&h, m, 100).unwrap();
+        assert_eq!(r.held(), 300);
+        assert_eq!(h.balance(), 700);
+        let s = r.settle(40);
+        assert_eq!((s.charged, s.uncollected), (120, 0));
+        assert_eq!(h.balance(), 880);
+        assert_eq!(tokens_used(&e), 40);
+        // Dropped unsettled (handler error, panic, disconnect): all of it back.
+        let r = e.reserve(&h, m, 100).unwrap();
+        assert_eq!(h.balance(), 580);
+        drop(r);
+        assert_eq!(h.balance(), 880);
+        assert_eq!(tokens_used(&e), 40, "nothing recorded");
+        e.reserve(&h, m, 10).unwrap().release();
+        assert_eq!(h.balance(), 880);
+    }
+
+    #[test]
+    fn an_estimate_the_balance_cannot_cover_is_refused_and_changes_nothing() {
+        let (e, h, m) = engine(299);
+        assert_eq!(
+            e.reserve(&h, m, 100).unwrap_err(),
+            ReserveRefused::InsufficientCredits {
+                needed: 300,
+                balance: 299
+            }
+        );
+        assert_eq!(h.balance(), 299);
+        let calls = e.meter_index("calls").unwrap();
+        // `calls` has no estimate but may still be reserved on in code; unknown meters not.
+        assert!(e.reserve(&h, calls, 1).is_ok());
+        assert!(matches!(
+            e.reserve(&h, MeterIndex(9), 1),
+            Err(ReserveRefused::NotReservable(9))
+        ));
+    }
+
+    #[test]
+    fn an_overrun_is_taken_only_down_to_zero() {
+        let (e, h, m) = engine(400);
+        let r = e.reserve(&h, m, 100).unwrap(); // 300 held, 100 left
+        let s = r.settle(200); // costs 600: 300 held + 100 left, 200 uncollected
+        assert_eq!((s.charged, s.uncollected), (400, 200));
+        assert_eq!(h.balance(), 0);
+        assert_eq!(tokens_used(&e), 200, "the usage is recorded in full");
+        let kinds: Vec<_> = e.drain_events(10).into_iter().map(|ev| ev.kind).collect();
+        assert!(kinds.contains(&crate::EventKind::CreditsExhausted { balance: 0 }));
+    }
+
+    #[test]
+    fn credits_held_are_not_taken_for_spent_grants() {
+        let (e, h, m) = engine(0);
+        e.grant("c", Grant::new("g", 300).expires_at(u64::MAX - 1))
+            .unwrap();
+        let r = e.reserve(&h, m, 100).unwrap();
+        assert_eq!(h.balance(), 0);
+        // Held, not spent: the grant is whole while the request runs...
+        assert_eq!(e.grants("c")[0].remaining, 300);
+        drop(r);
+        // ...and after a release.
+        assert_eq!(e.grants("c")[0].remaining, 300);
+        e.reserve(&h, m, 100).unwrap().settle(10);
+        assert_eq!(e.grants("c")[0].remaining, 270);
+    }
+
+    /// One step of a request in an interleaving.
+    #[derive(Clone, Debug)]
+    enum Req {
+        /// Reserve `estimate`, then settle `actual` (or drop when `None`).
+        Reserved { estimate: u64, actual: Option<u64> },
+        /// A plain priced spend of `calls` calls, admitted while the balance is above zero.
+        Plain { calls: u64 },
+    }
+
+    fn req() -> impl Strategy<Value = Req> {
+        prop_oneof![
+            4 => (0u64..60, proptest::option::weighted(0.8, 0u64..120))
+                .prop_map(|(estimate, actual)| Req::Reserved { estimate, actual }),
+            1 => (1u64..4).prop_map(|calls| Req::Plain { calls }),
+        ]
+    }
+
+    proptest! {
+        /// Any interleaving of reservations, settlements, drops and plain spends of several
+        /// requests: the balance never goes below `-(costs of the plain spends in flight)`
+        /// (here spends are atomic, so below minus one plain spend's cost), never below
+        /// zero at all without plain spends, and ends at the start minus everything charged.
+        #[test]
+        fn reservations_never_overspend(
+            initial in 0i64..2_000,
+            reqs in proptest::collection::vec(req(), 1..12),
+            order in proptest::collection::vec(0usize..12, 0..48),
+        ) {
+            let (e, h, m) = engine(initial);
+            let calls = e.meter_index("calls").unwrap();
+            let plain_cost_max = 3 * 5;
+            let any_plain = reqs.iter().any(|r| matches!(r, Req::Plain { .. }));
+            // Each request takes two steps (start, finish); `order` picks which request
+            // steps next, then the rest finish in order.
+            let mut held: Vec<Option<Reservation>> = (0..reqs.len()).map(|_| None).collect();
+            let mut step = vec![0u8; reqs.len()];
+            let mut charged = 0i64;
+            let picks = order.into_iter().map(|i| i % reqs.len())
+                .chain((0..reqs.len()).flat_map(|i| [i, i]));
+            for i in picks {
+                match (&reqs[i], step[i]) {
+                    (Req::Reserved { estimate, .. }, 0) => {
+                        let before = h.balance();
+                        match e.reserve(&h, m, *estimate) {
+                            Ok(r) => held[i] = Some(r),
+                            Err(ReserveRefused::InsufficientCredits { needed, balance }) => {
+                                prop_assert!(balance < needed);
+                                prop_assert_eq!(h.balance(), before);
+                            }
+                            Err(other) => prop_assert!(false, "{other}"),
+                        }
+                    }
+                    (Req::Reserved { actual, .. }, 1) => {
+                        if let Some(r) = held[i].take() {
+                            match actual {
+                                Some(a) => {
+                                    let s = r.settle(*a);
+                                    prop_assert_eq!(s.charged + s.uncollected, (*a as i64) * 3);
+                                    charged += s.charged;
+                                }
+                                None => drop(r),
+                            }
+                        }
+                    }
+                    (Req::Plain { calls: n }, 0) => {
+                        // The default rules admit a prepaid request while the balance is
+                        // above zero.
+                        if h.balance() > 0 {
+                            e.record(&h, calls, *n);
+                            charged += (*n as i64) * 5;
+                        }
+                    }
+                    _ => {}
+                }
+                step[i] = step[i].saturating_add(1);
+                let floor = if any_plain { -plain_cost_max } else { 0 };
+                prop_assert!(h.balance() >= floor, "balance {} below {}", h.balance(), floor);
+            }
+            prop_assert_eq!(h.balance(), initial - charged);
+        }
+    }
+
+    /// Threads reserving and settling at once (real concurrency, not interleavings): the
+    /// balance never ends below zero and every micro-credit is accounted for.
+    #[test]
+    fn concurrent_reservations_from_threads_never_overspend() {
+        let (threads, rounds) = if cfg!(miri) { (2, 10) } else { (8, 2_000) };
+        let (e, h, m) = engine(50_000);
+        let charged = std::sync::atomic::AtomicI64::new(0);
+        let low = std::sync::atomic::AtomicI64::new(i64::MAX);
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let (e, h, charged, low) = (&e, &h, &charged, &low);
+                s.spawn(move || {
+                    for i in 0..rounds {
+                        if let Ok(r) = e.reserve(h, m, 40) {
+                            low.fetch_min(h.balance(), Ordering::Relaxed);
+                            if (i + t) % 5 == 0 {
+                                drop(r);
+                            } else {
+                                let st = r.settle(((i * 7 + t) % 70) as u64);
+                                charged.fetch_add(st.charged, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        assert!(low.load(Ordering::Relaxed) >= 0);
+        assert!(h.balance() >= 0);
+        assert_eq!(h.balance(), 50_000 - charged.load(Ordering::Relaxed));
+        assert_eq!(e.ledger().held(h.id()), 0);
+    }
+}
