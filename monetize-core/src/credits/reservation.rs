@@ -117,6 +117,11 @@ impl SettledMeters {
         m.without(self.0)
     }
 
+    /// Every meter: for a response refused before the handler ran, which nothing meters.
+    pub fn all() -> Self {
+        Self(u64::MAX)
+    }
+
     /// Whether no meter was settled.
     pub fn is_empty(self) -> bool {
         self.0 == 0
@@ -404,6 +409,45 @@ mod tests {
         assert_eq!(e.grants("c")[0].remaining, 270);
     }
 
+    #[test]
+    fn reservations_are_configured_per_meter_in_toml_and_json() {
+        let toml = r#"
+            [[meters]]
+            id = "tokens"
+            aggregation = "sum"
+            value = { reported = "tokens" }
+            filter = { route = ["/v1/chat"] }
+            reserve = 4000
+
+            [[plans]]
+            id = "pre"
+            prepaid = true
+            prices = { tokens = 2 }
+        "#;
+        let cfg = Config::from_toml_str(toml).unwrap();
+        assert_eq!(cfg.meters[0].reserve, Some(4_000));
+        let e = Engine::new(cfg.clone()).unwrap();
+        assert!(e.has_reservations());
+        let json = serde_json::to_string(&cfg).unwrap();
+        assert_eq!(Config::from_json_str(&json).unwrap(), cfg);
+        let (get, hs) = (http::Method::GET, HeaderMap::new());
+        let chat = e.meter_request(&Exchange::new(&get, "/v1/chat", &hs));
+        let m = e.meter_index("tokens").unwrap();
+        assert_eq!(e.reservations_for(chat), [(m, 4_000)]);
+        let other = e.meter_request(&Exchange::new(&get, "/v1/other", &hs));
+        assert!(e.reservations_for(other).is_empty());
+        // Only count and sum meters.
+        let bad = Config::builder()
+            .meter(
+                MeterConfig::sum("t", ValueConfig::Reported("t".into()))
+                    .aggregation(Aggregation::Max)
+                    .reserve(1),
+            )
+            .build();
+        let err = Engine::new(bad).unwrap_err().to_string();
+        assert!(err.contains("meters[0].reserve"), "{err}");
+    }
+
     /// One step of a request in an interleaving.
     #[derive(Clone, Debug)]
     enum Req {
@@ -468,13 +512,11 @@ mod tests {
                             }
                         }
                     }
-                    (Req::Plain { calls: n }, 0) => {
-                        // The default rules admit a prepaid request while the balance is
-                        // above zero.
-                        if h.balance() > 0 {
-                            e.record(&h, calls, *n);
-                            charged += (*n as i64) * 5;
-                        }
+                    // The default rules admit a prepaid request while the balance is above
+                    // zero.
+                    (Req::Plain { calls: n }, 0) if h.balance() > 0 => {
+                        e.record(&h, calls, *n);
+                        charged += (*n as i64) * 5;
                     }
                     _ => {}
                 }
