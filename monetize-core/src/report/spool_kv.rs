@@ -1734,6 +1734,50 @@ mod encoding {
         assert!(s.quarantined().unwrap().is_empty());
     }
 
+    /// Account rows written before `ledger_seq` existed (postcard has no defaults) are
+    /// still read, with no journal number; rows of this release keep it.
+    #[test]
+    fn account_rows_without_a_journal_number_are_still_read() {
+        #[derive(Serialize)]
+        struct Old {
+            writer: String,
+            seq: u64,
+            taken_unix: u64,
+            delinquent: bool,
+            cancelled: bool,
+            blocked: bool,
+            plan: Option<String>,
+            balance: i64,
+            period_usage: Vec<(String, u64, u64)>,
+            billing_anchor: Option<u64>,
+        }
+        let k = key("c1");
+        let old = Old {
+            writer: "w".into(),
+            seq: 3,
+            taken_unix: 100,
+            delinquent: true,
+            cancelled: false,
+            blocked: false,
+            plan: Some("pro".into()),
+            balance: -42,
+            period_usage: vec![("calls".into(), 0, 7)],
+            billing_anchor: Some(5),
+        };
+        let row = decode_account(&k, &encode(&k, &old).unwrap()).unwrap();
+        assert_eq!((row.balance, row.ledger_seq), (-42, None));
+        let state = row.state(&k).unwrap();
+        assert!(state.delinquent);
+        assert_eq!(state.billing_anchor, Some(5));
+        let new = AccountRow {
+            ledger_seq: Some(9),
+            ..row
+        };
+        let back = decode_account(&k, &encode(&k, &new).unwrap()).unwrap();
+        assert_eq!(back.ledger_seq, Some(9));
+        assert_eq!(back.state(&k).unwrap().ledger_seq, Some(9));
+    }
+
     #[test]
     fn rows_are_compact_and_versioned() {
         let row = PendingRow {
