@@ -132,6 +132,39 @@ pub use router::{
 pub use usage_route::{UsageRoutes, usage_routes};
 pub use webhook_route::webhook_route;
 
+/// The [`ReserveLayer`](monetize_tower::ReserveLayer) (reserve credits before the handler,
+/// settle after: see `monetize_core::credits`) with route templates from axum's
+/// `MatchedPath`. Add it with `Router::route_layer` **before** [`RouterExt::monetize`], so
+/// that it runs inside the metering layer:
+///
+/// ```
+/// use axum::Router;
+/// use axum::routing::post;
+/// use monetize_axum::{RouterExt, Usage, reserve_layer};
+/// use monetize_core::config::{Config, MeterConfig, PlanConfig, ValueConfig};
+/// use monetize_core::Engine;
+/// use monetize_tower::MonetizeLayer;
+/// use monetize_tower::identify::FromExtension;
+///
+/// let config = Config::builder()
+///     .meter(MeterConfig::sum("tokens", ValueConfig::Reported("tokens".into()))
+///         .route("/v1/chat")
+///         .reserve(4_000))
+///     .plan(PlanConfig::new("prepaid").prepaid(1_000_000).price("tokens", 2))
+///     .build();
+/// let engine = Engine::new(config).unwrap();
+/// let app: Router = Router::new()
+///     .route("/v1/chat", post(|usage: Usage| async move { usage.add("tokens", 812); "..." }))
+///     .route_layer(reserve_layer(&engine))
+///     .monetize(MonetizeLayer::new(engine.clone(), FromExtension::new()));
+/// # let _ = app;
+/// ```
+pub fn reserve_layer(
+    engine: &monetize_core::Engine,
+) -> monetize_tower::ReserveLayer<FromMatchedPath> {
+    monetize_tower::ReserveLayer::new(engine).route_source(FromMatchedPath)
+}
+
 #[cfg(test)]
 pub(crate) mod test_support {
     use axum::body::Body;

@@ -56,6 +56,7 @@ mod engine;
 pub mod error;
 pub mod event;
 mod govern;
+mod grant;
 pub mod id;
 pub mod ledger;
 pub mod meter;
@@ -72,6 +73,7 @@ mod store_redb;
 pub mod webhook;
 
 pub use customer::{CustomerHandle, CustomerStatus, CustomerToken, StateChange};
+pub use engine::credits;
 pub use engine::{CustomerUsage, Engine, EngineBuilder, EngineStats, MeterUsage};
 pub use error::{ConfigError, CoreError};
 pub use event::{Event, EventKind};

@@ -73,6 +73,9 @@ pub struct CustomerView {
     pub usage: CustomerUsage,
     /// The last webhook events (and operator changes) applied, oldest first.
     pub recent_events: Vec<AppliedEvent>,
+    /// The customer's credit grants, live and expired, with what is left of each
+    /// ([`Engine::grants`]).
+    pub grants: Vec<crate::grant::GrantState>,
 }
 
 /// The operator's controls over an [`Engine`].
@@ -163,9 +166,11 @@ impl Operator {
             Some(w) => w.log().customer(&usage.customer).await?.recent,
             None => Vec::new(),
         };
+        let grants = self.engine.grants(customer);
         Ok(Some(CustomerView {
             usage,
             recent_events,
+            grants,
         }))
     }
 
@@ -310,6 +315,14 @@ mod tests {
                 ("operator:ops", "grant")
             ]
         );
+        assert!(view.grants.is_empty(), "operator top-ups are not grants");
+        // A grant made through the credits API is part of the customer's view.
+        let grant = crate::credits::Grant::new("promo-1", 300).expires_at(u64::MAX / 2);
+        engine.grant("acme", grant).unwrap();
+        let view = op.customer("acme").await.unwrap().unwrap();
+        assert_eq!(view.grants.len(), 1);
+        assert_eq!(view.grants[0].id, "promo-1");
+        assert_eq!(view.usage.balance, 825);
         assert!(op.customer("nobody").await.unwrap().is_none());
     }
 }

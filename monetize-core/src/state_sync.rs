@@ -120,6 +120,9 @@ async fn save_changed(
     store: &dyn StateStore,
     saved: &mut HashMap<CustomerId, AccountState>,
 ) -> Result<usize, StoreError> {
+    // Durable credits calls save under the same lock: a snapshot taken before one of
+    // them never overwrites what it saved.
+    let _write = engine.ledger().write_lock().await;
     let mut n = 0;
     let mut first_error = None;
     for (id, state) in engine.accounts() {

@@ -35,6 +35,14 @@ pub struct AccountState {
     /// [`StateChange::BillingAnchor`]: crate::StateChange::BillingAnchor
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub billing_anchor: Option<u64>,
+    /// Grants, the credits journal and the customer's own low-balance threshold
+    /// ([`crate::credits`]); a state store keeps them, a spool checkpoint does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits: Option<crate::grant::CreditsState>,
+    /// The number of the last credits operation the balance includes: on restore, the
+    /// journal's later operations (from the state store) are added to a spool's balance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger_seq: Option<u64>,
 }
 
 /// One meter's usage within one quota period.

@@ -19,6 +19,7 @@ use crate::response::{BlockParts, apply_allow};
 use crate::scope::{self, Frame};
 use crate::settings::AtResponse;
 use crate::slots::{Slots, with_reported};
+use monetize_core::credits::SettledMeters;
 
 /// What a metered request carries from `call` to its response.
 ///
@@ -129,6 +130,12 @@ where
                     slots: &*slots,
                 };
                 let mut polled = scope::set(&frame, || future.poll(cx));
+                // Meters a reservation settled (recorded and charged) are not metered again.
+                if let (Poll::Ready(Ok(res)), Some(p)) = (&polled, pending.as_mut())
+                    && let Some(settled) = res.extensions().get::<SettledMeters>()
+                {
+                    p.side.matched = settled.remove_from(p.side.matched);
+                }
                 let slots = slots.get_mut();
                 // The response is read and changed where the inner future left it, and
                 // moved once, into this future's output: taken out first, it was copied

@@ -68,6 +68,7 @@
 //! | `future` | the response future: the early block or the inner call, metered at its head |
 //! | `body` | body wrappers that count bytes, capture JSON prefixes and meter at the end of a body |
 //! | `response` | block responses and allow headers |
+//! | `reserve` | [`ReserveLayer`]: reserve credits before the handler, settle after (`monetize_core::credits`) |
 //!
 //! ## What happens to a request
 //!
@@ -166,6 +167,7 @@ mod future;
 mod head;
 pub mod identify;
 mod layer;
+mod reserve;
 mod response;
 mod route;
 mod scope;
@@ -179,6 +181,7 @@ pub use error::Error;
 pub use future::ResponseFuture;
 pub use head::RequestHead;
 pub use layer::MonetizeLayer;
+pub use reserve::{Reserve, ReserveFuture, ReserveLayer};
 pub use response::BlockParts;
 pub use route::{FromRouteTemplate, RouteSource, RouteTable, RouteTemplate};
 pub use scope::current_customer;

@@ -41,6 +41,8 @@ pub(crate) struct Compiled {
     /// Which meters are tested at the request and which whole at the response, for
     /// two-phase metering.
     pub(crate) phases: MeterPhases,
+    /// Meters with a reservation estimate (`reserve`), with it ([`crate::credits`]).
+    pub(crate) reserve: Vec<(MeterIndex, u64)>,
     /// The rules' fast "nothing can fire" check, when the rule set allows one.
     pub(crate) quiet: Option<QuietCheck>,
     /// This configuration's number in the engine's [`ConfigCell`](super::cell::ConfigCell)
@@ -280,6 +282,31 @@ pub(crate) fn compile_after(
         needs.request_at_response |= m.request_at_response();
     }
     let phases = MeterPhases::of(&meters);
+    let mut reserve = Vec::new();
+    for (i, mc) in cfg.meters.iter().enumerate() {
+        let Some(estimate) = mc.reserve else {
+            continue;
+        };
+        let Some(m) = meters.get(i) else {
+            continue;
+        };
+        let field = format!("meters[{i}].reserve");
+        if !matches!(m.aggregation, Aggregation::Count | Aggregation::Sum) {
+            return Err(ConfigError::new(
+                field,
+                estimate,
+                "only `count` and `sum` meters can be reserved on",
+            ));
+        }
+        if m.mixed || i >= crate::meter::MeterMatch::CAPACITY {
+            return Err(ConfigError::new(
+                field,
+                estimate,
+                "a reserved meter must be among the first 64 and have a filter whose request and response tests split (no `any`/`not` mixing both sides)",
+            ));
+        }
+        reserve.push((m.index, estimate));
+    }
 
     let meter_index = by_name.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
     let plan_index = plan_names
@@ -301,6 +328,7 @@ pub(crate) fn compile_after(
         json_capture,
         needs,
         phases,
+        reserve,
         quiet: QuietCheck::of(&rules),
         rules,
         generation: 0,

@@ -23,6 +23,12 @@ pub struct MeterConfig {
     /// Scaling into base units.
     #[serde(default)]
     pub scale: ScaleConfig,
+    /// Reserve, then settle: base units whose cost is held before the handler runs on
+    /// every request this meter's request-side filter matches (`402` when the balance
+    /// cannot cover it), settled at the real value when the response comes (see
+    /// `monetize_core::credits` and the tower `ReserveLayer`). Count and sum meters only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserve: Option<u64>,
 }
 
 impl MeterConfig {
@@ -34,6 +40,7 @@ impl MeterConfig {
             filter: FilterConfig::default(),
             value: ValueConfig::Count,
             scale: ScaleConfig::default(),
+            reserve: None,
         }
     }
 
@@ -44,6 +51,13 @@ impl MeterConfig {
             value,
             ..Self::count(id)
         }
+    }
+
+    /// Reserves the cost of `estimate` base units before the handler runs (see
+    /// [`MeterConfig::reserve`](MeterConfig#structfield.reserve)).
+    pub fn reserve(mut self, estimate: u64) -> Self {
+        self.reserve = Some(estimate);
+        self
     }
 
     /// Sets the aggregation.

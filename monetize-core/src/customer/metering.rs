@@ -13,6 +13,7 @@ use crate::customer::CustomerState;
 use crate::event::{Event, EventKind};
 use crate::meter::{Aggregation, Exchange, Meter, MeterMatch, MeterPhases, SAMPLE_CAP, Sample};
 use crate::plan::Plan;
+use crate::quota::Quota;
 
 /// An engine's queue of events for notifiers, and how many it dropped when full.
 pub(crate) struct Events {
@@ -261,21 +262,7 @@ impl Metering {
         };
         if let Some(quota) = &terms.quota {
             let prev = s.cells.base(i).saturating_add(prev_cell);
-            let now = prev.saturating_add(q);
-            if prev < quota.limit && now >= quota.limit {
-                self.quota_event(s, m, now, quota.limit, true);
-            } else {
-                // The first share above `prev` is crossed when `now` reaches it (a larger
-                // add may cross several: one warning, with the usage it reached).
-                for &w in &quota.warn_at {
-                    if w > prev {
-                        if now >= w && w < quota.limit {
-                            self.quota_event(s, m, now, quota.limit, false);
-                        }
-                        break;
-                    }
-                }
-            }
+            self.quota_crossing(s, m, quota, prev, prev.saturating_add(q));
         }
         if terms.price > 0 {
             let mut cost = i64::try_from(q.saturating_mul(terms.price)).unwrap_or(i64::MAX);
@@ -292,6 +279,45 @@ impl Metering {
                 self.credits_event(s, after, true);
             } else if before > plan.credits_low_at && after <= plan.credits_low_at {
                 self.credits_event(s, after, false);
+            }
+        }
+    }
+
+    /// Records `q` on the count or sum meter `m` with its quota test but without its price:
+    /// a [`Reservation`](crate::credits::Reservation) settles the credits itself.
+    pub(crate) fn add_settled(&self, plan: Option<&Plan>, s: &CustomerState, m: &Meter, q: u64) {
+        let i = m.index.get();
+        let q = if q > SAMPLE_CAP {
+            self.capped();
+            SAMPLE_CAP
+        } else {
+            q
+        };
+        let prev_cell = s.cells.add(i, q);
+        if let Some(quota) = plan
+            .and_then(|p| p.terms.get(i))
+            .and_then(|t| t.quota.as_ref())
+        {
+            let prev = s.cells.base(i).saturating_add(prev_cell);
+            self.quota_crossing(s, m, quota, prev, prev.saturating_add(q));
+        }
+    }
+
+    /// The quota events of usage going from `prev` to `now` in the period: reached at the
+    /// limit; else a warning when the first share above `prev` is crossed (a larger add may
+    /// cross several: one warning, with the usage it reached).
+    #[inline]
+    fn quota_crossing(&self, s: &CustomerState, m: &Meter, quota: &Quota, prev: u64, now: u64) {
+        if prev < quota.limit && now >= quota.limit {
+            self.quota_event(s, m, now, quota.limit, true);
+        } else {
+            for &w in &quota.warn_at {
+                if w > prev {
+                    if now >= w && w < quota.limit {
+                        self.quota_event(s, m, now, quota.limit, false);
+                    }
+                    break;
+                }
             }
         }
     }

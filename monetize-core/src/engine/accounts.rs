@@ -6,7 +6,7 @@ use super::*;
 
 impl Engine {
     /// Notes an operator change of a customer's state, for the next checkpoint.
-    pub(super) fn account_changed(&self, id: &CustomerId) {
+    pub(crate) fn account_changed(&self, id: &CustomerId) {
         let mut changed = self
             .inner
             .changed_accounts
@@ -39,7 +39,8 @@ impl Engine {
         let now = self.now();
         let anchors = self.inner.anchors.pin();
         let registry = &self.inner.registry;
-        ids.into_iter()
+        let out = ids
+            .into_iter()
             .filter_map(|id| {
                 let state = registry
                     .with(id.as_str(), |s| {
@@ -82,7 +83,11 @@ impl Engine {
                     })?;
                 Some((id, state))
             })
-            .collect()
+            .collect::<Vec<_>>();
+        drop(anchors);
+        let mut out = out;
+        self.fill_credits(&mut out, false);
+        out
     }
 
     /// Applies a state change to a customer (admitting it if new).
@@ -122,9 +127,15 @@ impl Engine {
         let cfg = &*self.inner.metering.config.load();
         let now = self.now();
         let anchors = self.inner.anchors.pin();
-        self.inner
+        let state = self
+            .inner
             .registry
-            .with(customer, |s| live_account(cfg, s, now, anchors.get(&s.id)))
+            .with(customer, |s| live_account(cfg, s, now, anchors.get(&s.id)))?;
+        drop(anchors);
+        let mut one = [(CustomerId::new(customer).ok()?, state)];
+        self.fill_credits(&mut one, true);
+        let [(_, state)] = one;
+        Some(state)
     }
 
     /// Every customer's durable state: those in memory and those evicted to dormant
@@ -154,6 +165,9 @@ impl Engine {
                 ),
             ));
         });
+        drop(_maintenance);
+        drop(anchors);
+        self.fill_credits(&mut out, true);
         out
     }
 
@@ -207,6 +221,7 @@ impl Engine {
         for (i, u) in used.into_iter().enumerate() {
             s.cells.set_period(i, u);
         }
+        self.restore_credits(s, state);
         Ok(())
     }
 
@@ -271,5 +286,7 @@ pub(super) fn account_of(
                 PeriodUsage::new(m.id.clone(), start, *used)
             })
             .collect(),
+        credits: None,
+        ledger_seq: None,
     }
 }

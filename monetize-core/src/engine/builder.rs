@@ -56,6 +56,7 @@ impl EngineBuilder {
                 clock: self.clock,
                 changed_accounts: Mutex::new(std::collections::HashSet::new()),
                 predicates: self.predicates,
+                credits: crate::engine::credits::Ledger::default(),
             }),
         };
         engine.tick();

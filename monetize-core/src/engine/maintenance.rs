@@ -82,6 +82,7 @@ impl Engine {
                 cfg.plan(plan).is_some_and(|p| resets(id, p.period_of(i)))
             });
         }
+        self.credits_tick();
         if let Some(idle) = cfg.customers.evict_idle_secs {
             let idle = idle.min(u32::MAX as u64) as u32;
             if secs > idle {
@@ -104,7 +105,7 @@ impl Engine {
     }
 
     /// Unix seconds on the engine's wall clock ([`EngineBuilder::wall_clock`]).
-    pub(super) fn now(&self) -> u64 {
+    pub(crate) fn now(&self) -> u64 {
         self.inner.clock.as_ref().map_or_else(unix_now, |c| c())
     }
 

@@ -37,6 +37,7 @@ use crate::store::{AccountState, PeriodUsage};
 
 mod accounts;
 mod builder;
+pub mod credits;
 mod govern;
 mod maintenance;
 mod record;
@@ -86,6 +87,8 @@ struct Inner {
     /// since the reporter's last checkpoint took them (never touched on the request path).
     changed_accounts: Mutex<std::collections::HashSet<CustomerId>>,
     predicates: Predicates,
+    /// Grants, the credits journal and reservations in flight ([`crate::credits`]).
+    credits: crate::engine::credits::Ledger,
 }
 
 fn unix_now() -> u64 {
@@ -177,6 +180,21 @@ impl Engine {
     /// What the meters look at, so the HTTP layer keeps only that for each request.
     pub fn exchange_needs(&self) -> ExchangeNeeds {
         self.inner.metering.config.load().needs
+    }
+
+    /// The credits ledger ([`crate::credits`]).
+    pub(crate) fn ledger(&self) -> &crate::engine::credits::Ledger {
+        &self.inner.credits
+    }
+
+    /// What recording usage needs (configuration, events).
+    pub(crate) fn metering(&self) -> &Arc<Metering> {
+        &self.inner.metering
+    }
+
+    /// The customer's handle when it is in memory (no admission).
+    pub(crate) fn resident(&self, customer: &str) -> Option<CustomerHandle> {
+        self.inner.registry.get(customer)
     }
 
     /// Pushes an event; when the queue is full the oldest event is dropped and counted.

@@ -59,6 +59,14 @@ impl MeterMatch {
         self.bits == 0 && !self.whole
     }
 
+    /// The same match without the meters of `mask` (bit `i`: meter `i`).
+    pub(crate) fn without(self, mask: u64) -> Self {
+        Self {
+            bits: self.bits & !mask,
+            ..self
+        }
+    }
+
     /// Whether `meter`'s request-side filter passed. Always `false` for the meters decided
     /// whole at the response (mixed filters, indices 64 and up): see the type's docs.
     pub fn contains(self, meter: MeterIndex) -> bool {

@@ -348,6 +348,44 @@ struct AccountRow {
     period_usage: Vec<(String, u64, u64)>,
     /// The billing anchor, unix seconds.
     billing_anchor: Option<u64>,
+    /// The last credits operation the balance includes (rows written before credits
+    /// journals existed end before this field: see [`decode_account`]).
+    ledger_seq: Option<u64>,
+}
+
+/// An account row as written before `ledger_seq` (postcard rows have no defaults).
+#[derive(Deserialize)]
+struct AccountRowV1 {
+    writer: String,
+    seq: u64,
+    taken_unix: u64,
+    delinquent: bool,
+    cancelled: bool,
+    blocked: bool,
+    plan: Option<String>,
+    balance: i64,
+    period_usage: Vec<(String, u64, u64)>,
+    billing_anchor: Option<u64>,
+}
+
+/// Decodes an account row, of this release or of the one before `ledger_seq`.
+fn decode_account(key: &RowKey, bytes: &[u8]) -> Result<AccountRow, SpoolError> {
+    decode::<AccountRow>(key, bytes).or_else(|e| match decode::<AccountRowV1>(key, bytes) {
+        Ok(r) => Ok(AccountRow {
+            writer: r.writer,
+            seq: r.seq,
+            taken_unix: r.taken_unix,
+            delinquent: r.delinquent,
+            cancelled: r.cancelled,
+            blocked: r.blocked,
+            plan: r.plan,
+            balance: r.balance,
+            period_usage: r.period_usage,
+            billing_anchor: r.billing_anchor,
+            ledger_seq: None,
+        }),
+        Err(_) => Err(e),
+    })
 }
 
 impl AccountRow {
@@ -367,6 +405,7 @@ impl AccountRow {
                 .map(|u| (u.meter.as_str().to_owned(), u.period_start, u.used))
                 .collect(),
             billing_anchor: state.billing_anchor,
+            ledger_seq: state.ledger_seq,
         }
     }
 
@@ -389,6 +428,7 @@ impl AccountRow {
             balance: self.balance,
             period_usage,
             billing_anchor: self.billing_anchor,
+            ledger_seq: self.ledger_seq,
             ..AccountState::default()
         };
         state.delinquent = self.delinquent;
@@ -653,7 +693,7 @@ pub(crate) fn accounts_in<T: KvRead + ?Sized>(
     )?;
     let mut out = Vec::with_capacity(rows.len());
     for (key, bytes) in rows {
-        let decoded = decode::<AccountRow>(&key, &bytes).and_then(|row| {
+        let decoded = decode_account(&key, &bytes).and_then(|row| {
             let id = CustomerId::new(&key.customer).map_err(|e| SpoolError::Corrupt {
                 key: key.to_string(),
                 reason: format!("customer: {e}"),
@@ -1261,6 +1301,50 @@ mod encoding {
         let p = s.pending(None).unwrap();
         assert_eq!(p[0].sealed.as_ref().unwrap().quantity, 6);
         assert!(s.quarantined().unwrap().is_empty());
+    }
+
+    /// Account rows written before `ledger_seq` existed (postcard has no defaults) are
+    /// still read, with no journal number; rows of this release keep it.
+    #[test]
+    fn account_rows_without_a_journal_number_are_still_read() {
+        #[derive(Serialize)]
+        struct Old {
+            writer: String,
+            seq: u64,
+            taken_unix: u64,
+            delinquent: bool,
+            cancelled: bool,
+            blocked: bool,
+            plan: Option<String>,
+            balance: i64,
+            period_usage: Vec<(String, u64, u64)>,
+            billing_anchor: Option<u64>,
+        }
+        let k = key("c1");
+        let old = Old {
+            writer: "w".into(),
+            seq: 3,
+            taken_unix: 100,
+            delinquent: true,
+            cancelled: false,
+            blocked: false,
+            plan: Some("pro".into()),
+            balance: -42,
+            period_usage: vec![("calls".into(), 0, 7)],
+            billing_anchor: Some(5),
+        };
+        let row = decode_account(&k, &encode(&k, &old).unwrap()).unwrap();
+        assert_eq!((row.balance, row.ledger_seq), (-42, None));
+        let state = row.state(&k).unwrap();
+        assert!(state.delinquent);
+        assert_eq!(state.billing_anchor, Some(5));
+        let new = AccountRow {
+            ledger_seq: Some(9),
+            ..row
+        };
+        let back = decode_account(&k, &encode(&k, &new).unwrap()).unwrap();
+        assert_eq!(back.ledger_seq, Some(9));
+        assert_eq!(back.state(&k).unwrap().ledger_seq, Some(9));
     }
 
     #[test]
