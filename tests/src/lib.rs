@@ -1,6 +1,7 @@
 //! Shared test helpers.
 
 pub mod billing_mock;
+pub mod crash_child;
 pub mod http;
 pub mod quickstart;
 pub mod smtp;

@@ -15,8 +15,9 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use monetize_tests::crash_child;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -36,36 +37,12 @@ fn child(dir: &Path, mode: &str) -> Command {
 
 #[test]
 fn kill_minus_nine_keeps_every_acknowledged_grant_once() {
-    let seed: u64 = std::env::var("MONETIZE_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    println!("MONETIZE_CRASH_SEED={seed}");
+    let seed = crash_child::seed();
     let mut rng = StdRng::seed_from_u64(seed);
     for kill in 0..KILLS {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
-        let log = std::fs::File::create(dir.join("run.log")).unwrap();
-        let mut run = child(dir, "run")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn grant_child");
-        let started = Instant::now();
-        while !dir.join("ready").exists() {
-            if let Some(status) = run.try_wait().unwrap() {
-                panic!(
-                    "seed {seed}: grant_child exited ({status}): {}",
-                    std::fs::read_to_string(dir.join("run.log")).unwrap_or_default()
-                );
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "seed {seed}: grant_child never got ready"
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        let mut run = crash_child::spawn_until_ready(child(dir, "run"), dir, "grant_child", seed);
         let offset = Duration::from_millis(rng.random_range(200..900));
         std::thread::sleep(offset);
         run.kill().expect("SIGKILL");

@@ -46,41 +46,7 @@ fn config() -> Config {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().collect();
-    let [_, dir, mode, checkpoint_ms] = args.as_slice() else {
-        eprintln!("usage: spend_child DIR run|restore CHECKPOINT_MS");
-        return ExitCode::from(64);
-    };
-    let Ok(checkpoint_ms) = checkpoint_ms.parse::<u64>() else {
-        eprintln!("CHECKPOINT_MS must be a number");
-        return ExitCode::from(64);
-    };
-    let restore = match mode.as_str() {
-        "run" => false,
-        "restore" => true,
-        _ => {
-            eprintln!("mode must be run or restore");
-            return ExitCode::from(64);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start tokio: {e}");
-            return ExitCode::from(70);
-        }
-    };
-    match runtime.block_on(child(PathBuf::from(dir), restore, checkpoint_ms)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("spend_child: {e}");
-            ExitCode::from(1)
-        }
-    }
+    monetize_tests::crash_child::main("spend_child", child)
 }
 
 async fn child(
