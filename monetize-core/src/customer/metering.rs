@@ -12,7 +12,7 @@ use crate::compiled::validate::Compiled;
 use crate::customer::CustomerState;
 use crate::event::{Event, EventKind};
 use crate::meter::{Aggregation, Exchange, Meter, MeterMatch, MeterPhases, SAMPLE_CAP, Sample};
-use crate::plan::Plan;
+use crate::plan::{MeterTerms, Plan};
 use crate::quota::Quota;
 
 /// An engine's queue of events for notifiers, and how many it dropped when full.
@@ -260,9 +260,8 @@ impl Metering {
         let Some(terms) = plan.terms.get(i) else {
             return;
         };
-        if let Some(quota) = &terms.quota {
-            let prev = s.cells.base(i).saturating_add(prev_cell);
-            self.quota_crossing(s, m, quota, prev, prev.saturating_add(q));
+        if terms.watches_period() {
+            self.period_crossing(s, m, terms, prev_cell, q);
         }
         if terms.price > 0 {
             let mut cost = i64::try_from(q.saturating_mul(terms.price)).unwrap_or(i64::MAX);
@@ -294,13 +293,45 @@ impl Metering {
             q
         };
         let prev_cell = s.cells.add(i, q);
-        if let Some(quota) = plan
-            .and_then(|p| p.terms.get(i))
-            .and_then(|t| t.quota.as_ref())
+        if let Some(terms) = plan.and_then(|p| p.terms.get(i))
+            && terms.watches_period()
         {
-            let prev = s.cells.base(i).saturating_add(prev_cell);
-            self.quota_crossing(s, m, quota, prev, prev.saturating_add(q));
+            self.period_crossing(s, m, terms, prev_cell, q);
         }
+    }
+
+    /// After `q` was added to meter `m`'s cell (which held `prev_cell`), under terms with a
+    /// quota or tiers: the period's usage before and after the add (the cell's `fetch_add`
+    /// gave each add its own "before", so one add of a burst crosses each threshold), and
+    /// the events of the thresholds crossed.
+    #[inline(always)]
+    fn period_crossing(
+        &self,
+        s: &CustomerState,
+        m: &Meter,
+        terms: &MeterTerms,
+        prev_cell: u64,
+        q: u64,
+    ) {
+        let prev = s.cells.base(m.index.get()).saturating_add(prev_cell);
+        let now = prev.saturating_add(q);
+        if let Some(quota) = &terms.quota {
+            self.quota_crossing(s, m, quota, prev, now);
+        }
+        if let Some(tier) = terms.tiers.crossed(prev, now) {
+            self.tier_event(s, m, tier, now);
+        }
+    }
+
+    /// Raises `TierReached`.
+    #[cold]
+    #[inline(never)]
+    fn tier_event(&self, s: &CustomerState, m: &Meter, tier: u64, usage: u64) {
+        let meter = m.id.clone();
+        self.emit(Event::new(
+            Some(s.id.clone()),
+            EventKind::TierReached { meter, tier, usage },
+        ));
     }
 
     /// The quota events of usage going from `prev` to `now` in the period: reached at the
