@@ -175,14 +175,14 @@ pub enum EventKind {
         /// Used in this period, as the request left it.
         usage: u64,
     },
-    /// A customer's usage of a meter was above its plan's allowance (the quota limit, else
+    /// A customer's usage of a meter reached its plan's allowance (the quota limit, else
     /// the first tier) in each of the last `periods` periods, at least the plan's
     /// `upsell_after_periods` (for sales). Raised when a period ends, never on the request
-    /// path; again at the end of each further period above the allowance.
+    /// path; again at the end of each further period at the allowance.
     UpsellCandidate {
         /// The meter.
         meter: MeterId,
-        /// Periods in a row above the allowance, the one just ended included.
+        /// Periods in a row at or above the allowance, the one just ended included.
         periods: u32,
         /// Used in the period just ended.
         usage: u64,

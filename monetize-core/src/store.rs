@@ -43,7 +43,7 @@ pub struct AccountState {
     /// journal's later operations (from the state store) are added to a spool's balance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ledger_seq: Option<u64>,
-    /// Per meter, the periods in a row the customer's usage ended above its plan's
+    /// Per meter, the periods in a row the customer's usage reached its plan's
     /// allowance (for `upsell_candidate`; only meters with a streak).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub upsell: Vec<UpsellStreak>,
@@ -72,14 +72,14 @@ impl PeriodUsage {
     }
 }
 
-/// How many periods in a row a customer's usage of a meter ended above its plan's
+/// How many periods in a row a customer's usage of a meter reached its plan's
 /// allowance (see `PlanConfig::upsell_after_periods`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct UpsellStreak {
     /// The meter.
     pub meter: MeterId,
-    /// Periods in a row above the allowance.
+    /// Periods in a row at or above the allowance.
     pub periods: u32,
     /// Unix seconds at which the last period counted began (a period is counted once).
     pub period_start: u64,

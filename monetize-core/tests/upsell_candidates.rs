@@ -1,4 +1,4 @@
-//! Upsell candidates: `upsell_candidate` when a customer's usage of a meter ended above its
+//! Upsell candidates: `upsell_candidate` when a customer's usage of a meter reached its
 //! plan's allowance (the quota limit, else the first tier) in `upsell_after_periods`
 //! periods in a row; evaluated when periods roll over (an injected wall clock here),
 //! never on the request path; streaks survive a restart through the account state.
@@ -88,11 +88,11 @@ fn up(customer: &str, periods: u32, usage: u64, allowance: u64) -> (String, u32,
 }
 
 #[test]
-fn usage_above_the_quota_for_n_periods_in_a_row_raises_an_upsell() {
+fn usage_at_the_quota_for_n_periods_in_a_row_raises_an_upsell() {
     let c = Clocked::new(quota_plan(2), NOV + 100);
     c.engine.tick();
     c.calls("acme", 6);
-    c.calls("globex", 6);
+    c.calls("globex", 5);
     c.calls("initech", 2);
     assert_eq!(c.roll_to(DEC), [], "one period above is not a streak of 2");
     assert_eq!(c.engine.drain_events(1_000).len(), 0);
@@ -102,7 +102,7 @@ fn usage_above_the_quota_for_n_periods_in_a_row_raises_an_upsell() {
     assert_eq!(
         c.roll_to(JAN),
         [up("acme", 2, 7, 5)],
-        "acme twice above 5; globex fell back; initech only once"
+        "acme twice at or above 5; globex fell back; initech only once"
     );
     c.calls("acme", 6);
     c.calls("initech", 6);
@@ -111,8 +111,8 @@ fn usage_above_the_quota_for_n_periods_in_a_row_raises_an_upsell() {
         [up("acme", 3, 6, 5), up("initech", 2, 6, 5)],
         "again each further period above"
     );
-    c.calls("acme", 5);
-    assert_eq!(c.roll_to(MAR), [], "exactly the allowance is not above it");
+    c.calls("acme", 4);
+    assert_eq!(c.roll_to(MAR), [], "below the allowance ends the streak");
     assert_eq!(c.engine.account("acme").unwrap().upsell, []);
 }
 
@@ -127,7 +127,12 @@ fn without_a_quota_the_first_tier_is_the_allowance() {
     c.engine.tick();
     c.calls("acme", 11);
     c.calls("globex", 10);
-    assert_eq!(c.roll_to(DEC), [up("acme", 1, 11, 10)]);
+    c.calls("initech", 9);
+    assert_eq!(
+        c.roll_to(DEC),
+        [up("acme", 1, 11, 10), up("globex", 1, 10, 10)],
+        "reaching the allowance counts (an enforced quota stops usage there)"
+    );
 }
 
 #[test]

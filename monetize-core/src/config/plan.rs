@@ -33,9 +33,10 @@ pub struct PlanConfig {
     /// Per-meter settings of this plan, by meter id: usage tiers (`tier_reached` events).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub meters: BTreeMap<String, PlanMeterConfig>,
-    /// Raise `upsell_candidate` (for sales) when a customer's usage of a meter was above
+    /// Raise `upsell_candidate` (for sales) when a customer's usage of a meter reached
     /// its allowance (the meter's quota limit, else its first tier) in this many periods
-    /// in a row, checked when each period ends; unset (the default): never.
+    /// in a row, checked when each period ends; unset (the default): never. (An enforced
+    /// quota stops usage at its limit, so reaching the limit is what counts.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upsell_after_periods: Option<u32>,
 }
@@ -94,7 +95,7 @@ impl PlanConfig {
         self
     }
 
-    /// Raises `upsell_candidate` after `periods` periods in a row above the allowance.
+    /// Raises `upsell_candidate` after `periods` periods in a row at the allowance.
     pub fn upsell_after_periods(mut self, periods: u32) -> Self {
         self.upsell_after_periods = Some(periods);
         self

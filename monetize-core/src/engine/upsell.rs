@@ -1,5 +1,6 @@
-//! Upsell candidates: when a period ends, each customer whose usage of a meter ended above
-//! its plan's allowance (the meter's quota limit, else its first tier) extends a streak;
+//! Upsell candidates: when a period ends, each customer whose usage of a meter reached its
+//! plan's allowance (the meter's quota limit, else its first tier) extends a streak (an
+//! enforced quota stops usage at its limit, so reaching it is what shows demand beyond it);
 //! at the plan's `upsell_after_periods` periods in a row (and at each further one) an
 //! `upsell_candidate` event goes to sales. Never on the request path: the tick that rolls
 //! periods over reads the usage before resetting it.
@@ -32,7 +33,7 @@ impl Engine {
     }
 
     /// Whether the usage of `meter` by a customer on `plan` ending at `used` is worth
-    /// evaluating: above the allowance, or `streaking` (the customer has a streak that it
+    /// evaluating: at or above the allowance, or `streaking` (the customer has a streak that it
     /// may end).
     pub(super) fn upsell_candidate(
         cfg: &Compiled,
@@ -44,7 +45,7 @@ impl Engine {
         cfg.plan(plan).is_some_and(|p| {
             p.upsell_after.is_some()
                 && p.allowance(meter)
-                    .is_some_and(|allowance| streaking || used > allowance)
+                    .is_some_and(|allowance| streaking || used >= allowance)
         })
     }
 
@@ -95,7 +96,7 @@ impl Engine {
                 if last.is_some_and(|(_, s)| s == start) {
                     continue;
                 }
-                if e.used > allowance {
+                if e.used >= allowance {
                     let periods = match last {
                         Some((n, s)) if s == before => n.saturating_add(1),
                         _ => 1,
