@@ -29,6 +29,8 @@ pub(crate) struct Plan {
     /// The meters that have a quota, for a quick scan.
     pub(crate) quota_meters: Box<[usize]>,
     pub(crate) rate_limit: Option<RateLimit>,
+    /// Usage tiers per meter.
+    pub(crate) tiers: Box<[Tiers]>,
     /// Periods in a row above the allowance after which `upsell_candidate` fires.
     pub(crate) upsell_after: Option<u32>,
 }
@@ -40,15 +42,21 @@ pub(crate) struct MeterTerms {
     pub(crate) price: u64,
     /// The meter's quota, if the plan has one.
     pub(crate) quota: Option<Quota>,
-    /// The meter's usage tiers (none when the plan sets none).
-    pub(crate) tiers: Tiers,
+    /// The meter's first usage tier (`u64::MAX` when the plan sets none): usage below it
+    /// crosses no tier, so the request path reads the tiers themselves
+    /// ([`Plan::tiers`], out of line: this struct stays within one cache line) only
+    /// past it.
+    pub(crate) first_tier: u64,
 }
+
+// What one recorded meter reads of its plan fits one cache line.
+const _: () = assert!(std::mem::size_of::<MeterTerms>() <= 64);
 
 impl MeterTerms {
     /// Whether recording on the meter needs the period's usage (a quota or tiers to test).
     #[inline(always)]
     pub(crate) fn watches_period(&self) -> bool {
-        self.quota.is_some() || !self.tiers.is_empty()
+        self.quota.is_some() || self.first_tier != u64::MAX
     }
 }
 
@@ -175,7 +183,7 @@ impl Plan {
             .map(|((price, quota), tiers)| MeterTerms {
                 price: *price,
                 quota: *quota,
-                tiers: *tiers,
+                first_tier: tiers.first().unwrap_or(u64::MAX),
             })
             .collect();
         Ok(Plan {
@@ -187,6 +195,7 @@ impl Plan {
             quotas,
             quota_meters,
             rate_limit,
+            tiers: tiers.into_boxed_slice(),
             upsell_after,
         })
     }
@@ -210,7 +219,10 @@ impl Plan {
     /// else its first tier; `None` when it has neither.
     pub(crate) fn allowance(&self, meter: usize) -> Option<u64> {
         let terms = self.terms.get(meter)?;
-        terms.quota.map(|q| q.limit).or_else(|| terms.tiers.first())
+        terms
+            .quota
+            .map(|q| q.limit)
+            .or_else(|| self.tiers.get(meter).and_then(Tiers::first))
     }
 
     /// The period over which a meter's usage is counted for this plan: its quota's, or

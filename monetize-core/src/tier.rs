@@ -69,24 +69,13 @@ impl Tiers {
     }
 
     /// Whether there are none.
-    #[inline(always)]
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// The highest tier in `(prev, now]`: the tier that usage going from `prev` to `now`
     /// reached, if it crossed one.
-    #[inline(always)]
     pub(crate) fn crossed(&self, prev: u64, now: u64) -> Option<u64> {
-        if self.len == 0 || now < self.at[0] {
-            return None;
-        }
-        self.crossed_above_first(prev, now)
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn crossed_above_first(&self, prev: u64, now: u64) -> Option<u64> {
         let mut hit = None;
         for &t in self.at.iter().take(self.len as usize) {
             if t > now {

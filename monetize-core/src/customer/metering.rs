@@ -261,7 +261,7 @@ impl Metering {
             return;
         };
         if terms.watches_period() {
-            self.period_crossing(s, m, terms, prev_cell, q);
+            self.period_crossing(plan, s, m, terms, prev_cell, q);
         }
         if terms.price > 0 {
             let mut cost = i64::try_from(q.saturating_mul(terms.price)).unwrap_or(i64::MAX);
@@ -293,10 +293,11 @@ impl Metering {
             q
         };
         let prev_cell = s.cells.add(i, q);
-        if let Some(terms) = plan.and_then(|p| p.terms.get(i))
+        if let Some(plan) = plan
+            && let Some(terms) = plan.terms.get(i)
             && terms.watches_period()
         {
-            self.period_crossing(s, m, terms, prev_cell, q);
+            self.period_crossing(plan, s, m, terms, prev_cell, q);
         }
     }
 
@@ -307,6 +308,7 @@ impl Metering {
     #[inline(always)]
     fn period_crossing(
         &self,
+        plan: &Plan,
         s: &CustomerState,
         m: &Meter,
         terms: &MeterTerms,
@@ -318,7 +320,19 @@ impl Metering {
         if let Some(quota) = &terms.quota {
             self.quota_crossing(s, m, quota, prev, now);
         }
-        if let Some(tier) = terms.tiers.crossed(prev, now) {
+        if now >= terms.first_tier {
+            self.tier_crossing(plan, s, m, prev, now);
+        }
+    }
+
+    /// Past the first tier: raises `TierReached` for the highest tier in `(prev, now]`.
+    #[inline(never)]
+    fn tier_crossing(&self, plan: &Plan, s: &CustomerState, m: &Meter, prev: u64, now: u64) {
+        if let Some(tier) = plan
+            .tiers
+            .get(m.index.get())
+            .and_then(|t| t.crossed(prev, now))
+        {
             self.tier_event(s, m, tier, now);
         }
     }
