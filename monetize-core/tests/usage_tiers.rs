@@ -250,3 +250,24 @@ fn bad_tiers_are_errors_naming_the_field() {
     assert_eq!(e.field, "plans[0].meters.peak.tiers", "{e}");
     assert!(e.problem.contains("only `count` and `sum`"), "{e}");
 }
+
+#[test]
+fn usage_settled_by_a_reservation_crosses_tiers_too() {
+    let config = Config::builder()
+        .meter(MeterConfig::sum("tokens", ValueConfig::Reported("tokens".into())).reserve(100))
+        .plan(
+            PlanConfig::new("growth")
+                .prepaid(1_000_000)
+                .price("tokens", 1)
+                .tiers("tokens", [500]),
+        )
+        .default_plan("growth")
+        .build();
+    let e = Engine::new(config).unwrap();
+    let h = e.resolve("acme").unwrap();
+    let tokens = e.meter_index("tokens").unwrap();
+    e.reserve(&h, tokens, 100).unwrap().settle(450);
+    assert_eq!(tiers(&e), []);
+    e.reserve(&h, tokens, 100).unwrap().settle(60);
+    assert_eq!(tiers(&e), [t("acme", "tokens", 500, 510)]);
+}
