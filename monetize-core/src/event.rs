@@ -174,6 +174,8 @@ pub enum EventKind {
         tier: u64,
         /// Used in this period, as the request left it.
         usage: u64,
+        /// The plan's next tier for this meter, if there is one.
+        next_tier: Option<u64>,
     },
     /// A customer's usage of a meter reached its plan's allowance (the quota limit, else
     /// the first tier) in each of the last `periods` periods, at least the plan's

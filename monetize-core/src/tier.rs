@@ -68,6 +68,15 @@ impl Tiers {
         (self.len > 0).then_some(self.at[0])
     }
 
+    /// The first tier above `usage`, if any.
+    pub(crate) fn next_above(&self, usage: u64) -> Option<u64> {
+        self.at
+            .iter()
+            .take(self.len as usize)
+            .copied()
+            .find(|t| *t > usage)
+    }
+
     /// Whether there are none.
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
@@ -107,6 +116,8 @@ mod tests {
         assert_eq!(t.crossed(1000, 9999), None);
         assert_eq!(Tiers::NONE.crossed(0, u64::MAX - 1), None);
         assert_eq!(t.first(), Some(10));
+        assert_eq!(t.next_above(10), Some(100));
+        assert_eq!(t.next_above(5_099), None);
         assert_eq!(Tiers::NONE.first(), None);
     }
 

@@ -32,7 +32,9 @@ fn tiers(engine: &Engine) -> Vec<(String, String, u64, u64)> {
         .drain_events(100_000)
         .into_iter()
         .filter_map(|e| match e.kind {
-            EventKind::TierReached { meter, tier, usage } => Some((
+            EventKind::TierReached {
+                meter, tier, usage, ..
+            } => Some((
                 e.customer.map(|c| c.to_string()).unwrap_or_default(),
                 meter.to_string(),
                 tier,
@@ -270,4 +272,24 @@ fn usage_settled_by_a_reservation_crosses_tiers_too() {
     assert_eq!(tiers(&e), []);
     e.reserve(&h, tokens, 100).unwrap().settle(60);
     assert_eq!(tiers(&e), [t("acme", "tokens", 500, 510)]);
+}
+
+#[test]
+fn the_event_names_the_next_tier() {
+    let e = engine(PlanConfig::new("growth").tiers("calls", [2, 4]));
+    let h = e.resolve("acme").unwrap();
+    let calls = e.meter_index("calls").unwrap();
+    let mut next = Vec::new();
+    for _ in 0..5 {
+        e.record(&h, calls, 1);
+        for ev in e.drain_events(10) {
+            if let EventKind::TierReached {
+                tier, next_tier, ..
+            } = ev.kind
+            {
+                next.push((tier, next_tier));
+            }
+        }
+    }
+    assert_eq!(next, [(2, Some(4)), (4, None)]);
 }

@@ -65,6 +65,7 @@ async fn the_readme_routes_send_the_tier_email_and_the_sales_alert() {
                 meter: meter.clone(),
                 tier: 10_000,
                 usage: 10_003,
+                next_tier: Some(100_000),
             },
         ));
     }
@@ -74,6 +75,7 @@ async fn the_readme_routes_send_the_tier_email_and_the_sales_alert() {
             meter: meter.clone(),
             tier: 100_000,
             usage: 100_000,
+            next_tier: None,
         },
     ));
     dispatcher.dispatch(Event::new(

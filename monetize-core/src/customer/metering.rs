@@ -328,24 +328,18 @@ impl Metering {
     /// Past the first tier: raises `TierReached` for the highest tier in `(prev, now]`.
     #[inline(never)]
     fn tier_crossing(&self, plan: &Plan, s: &CustomerState, m: &Meter, prev: u64, now: u64) {
-        if let Some(tier) = plan
-            .tiers
-            .get(m.index.get())
-            .and_then(|t| t.crossed(prev, now))
-        {
-            self.tier_event(s, m, tier, now);
+        let Some(tiers) = plan.tiers.get(m.index.get()) else {
+            return;
+        };
+        if let Some(tier) = tiers.crossed(prev, now) {
+            let kind = EventKind::TierReached {
+                meter: m.id.clone(),
+                tier,
+                usage: now,
+                next_tier: tiers.next_above(now),
+            };
+            self.emit(Event::new(Some(s.id.clone()), kind));
         }
-    }
-
-    /// Raises `TierReached`.
-    #[cold]
-    #[inline(never)]
-    fn tier_event(&self, s: &CustomerState, m: &Meter, tier: u64, usage: u64) {
-        let meter = m.id.clone();
-        self.emit(Event::new(
-            Some(s.id.clone()),
-            EventKind::TierReached { meter, tier, usage },
-        ));
     }
 
     /// The quota events of usage going from `prev` to `now` in the period: reached at the
