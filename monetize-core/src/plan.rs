@@ -31,7 +31,7 @@ pub(crate) struct Plan {
     pub(crate) rate_limit: Option<RateLimit>,
     /// Usage tiers per meter.
     pub(crate) tiers: Box<[Tiers]>,
-    /// Periods in a row above the allowance after which `upsell_candidate` fires.
+    /// Periods in a row at the allowance after which `upsell_candidate` fires.
     pub(crate) upsell_after: Option<u32>,
 }
 

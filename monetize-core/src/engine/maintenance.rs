@@ -113,7 +113,7 @@ impl Engine {
             });
             drop(anchors);
             self.upsell_count(cfg, ended, |id, period| {
-                Some(self.previous_periods(cfg, id, period, now))
+                self.previous_periods(cfg, id, period, now)
             });
         }
         self.credits_tick();

@@ -57,13 +57,13 @@ impl Engine {
 
     /// Counts periods that ended: extends or ends streaks, raises `upsell_candidate` where
     /// a streak reaches the plan's count, and notes changed accounts for the next
-    /// checkpoint. `ended_start` gives the start of the period that ended, or `None` when
-    /// it is not the one just before the current period (it is then not counted).
+    /// checkpoint. `ended_start` gives, for a customer and a kind of period, the start of
+    /// the period that ended and of the one before it ([`Engine::previous_periods`]).
     pub(super) fn upsell_count(
         &self,
         cfg: &Compiled,
         ended: Vec<Ended>,
-        ended_start: impl Fn(&CustomerId, Period) -> Option<(u64, u64)>,
+        ended_start: impl Fn(&CustomerId, Period) -> (u64, u64),
     ) {
         if ended.is_empty() {
             return;
@@ -84,10 +84,7 @@ impl Engine {
                     continue;
                 };
                 // (start of the ended period, start of the one before it)
-                let Some((start, before)) = ended_start(&e.customer, plan.period_of(e.meter))
-                else {
-                    continue;
-                };
+                let (start, before) = ended_start(&e.customer, plan.period_of(e.meter));
                 let list = streaks.entry(e.customer.clone()).or_default();
                 let pos = list.iter().position(|s| s.meter == meter.id);
                 let last = pos
@@ -209,7 +206,7 @@ impl Engine {
             })
             .collect();
         self.upsell_count(cfg, ended, |id, period| {
-            Some(self.previous_periods(cfg, id, period, now))
+            self.previous_periods(cfg, id, period, now)
         });
     }
 }
