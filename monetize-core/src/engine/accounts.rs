@@ -87,6 +87,7 @@ impl Engine {
         drop(anchors);
         let mut out = out;
         self.fill_credits(&mut out, false);
+        self.fill_upsell(&mut out);
         out
     }
 
@@ -134,6 +135,7 @@ impl Engine {
         drop(anchors);
         let mut one = [(CustomerId::new(customer).ok()?, state)];
         self.fill_credits(&mut one, true);
+        self.fill_upsell(&mut one);
         let [(_, state)] = one;
         Some(state)
     }
@@ -168,6 +170,7 @@ impl Engine {
         drop(_maintenance);
         drop(anchors);
         self.fill_credits(&mut out, true);
+        self.fill_upsell(&mut out);
         out
     }
 
@@ -222,6 +225,7 @@ impl Engine {
             s.cells.set_period(i, u);
         }
         self.restore_credits(s, state);
+        self.restore_upsell(cfg, s, state);
         Ok(())
     }
 
@@ -288,5 +292,6 @@ pub(super) fn account_of(
             .collect(),
         credits: None,
         ledger_seq: None,
+        upsell: Vec::new(),
     }
 }

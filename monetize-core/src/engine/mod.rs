@@ -44,6 +44,7 @@ mod record;
 mod reload;
 mod resolve;
 mod stats;
+mod upsell;
 
 pub use builder::EngineBuilder;
 use builder::WallClock;
@@ -89,6 +90,8 @@ struct Inner {
     predicates: Predicates,
     /// Grants, the credits journal and reservations in flight ([`crate::credits`]).
     credits: crate::engine::credits::Ledger,
+    /// Upsell streaks by customer ([`upsell`]); never taken on the request path.
+    upsell: upsell::Streaks,
 }
 
 fn unix_now() -> u64 {
