@@ -576,9 +576,14 @@ impl Inner {
             );
             let retries = retries.clone();
             tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                // The worker is gone only when the dispatcher is.
-                let _ = retries.send(a);
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {
+                        // The worker is gone only when the dispatcher is.
+                        let _ = retries.send(a);
+                    }
+                    // The dispatcher was dropped: no timer outlives it.
+                    () = retries.closed() => {}
+                }
             });
             return;
         }
@@ -1253,5 +1258,28 @@ mod tests {
         assert_eq!(order, ["acme", "globex", "acme"]);
         assert!(calls[1].0.duration_since(calls[0].0) < Duration::from_secs(2));
         assert!(within_jitter(calls[2].0.duration_since(calls[0].0), 5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_the_dispatcher_ends_its_tasks_and_pending_retry_timers() {
+        let hook = Scripted::new([], Err(NotifyError::Retryable("webhook 500".into())));
+        let d = hook_dispatcher(hook.clone(), Arc::new(MemoryNotifier::new()));
+        d.dispatch(warning("acme", DEC));
+        run_until(|| d.stats().retried >= 1).await;
+        let alive = || {
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        };
+        // The router, two channel workers, one retry timer minutes away.
+        assert_eq!(alive(), 4);
+        drop(d);
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(alive(), 0, "no task or timer outlives the dispatcher");
+        let calls = hook.calls().len();
+        tokio::time::sleep(Duration::from_secs(2 * 86_400)).await;
+        assert_eq!(hook.calls().len(), calls, "no retry after the drop");
     }
 }
