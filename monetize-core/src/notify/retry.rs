@@ -81,8 +81,8 @@ impl RetryPolicy {
         }
     }
 
-    /// The same policy, disabling the channel (or not) when a notification fails for
-    /// good. Exponential policies are turned into no schedule: they never disable.
+    /// The same schedule, disabling the channel (or not) when a notification fails for
+    /// good. An exponential policy is returned unchanged: it never disables.
     pub fn disable_on_failure(self, disable: bool) -> Self {
         match self {
             Self::Schedule {
