@@ -10,7 +10,9 @@
 //! Customer emails are written as `.eml` files to `<data-dir>/outbox/` and team alerts as
 //! JSON lines to `<data-dir>/alerts.jsonl` (routes and templates: `examples/notify.toml`;
 //! a `[notify]` table in the config file replaces them). An `[smtp]` section in the
-//! config file (`examples/smtp.toml`) sends the emails over SMTP instead.
+//! config file (`examples/smtp.toml`) sends the emails over SMTP instead; `[slack]`,
+//! `[pagerduty]`, `[[webhooks]]` and `[twilio]` sections (`examples/channels.toml`) add
+//! channels under their names (one named `alerts` takes the team alerts' place).
 //!
 //! ```sh
 //! cargo run --release --example quickstart                  # scenario, then serve until Ctrl-C
@@ -44,6 +46,7 @@ use monetize_core::report::{ProviderRoute, RedbSpool, Reporter, ReporterHandle, 
 use monetize_core::webhook::WebhookProcessor;
 use monetize_core::{CoreError, CustomerId, Engine, RedbStore, StateChange, StateSync};
 use monetize_providers::ProvidersConfig;
+use monetize_providers::notify::channels_config::ChannelsConfig;
 use monetize_providers::notify::smtp::SmtpConfig;
 use monetize_tower::MonetizeLayer;
 use monetize_tower::identify::{ApiKey, KeyDirectory};
@@ -95,6 +98,8 @@ struct Extras {
     providers_config: ProvidersConfig,
     notify: Option<NotifyConfig>,
     smtp: Option<SmtpConfig>,
+    /// `[slack]`, `[pagerduty]`, `[[webhooks]]`, `[twilio]`.
+    channels: ChannelsConfig,
 }
 
 /// Takes the `notify` and `smtp` tables out of a parsed file.
@@ -132,24 +137,27 @@ fn load(args: &Args) -> Result<(Engine, Extras), String> {
         .is_some_and(|e| e.eq_ignore_ascii_case("json"));
     // Core reads everything but the `providers` sections, which monetize-providers reads,
     // and the `notify` and `smtp` tables, which the notifications read.
-    let (config, providers, notify, smtp) = if json {
+    let (config, providers, notify, smtp, channels) = if json {
         let providers =
             ProvidersConfig::from_json_str(&text).map_err(|e| format!("{origin}: {e}"))?;
         let mut rest: Value = serde_json::from_str(&text).map_err(|e| format!("{origin}: {e}"))?;
-        let (mut notify, mut smtp) = (None, None);
+        let (mut notify, mut smtp, mut channels) = (None, None, ChannelsConfig::default());
         if let Some(map) = rest.as_object_mut() {
             map.remove("providers");
             notify = map.remove("notify");
             smtp = map.remove("smtp");
+            channels = ChannelsConfig::take_from_json(map).map_err(|e| format!("{origin}: {e}"))?;
         }
         let (notify, smtp) =
             take_notify(notify, smtp, serde_json::from_value, serde_json::from_value)
                 .map_err(|e| format!("{origin}: {e}"))?;
         let config =
             Config::from_json_str(&rest.to_string()).map_err(|e| format!("{origin}: {e}"))?;
-        (config, providers, notify, smtp)
+        (config, providers, notify, smtp, channels)
     } else {
         let mut table: toml::Table = text.parse().map_err(|e| format!("{origin}: {e}"))?;
+        let channels =
+            ChannelsConfig::take_from_toml(&mut table).map_err(|e| format!("{origin}: {e}"))?;
         let (notify, smtp) = take_notify(
             table.remove("notify"),
             table.remove("smtp"),
@@ -161,7 +169,7 @@ fn load(args: &Args) -> Result<(Engine, Extras), String> {
         let (core_text, providers) =
             monetize_providers::split_toml(&text).map_err(|e| format!("{origin}: {e}"))?;
         let config = Config::from_toml_str(&core_text).map_err(|e| format!("{origin}: {e}"))?;
-        (config, providers, notify, smtp)
+        (config, providers, notify, smtp, channels)
     };
     let routes = monetize_providers::routes_from_config(&providers, &config)
         .map_err(|e| format!("{origin}: {e}"))?;
@@ -173,6 +181,7 @@ fn load(args: &Args) -> Result<(Engine, Extras), String> {
             providers_config: providers,
             notify,
             smtp,
+            channels,
         },
     ))
 }
@@ -199,6 +208,7 @@ async fn main() -> Result<(), Error> {
         providers_config,
         notify: notify_config,
         smtp,
+        channels,
     } = extras;
     // Routes and templates are checked now: a template mistake stops the start-up.
     let notify_config = match notify::config(notify_config) {
@@ -236,14 +246,19 @@ async fn main() -> Result<(), Error> {
 
     // Notifications: customer emails and team alerts, at most once per customer, event and
     // month (the dedup marks live in the same redb file), delivered in the background.
-    let (dispatcher, where_emails_go) =
-        match notify::start(notify_config, smtp.as_ref(), &data_dir, store.clone()) {
-            Ok(started) => started,
-            Err(e) => {
-                eprintln!("quickstart: {e}");
-                std::process::exit(2);
-            }
-        };
+    let (dispatcher, where_emails_go) = match notify::start(
+        notify_config,
+        smtp.as_ref(),
+        &channels,
+        &data_dir,
+        store.clone(),
+    ) {
+        Ok(started) => started,
+        Err(e) => {
+            eprintln!("quickstart: {e}");
+            std::process::exit(2);
+        }
+    };
     if state_sync.restored().restored > 0 {
         println!(
             "restored {} customers from {}",
@@ -340,10 +355,7 @@ async fn main() -> Result<(), Error> {
     if admin {
         println!("admin routes: http://{addr}/admin/customers/{{id}} (MONETIZE_ADMIN_TOKEN)");
     }
-    println!(
-        "{where_emails_go}; team alerts to {}\n",
-        data_dir.join("alerts.jsonl").display()
-    );
+    println!("{where_emails_go}\n");
 
     if !args.no_scenario {
         scenario(addr, &engine, &reporter, &ledger, &dispatcher).await?;

@@ -1,7 +1,9 @@
 //! The quickstart's notifications: customer emails written as `.eml` files (RFC 5322, the
 //! bytes SMTP would carry) to `<data-dir>/outbox/`, or sent over SMTP when the config
 //! file has an `[smtp]` section; team alerts as JSON lines in `<data-dir>/alerts.jsonl`.
-//! Both are printed as they are written.
+//! Both are printed as they are written. The file's `[slack]`, `[pagerduty]`,
+//! `[[webhooks]]` and `[twilio]` sections add channels under their names: a channel named
+//! `email` or `alerts` replaces the built-in one.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use async_trait::async_trait;
 use monetize_core::notify::{Dispatcher, NotifyConfig};
 use monetize_core::{Event, Notification, Notifier, NotifyError, StateStore};
+use monetize_providers::notify::channels_config::ChannelsConfig;
 use monetize_providers::notify::smtp::{EmailComposer, SmtpChannel, SmtpConfig};
 
 /// The sender of the quickstart's emails.
@@ -103,10 +106,13 @@ pub fn config(notify: Option<NotifyConfig>) -> Result<NotifyConfig, String> {
 }
 
 /// Starts the dispatcher: `email` (SMTP with `smtp`, else the outbox) and `alerts`
-/// channels, dedup marks in `store`. Returns it and a line saying where emails go.
+/// channels, then those of `channels` (under their names, so one named `email` or
+/// `alerts` replaces the built-in one), dedup marks in `store`. Returns it and a line
+/// saying where emails go.
 pub fn start(
     config: NotifyConfig,
     smtp: Option<&SmtpConfig>,
+    channels: &ChannelsConfig,
     data_dir: &Path,
     store: Arc<dyn StateStore>,
 ) -> Result<(Dispatcher, String), String> {
@@ -134,14 +140,22 @@ pub fn start(
             )
         }
     };
+    let alerts_file = data_dir.join("alerts.jsonl");
     let alerts = Arc::new(Alerts {
-        file: data_dir.join("alerts.jsonl"),
+        file: alerts_file.clone(),
     });
-    let dispatcher = Dispatcher::builder(config)
+    let mut builder = Dispatcher::builder(config)
         .channel("email", email)
-        .channel("alerts", alerts)
-        .store(store)
-        .start()
-        .map_err(|e| e.to_string())?;
+        .channel("alerts", alerts);
+    let mut said = said;
+    let built = channels.build().map_err(|e| e.to_string())?;
+    if !built.iter().any(|(name, _)| name == "alerts") {
+        said.push_str(&format!("; team alerts to {}", alerts_file.display()));
+    }
+    for (name, channel) in built {
+        said.push_str(&format!("; channel `{name}`: {}", channel.name()));
+        builder = builder.channel(name, channel);
+    }
+    let dispatcher = builder.store(store).start().map_err(|e| e.to_string())?;
     Ok((dispatcher, said))
 }

@@ -143,6 +143,12 @@ pub trait StateStore: Send + Sync + 'static {
     /// Sets a marker unless it is already set; `true` when this call set it. Markers expire
     /// after `ttl`. Used to send a notification once per customer, event and period.
     async fn mark_once(&self, key: &str, ttl: Duration) -> Result<bool, StoreError>;
+
+    /// Removes a marker set by [`StateStore::mark_once`], so that the next `mark_once` of
+    /// `key` sets it again: a notification that failed for good gives its claim back and
+    /// a later crossing in the same period may send. Removing an absent marker is not an
+    /// error. A shared store does it in one step (Redis: `DEL key`).
+    async fn unmark(&self, key: &str) -> Result<(), StoreError>;
 }
 
 /// The in-process store: a map behind a mutex (never touched on the request path).
@@ -198,6 +204,11 @@ impl StateStore for MemoryStore {
         m.insert(key.to_owned(), now + ttl);
         Ok(true)
     }
+
+    async fn unmark(&self, key: &str) -> Result<(), StoreError> {
+        lock(&self.marks).remove(key);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -225,5 +236,11 @@ mod tests {
             s.mark_once("short", Duration::ZERO).await.unwrap(),
             "expired marks can be set again"
         );
+        s.unmark("k").await.unwrap();
+        assert!(
+            s.mark_once("k", Duration::from_secs(60)).await.unwrap(),
+            "an unmarked key can be set again"
+        );
+        s.unmark("absent").await.unwrap();
     }
 }

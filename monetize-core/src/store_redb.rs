@@ -170,6 +170,19 @@ impl StateStore for RedbStore {
         })
         .await
     }
+
+    async fn unmark(&self, key: &str) -> Result<(), StoreError> {
+        let key = key.to_owned();
+        self.blocking(move |db, path| {
+            let txn = db.begin_write().map_err(|e| unavailable(path, e))?;
+            txn.open_table(MARKS)
+                .map_err(|e| unavailable(path, e))?
+                .remove(key.as_str())
+                .map_err(|e| unavailable(path, e))?;
+            txn.commit().map_err(|e| unavailable(path, e))
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -204,6 +217,14 @@ mod tests {
         assert!(
             !s.mark_once("m", Duration::from_secs(60)).await.unwrap(),
             "marks survive reopen"
+        );
+        s.unmark("m").await.unwrap();
+        s.unmark("never-set").await.unwrap();
+        drop(s);
+        let s = RedbStore::open(&path).unwrap();
+        assert!(
+            s.mark_once("m", Duration::from_secs(60)).await.unwrap(),
+            "an unmark is durable: the key can be set again after reopen"
         );
         // A row that does not decode is an error naming its key, not a panic.
         {

@@ -1,5 +1,6 @@
 //! A real SMTP server for the email tests: `tests/smtp_sink.py` (aiosmtpd, installed by
-//! `scripts/test`) on a free port, killed on drop.
+//! `scripts/test`) on a free port, killed on drop; in plaintext, or with STARTTLS or
+//! implicit TLS under a certificate from a CA made for the test ([`TestCa`]).
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -51,9 +52,72 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// How the server secures connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SinkTls {
+    /// `STARTTLS` required before anything else (AUTH only after it).
+    Starttls,
+    /// TLS from the first byte (SMTPS).
+    Implicit,
+}
+
+/// A certificate authority made for one test, and a server certificate it signed for
+/// `127.0.0.1`.
+pub struct TestCa {
+    /// The CA certificate (PEM): what the client trusts.
+    pub ca_pem: String,
+    /// The server's certificate (PEM).
+    pub cert_pem: String,
+    /// The server's private key (PEM).
+    pub key_pem: String,
+}
+
+impl TestCa {
+    /// A new CA and a server certificate for `127.0.0.1`.
+    pub fn new() -> TestCa {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+            KeyUsagePurpose,
+        };
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        ca.distinguished_name
+            .push(DnType::CommonName, "monetize test CA");
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut server = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+        server
+            .distinguished_name
+            .push(DnType::CommonName, "127.0.0.1");
+        let cert = server.signed_by(&key, &ca).unwrap();
+        TestCa {
+            ca_pem: ca.pem(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+}
+
+impl Default for TestCa {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl SmtpSink {
     /// Starts the server, with `auth` (`user:pass`) required when given.
     pub fn start(auth: Option<&str>) -> SmtpSink {
+        Self::spawn(auth, None)
+    }
+
+    /// Starts the server with TLS (`tls`) under `ca`'s server certificate, with `auth`
+    /// required (after TLS) when given.
+    pub fn start_tls(auth: Option<&str>, tls: SinkTls, ca: &TestCa) -> SmtpSink {
+        Self::spawn(auth, Some((tls, ca)))
+    }
+
+    fn spawn(auth: Option<&str>, tls: Option<(SinkTls, &TestCa)>) -> SmtpSink {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let mut cmd = Command::new(python());
@@ -63,8 +127,18 @@ impl SmtpSink {
             .arg(dir.path().join("mail"))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        if let Some(a) = auth {
-            cmd.arg(a);
+        cmd.arg(auth.unwrap_or("-"));
+        if let Some((mode, ca)) = tls {
+            let cert = dir.path().join("cert.pem");
+            let key = dir.path().join("key.pem");
+            std::fs::write(&cert, &ca.cert_pem).unwrap();
+            std::fs::write(&key, &ca.key_pem).unwrap();
+            cmd.arg(match mode {
+                SinkTls::Starttls => "starttls",
+                SinkTls::Implicit => "smtps",
+            })
+            .arg(cert)
+            .arg(key);
         }
         let mut child = cmd.spawn().unwrap_or_else(|e| {
             panic!(

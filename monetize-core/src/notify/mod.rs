@@ -33,6 +33,7 @@ mod dedup;
 mod directory;
 mod dispatcher;
 mod notification;
+mod retry;
 mod template;
 
 use std::sync::Mutex;
@@ -44,8 +45,9 @@ use crate::event::Event;
 
 pub use config::{DedupPeriod, NotifyConfig, NotifyConfigError, RouteConfig, TemplateConfig};
 pub use directory::CustomerDirectory;
-pub use dispatcher::{Dispatcher, DispatcherBuilder, DispatcherStats, FailureHook};
+pub use dispatcher::{ChannelStats, Dispatcher, DispatcherBuilder, DispatcherStats, FailureHook};
 pub use notification::Notification;
+pub use retry::RetryPolicy;
 
 /// A delivery failure.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -97,6 +99,13 @@ pub trait Notifier: Send + Sync + 'static {
     /// and text override it.
     async fn deliver(&self, notification: &Notification) -> Result<(), NotifyError> {
         self.notify(&notification.event).await
+    }
+
+    /// How this channel's failed deliveries are retried; `None` (the default): the
+    /// dispatcher's exponential backoff from the configuration. A
+    /// [`DispatcherBuilder::retry_policy`] overrides it.
+    fn retry_policy(&self) -> Option<RetryPolicy> {
+        None
     }
 }
 

@@ -7,6 +7,7 @@
 //! Base URLs are settable (tests point them at wiremock); secrets (webhook URLs, keys,
 //! passwords) are kept out of `Debug` and of error messages.
 
+pub mod channels_config;
 #[cfg(any(
     feature = "slack",
     feature = "pagerduty",

@@ -10,14 +10,20 @@
 //! | 5xx (`550 no such user`, `535`/`530` authentication) | `Permanent`, with the server's reply |
 //! | TLS or client errors | `Permanent`: fix the configuration |
 //!
+//! A private relay whose certificate is not from a public CA: give its CA certificate
+//! (PEM) with [`SmtpChannel::with_ca`] or `tls_ca_file` in `[smtp]`; it is trusted in
+//! addition to the public roots.
+//!
 //! [`EmailComposer`] builds the message alone: the quickstart writes it to a `.eml` file
 //! (`Message::formatted()`, the bytes SMTP would carry).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use lettre::message::{Mailbox, MultiPart, SinglePart, header::ContentType};
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use monetize_core::{Event, Notification, Notifier, NotifyError};
 use secrecy::{ExposeSecret, SecretString};
@@ -63,6 +69,9 @@ pub struct SmtpConfig {
     /// The recipient when a route names none.
     #[serde(default)]
     pub to: Option<String>,
+    /// A PEM file of CA certificates to trust besides the public roots (a private relay).
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 /// An SMTP channel that cannot be set up; the message says what to fix.
@@ -83,6 +92,18 @@ pub enum SmtpSetupError {
     /// The transport could not be built (TLS set-up).
     #[error("smtp: {0}")]
     Transport(String),
+    /// The CA file cannot be read or holds no PEM certificate: fix `tls_ca_file`.
+    #[error("smtp: tls_ca_file `{path}`: {reason}")]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A CA certificate was given for a plaintext connection: set `security` to `tls`
+    /// or `starttls`, or drop the CA.
+    #[error("smtp: a CA certificate needs `security` = `tls` or `starttls`")]
+    CaWithoutTls,
 }
 
 fn mailbox(address: &str) -> Result<Mailbox, SmtpSetupError> {
@@ -183,13 +204,59 @@ impl SmtpChannel {
         credentials: Option<(String, SecretString)>,
         composer: EmailComposer,
     ) -> Result<Self, SmtpSetupError> {
+        Self::build(server, port, security, credentials, composer, None)
+    }
+
+    /// Like [`SmtpChannel::new`], also trusting the CA certificates in `ca_pem` (PEM) for
+    /// the server's certificate: a private relay, or a test server.
+    pub fn with_ca(
+        server: &str,
+        port: Option<u16>,
+        security: Security,
+        credentials: Option<(String, SecretString)>,
+        composer: EmailComposer,
+        ca_pem: &[u8],
+    ) -> Result<Self, SmtpSetupError> {
+        Self::build(server, port, security, credentials, composer, Some(ca_pem))
+    }
+
+    fn build(
+        server: &str,
+        port: Option<u16>,
+        security: Security,
+        credentials: Option<(String, SecretString)>,
+        composer: EmailComposer,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self, SmtpSetupError> {
         let setup = |e: lettre::transport::smtp::Error| SmtpSetupError::Transport(e.to_string());
-        let mut builder = match security {
-            Security::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(server).map_err(setup)?,
-            Security::Starttls => {
+        let tls = |ca: &[u8]| -> Result<TlsParameters, SmtpSetupError> {
+            let cert = Certificate::from_pem(ca).map_err(setup)?;
+            TlsParameters::builder(server.to_owned())
+                .add_root_certificate(cert)
+                .build()
+                .map_err(setup)
+        };
+        let mut builder = match (security, ca_pem) {
+            (Security::Tls, None) => {
+                AsyncSmtpTransport::<Tokio1Executor>::relay(server).map_err(setup)?
+            }
+            (Security::Starttls, None) => {
                 AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(server).map_err(setup)?
             }
-            Security::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(server),
+            (Security::Tls, Some(ca)) => {
+                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(server)
+                    .port(lettre::transport::smtp::SUBMISSIONS_PORT)
+                    .tls(Tls::Wrapper(tls(ca)?))
+            }
+            (Security::Starttls, Some(ca)) => {
+                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(server)
+                    .port(lettre::transport::smtp::SUBMISSION_PORT)
+                    .tls(Tls::Required(tls(ca)?))
+            }
+            (Security::None, None) => {
+                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(server)
+            }
+            (Security::None, Some(_)) => return Err(SmtpSetupError::CaWithoutTls),
         };
         if let Some(p) = port {
             builder = builder.port(p);
@@ -219,7 +286,30 @@ impl SmtpChannel {
         if let Some(to) = &c.to {
             composer = composer.default_to(to)?;
         }
-        Self::new(&c.server, c.port, c.security, credentials, composer)
+        let ca = match &c.tls_ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| SmtpSetupError::CaFile {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+                if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+                    return Err(SmtpSetupError::CaFile {
+                        path: path.clone(),
+                        reason: "no PEM certificate in it".into(),
+                    });
+                }
+                Some(pem)
+            }
+            None => None,
+        };
+        Self::build(
+            &c.server,
+            c.port,
+            c.security,
+            credentials,
+            composer,
+            ca.as_deref(),
+        )
     }
 }
 

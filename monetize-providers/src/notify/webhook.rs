@@ -12,13 +12,22 @@
 //! | 410 | `Permanent`: the receiver disabled the endpoint |
 //! | 429, 502, 504 | `Throttled`, after `Retry-After` or 5 s |
 //! | anything else (3xx: no redirects followed), network errors | `Retryable` (a new timestamp and signature per try) |
+//!
+//! Retries follow the Standard Webhooks sender schedule ([`RetryPolicy::standard_webhooks`]:
+//! immediately, then after 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h and 24 h, with
+//! jitter, or later when `Retry-After` says so); when a notification fails for good (410,
+//! or the schedule is used up) the dispatcher disables the channel, raises
+//! `notification_failed` once and logs it. Pending retries are kept in memory: a restart
+//! forgets them. [`WebhookChannel::retries`] sets another policy.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
+use monetize_core::notify::RetryPolicy;
 use monetize_core::{Event, Notification, Notifier, NotifyError};
 use secrecy::{ExposeSecret, SecretBox};
 use serde_json::json;
@@ -31,11 +40,16 @@ use super::client;
 #[error("webhook secret must be `whsec_` followed by base64 (24 to 64 bytes): {0}")]
 pub struct BadSecret(String);
 
+/// A clock giving unix seconds (`webhook-timestamp`).
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
 /// Posts notifications to a URL, signed as Standard Webhooks.
 pub struct WebhookChannel {
     url: String,
     key: SecretBox<Vec<u8>>,
     client: reqwest::Client,
+    policy: RetryPolicy,
+    clock: Clock,
 }
 
 impl std::fmt::Debug for WebhookChannel {
@@ -43,7 +57,8 @@ impl std::fmt::Debug for WebhookChannel {
         f.debug_struct("WebhookChannel")
             .field("url", &self.url)
             .field("key", &"[redacted]")
-            .finish()
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
     }
 }
 
@@ -86,7 +101,32 @@ impl WebhookChannel {
             url: url.into(),
             key: SecretBox::new(Box::new(decode_secret(secret)?)),
             client: client::client(),
+            policy: RetryPolicy::standard_webhooks(),
+            clock: Arc::new(|| {
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs())
+            }),
         })
+    }
+
+    /// Retries by `policy` instead of the Standard Webhooks schedule.
+    pub fn retries(mut self, policy: RetryPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Sends with `client` (a proxy, other timeouts; tests under paused time use one
+    /// without timers). Keep redirects off: Standard Webhooks treats 3xx as a failure.
+    pub fn http_client(mut self, client: reqwest::Client) -> Self {
+        self.client = client;
+        self
+    }
+
+    /// Takes `webhook-timestamp` from `clock` (unix seconds) instead of the system clock.
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// The JSON body sent for `n`: `type` is the event name with `.` for `_`.
@@ -118,6 +158,10 @@ impl Notifier for WebhookChannel {
         "webhook"
     }
 
+    fn retry_policy(&self) -> Option<RetryPolicy> {
+        Some(self.policy.clone())
+    }
+
     async fn notify(&self, event: &Event) -> Result<(), NotifyError> {
         let key = format!("{:?}/{:?}", event.at, event.kind);
         let subject = format!("{} event", event.kind.name());
@@ -135,9 +179,7 @@ impl Notifier for WebhookChannel {
     async fn deliver(&self, n: &Notification) -> Result<(), NotifyError> {
         let body = Self::body(n);
         let id = message_id(&n.dedup_key);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = (self.clock)();
         let signature = sign(self.key.expose_secret(), &id, now, &body);
         let request = self
             .client
