@@ -23,8 +23,9 @@ use axum::routing::post;
 use futures_util::stream;
 use http::{Method, StatusCode};
 use monetize_axum::{RouterExt, Usage, reserve_layer};
-use monetize_core::Engine;
 use monetize_core::config::{Config, MeterConfig, PlanConfig, ValueConfig};
+use monetize_core::credits::RESERVATION_RULE;
+use monetize_core::{Engine, EventKind};
 use monetize_tests::http::{TestServer, api_key_layer, eventually, key_of, used, within};
 
 const PRICE: i64 = 2;
@@ -168,6 +169,40 @@ async fn concurrent_requests_never_overspend_and_are_charged_once() {
     assert_eq!(used(&engine, "acme", "tokens"), served_tokens);
     // Refused requests are not metered at all (as a block is not).
     assert_eq!(used(&engine, "acme", "calls"), ok);
+}
+
+/// A reservation the balance cannot cover (above zero, so no rule blocks first) is
+/// refused with a `402` that raises the event a blocking rule's `402` raises: `Blocked`,
+/// naming the reservation, once a minute per customer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_reservation_raises_a_blocked_event() {
+    let engine = engine(HELD - 1);
+    engine.register("acme", "prepaid").unwrap();
+    let server = TestServer::start(app(&engine)).await;
+    for _ in 0..3 {
+        let reply = within(
+            "the refused request",
+            server
+                .client()
+                .send(Method::POST, "/v1/chat/ok?tokens=1", Some("acme"), None),
+        )
+        .await;
+        assert_eq!(reply.status, 402);
+        assert_eq!(reply.json()["reason"], "credits_insufficient");
+    }
+    let blocked: Vec<_> = engine
+        .drain_events(1_000)
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            EventKind::Blocked { rule } => Some((e.customer.map(|c| c.to_string()), rule)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        blocked,
+        vec![(Some("acme".to_owned()), RESERVATION_RULE.into())]
+    );
+    assert_eq!(engine.usage("acme").unwrap().balance, HELD - 1);
 }
 
 /// Requests reporting more than their estimate: the excess is taken only down to zero,

@@ -53,7 +53,7 @@ pub use stats::{CustomerUsage, EngineStats, MeterUsage};
 const DEFAULT_EVENT_CAPACITY: usize = 65_536;
 
 /// At most one `Blocked` (and one `ShadowBlock`) event per customer in this many seconds.
-const BLOCK_EVENT_EVERY_SECS: u32 = 60;
+pub(crate) const BLOCK_EVENT_EVERY_SECS: u32 = 60;
 
 /// The usage engine. Cheap to clone: every clone shares the same state.
 #[derive(Clone)]
