@@ -182,6 +182,11 @@ pub struct ProviderSection {
     /// `resumed`, `subscription_status`, `ignored`).
     #[serde(default)]
     pub webhook_events: BTreeMap<String, monetize_core::webhook::Meaning>,
+    /// Chargebee: the invoice dunning statuses with which `payment_failed` makes the
+    /// customer delinquent (default `["in_progress", "exhausted"]`; `[]` for every
+    /// failure).
+    #[serde(default)]
+    pub webhook_dunning_statuses: Option<Vec<String>>,
 }
 
 fn default_report_ms() -> u64 {

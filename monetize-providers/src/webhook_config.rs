@@ -37,7 +37,7 @@ impl std::fmt::Debug for WebhookMount {
 /// `webhook_password_env`). A provider's section, when there is one, also gives its
 /// customer mapping (without a `customers` table the provider's id is ours), its
 /// `webhook_events` and `webhook_tolerance_secs`, Recurly's account lookup (its API key)
-/// and Chargebee's `webhook_confirm`.
+/// and Chargebee's `webhook_confirm` and `webhook_dunning_statuses`.
 pub fn webhooks_with_env(
     config: &ProvidersConfig,
     env: &dyn Fn(&str) -> Option<String>,
@@ -152,6 +152,9 @@ fn source(
             let mut w = ChargebeeWebhook::new(user, pass)
                 .customers(customers(section)?)
                 .events(events(ChargebeeWebhook::default_events(), section));
+            if let Some(statuses) = section.and_then(|s| s.webhook_dunning_statuses.clone()) {
+                w = w.dunning_statuses(statuses);
+            }
             if let Some(s) = section.filter(|s| s.webhook_confirm) {
                 let url = s.base_url(env).unwrap_or_else(|| {
                     format!(
@@ -219,5 +222,43 @@ webhook_events = { "charge_invoice.past_due" = "ignored" }
         let half = |k: &str| (k == "CHARGEBEE_WEBHOOK_USER").then(|| "u".to_owned());
         let e = webhooks_with_env(&ProvidersConfig::default(), &half).unwrap_err();
         assert!(e.to_string().contains("CHARGEBEE_WEBHOOK_PASSWORD"), "{e}");
+    }
+
+    /// Basic auth `x:x` (what `env` above gives both Chargebee variables).
+    fn chargebee_auth() -> http::HeaderMap {
+        use base64::Engine as _;
+        let mut h = http::HeaderMap::new();
+        let v = base64::engine::general_purpose::STANDARD.encode("x:x");
+        h.insert("authorization", format!("Basic {v}").parse().unwrap());
+        h
+    }
+
+    #[tokio::test]
+    async fn chargebee_dunning_statuses_come_from_the_section() {
+        use monetize_core::webhook::Meaning;
+        const FAILED: &[u8] =
+            include_bytes!("../../tests/fixtures/webhooks/chargebee_payment_failed.json");
+        let env = |k: &str| k.starts_with("CHARGEBEE_WEBHOOK_").then(|| "x".to_owned());
+        let meaning = |toml: &'static str| async move {
+            let cfg = ProvidersConfig::from_toml_str(toml).unwrap();
+            let mounts = webhooks_with_env(&cfg, &env).unwrap();
+            let d = mounts[0].source.verify(&chargebee_auth(), FAILED).await;
+            d.unwrap().meaning
+        };
+        // The fixture's invoice is `in_progress`: delinquent by default.
+        assert_eq!(
+            meaning(
+                "[[providers]]\nkind = \"chargebee\"\nsite = \"acme\"\napi_key_env = \"CB_KEY\"\n"
+            )
+            .await,
+            Meaning::PaymentFailed
+        );
+        assert_eq!(
+            meaning(
+                "[[providers]]\nkind = \"chargebee\"\nsite = \"acme\"\napi_key_env = \"CB_KEY\"\nwebhook_dunning_statuses = [\"exhausted\"]\n"
+            )
+            .await,
+            Meaning::Ignored
+        );
     }
 }

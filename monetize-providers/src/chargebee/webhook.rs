@@ -34,7 +34,13 @@ pub struct ChargebeeWebhook {
     customers: CustomerMap,
     confirm: Option<Lookup>,
     max_body: usize,
+    dunning: Vec<String>,
 }
+
+/// The invoice dunning statuses with which `payment_failed` makes the customer
+/// delinquent by default: dunning is running (`in_progress`), or ran out of retries
+/// (`exhausted`, the invoice stays unpaid).
+pub const DEFAULT_DUNNING_STATUSES: [&str; 2] = ["in_progress", "exhausted"];
 
 impl std::fmt::Debug for ChargebeeWebhook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -55,7 +61,21 @@ impl ChargebeeWebhook {
             customers: CustomerMap::Same,
             confirm: None,
             max_body: monetize_core::webhook::DEFAULT_MAX_BODY,
+            dunning: DEFAULT_DUNNING_STATUSES.map(String::from).to_vec(),
         }
+    }
+
+    /// The invoice dunning statuses (`content.invoice.dunning_status`) with which a
+    /// `payment_failed` delivery makes the customer delinquent (default
+    /// [`DEFAULT_DUNNING_STATUSES`]). A `payment_failed` whose invoice is not in one of
+    /// them (dunning `stopped` or `success`, no dunning, or no invoice: a one-off charge)
+    /// is acknowledged and changes nothing. An empty list marks every `payment_failed`.
+    pub fn dunning_statuses<S: Into<String>>(
+        mut self,
+        statuses: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.dunning = statuses.into_iter().map(Into::into).collect();
+        self
     }
 
     /// Confirms each delivery with `GET {base_url}/events/{id}` (`base_url` like
@@ -83,8 +103,8 @@ impl ChargebeeWebhook {
         self
     }
 
-    /// The defaults: `payment_failed` payment failed (the invoice then is in dunning:
-    /// `content.invoice.dunning_status`); `payment_succeeded` paid;
+    /// The defaults: `payment_failed` payment failed (only while the invoice is in
+    /// dunning: see [`dunning_statuses`](Self::dunning_statuses)); `payment_succeeded` paid;
     /// `subscription_cancelled` cancelled; `subscription_paused` paused;
     /// `subscription_resumed` resumed; `subscription_reactivated` and
     /// `subscription_activated` active.
@@ -121,6 +141,16 @@ impl ChargebeeWebhook {
         } else {
             Err(refused())
         }
+    }
+
+    /// Whether the invoice of a `payment_failed` is in one of the dunning statuses that
+    /// make the customer delinquent.
+    fn in_dunning(&self, content: &Value) -> bool {
+        if self.dunning.is_empty() {
+            return true;
+        }
+        opt_text(content, "/invoice/dunning_status")
+            .is_some_and(|s| self.dunning.contains(&s))
     }
 
     fn customer(&self, content: &Value) -> Option<monetize_core::CustomerId> {
@@ -194,7 +224,15 @@ impl WebhookSource for ChargebeeWebhook {
             .iter()
             .find_map(|p| content.pointer(p).and_then(Value::as_u64))
             .unwrap_or(occurred.saturating_mul(1000));
-        let meaning = self.events.meaning(kind);
+        let mut meaning = self.events.meaning(kind);
+        if kind == "payment_failed"
+            && meaning == Meaning::PaymentFailed
+            && !self.in_dunning(content)
+        {
+            // A failed attempt Chargebee is not dunning for: nothing to hold against
+            // the customer.
+            meaning = Meaning::Ignored;
+        }
         let mut d = Delivery::new(
             "chargebee",
             id.as_str(),
@@ -289,6 +327,64 @@ mod tests {
             "by subscription id"
         );
         assert!(!format!("{w:?}").contains("s3cret"));
+    }
+
+    /// `FAILED` with its invoice's dunning status changed (`None`: removed), or without
+    /// an invoice at all.
+    fn failed_with(dunning: Option<&str>, invoice: bool) -> Vec<u8> {
+        let mut v: Value = serde_json::from_slice(FAILED).unwrap();
+        let content = v["content"].as_object_mut().unwrap();
+        if invoice {
+            let inv = content["invoice"].as_object_mut().unwrap();
+            match dunning {
+                Some(s) => inv.insert("dunning_status".into(), s.into()),
+                None => inv.remove("dunning_status"),
+            };
+        } else {
+            content.remove("invoice");
+        }
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    #[tokio::test]
+    async fn payment_failed_makes_delinquent_only_while_the_invoice_is_in_dunning() {
+        let w = ChargebeeWebhook::new("hook".into(), "s3cret".into());
+        let auth = basic("hook", "s3cret");
+        let meaning = |d: Result<Delivery, WebhookError>| d.unwrap().meaning;
+        // The fixture as Chargebee sends it: dunning in progress.
+        assert_eq!(
+            meaning(w.verify(&auth, FAILED).await),
+            Meaning::PaymentFailed
+        );
+        assert_eq!(
+            meaning(w.verify(&auth, &failed_with(Some("exhausted"), true)).await),
+            Meaning::PaymentFailed
+        );
+        for (case, body) in [
+            ("dunning stopped", failed_with(Some("stopped"), true)),
+            ("dunning succeeded", failed_with(Some("success"), true)),
+            ("no dunning", failed_with(None, true)),
+            ("no invoice", failed_with(None, false)),
+        ] {
+            let d = w.verify(&auth, &body).await.unwrap();
+            assert_eq!(d.meaning, Meaning::Ignored, "{case}");
+            assert!(d.meaning.changes().is_empty(), "{case}");
+            assert!(d.event.is_none(), "{case}: no PaymentFailed event");
+            assert_eq!(d.event_id, "ev_AzZTwBV1kR4Gh5Lw", "{case}: still parsed");
+        }
+        // Configurable: only `exhausted`, or every failure.
+        let strict =
+            ChargebeeWebhook::new("hook".into(), "s3cret".into()).dunning_statuses(["exhausted"]);
+        assert_eq!(
+            meaning(strict.verify(&auth, FAILED).await),
+            Meaning::Ignored
+        );
+        let any = ChargebeeWebhook::new("hook".into(), "s3cret".into())
+            .dunning_statuses(Vec::<String>::new());
+        assert_eq!(
+            meaning(any.verify(&auth, &failed_with(None, false)).await),
+            Meaning::PaymentFailed
+        );
     }
 
     #[tokio::test]
