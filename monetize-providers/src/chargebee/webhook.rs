@@ -1,11 +1,13 @@
 //! [`ChargebeeWebhook`]: Chargebee's webhooks (HTTP Basic auth, optional confirmation)
 //! as a [`WebhookSource`].
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use base64::Engine as _;
 use http::HeaderMap;
-use monetize_core::EventKind;
 use monetize_core::webhook::{Delivery, EventMap, Meaning, WebhookError, WebhookSource};
+use monetize_core::{EventKind, PlanId, StateChange};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use subtle::ConstantTimeEq;
@@ -35,6 +37,7 @@ pub struct ChargebeeWebhook {
     confirm: Option<Lookup>,
     max_body: usize,
     dunning: Vec<String>,
+    plans: HashMap<String, PlanId>,
 }
 
 /// The invoice dunning statuses with which `payment_failed` makes the customer
@@ -62,7 +65,32 @@ impl ChargebeeWebhook {
             confirm: None,
             max_body: monetize_core::webhook::DEFAULT_MAX_BODY,
             dunning: DEFAULT_DUNNING_STATUSES.map(String::from).to_vec(),
+            plans: HashMap::new(),
         }
+    }
+
+    /// Moves the customer to our `plan` when a `subscription_*` event's subscription is on
+    /// Chargebee's `plan` (its `plan_id`, or the `item_price_id` of its `plan` item).
+    pub fn plan(mut self, theirs: impl Into<String>, plan: PlanId) -> Self {
+        self.plans.insert(theirs.into(), plan);
+        self
+    }
+
+    /// Our plan for a subscription, when its Chargebee plan is mapped.
+    fn plan_of(&self, subscription: &Value) -> Option<&PlanId> {
+        let items = subscription
+            .get("subscription_items")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|i| i.get("item_type").and_then(Value::as_str) == Some("plan"))
+            .filter_map(|i| i.get("item_price_id").and_then(Value::as_str));
+        subscription
+            .get("plan_id")
+            .and_then(Value::as_str)
+            .into_iter()
+            .chain(items)
+            .find_map(|p| self.plans.get(p))
     }
 
     /// The invoice dunning statuses (`content.invoice.dunning_status`) with which a
@@ -107,7 +135,8 @@ impl ChargebeeWebhook {
     /// dunning: see [`dunning_statuses`](Self::dunning_statuses)); `payment_succeeded` paid;
     /// `subscription_cancelled` cancelled; `subscription_paused` paused;
     /// `subscription_resumed` resumed; `subscription_reactivated` and
-    /// `subscription_activated` active.
+    /// `subscription_activated` active; `subscription_changed` plan changed (with a
+    /// mapped [`plan`](Self::plan); every `subscription_*` event carries its mapped plan).
     pub fn default_events() -> EventMap {
         EventMap::from_pairs([
             ("payment_failed", Meaning::PaymentFailed),
@@ -117,6 +146,7 @@ impl ChargebeeWebhook {
             ("subscription_resumed", Meaning::Resumed),
             ("subscription_reactivated", Meaning::Active),
             ("subscription_activated", Meaning::Active),
+            ("subscription_changed", Meaning::PlanChanged),
         ])
     }
 
@@ -149,8 +179,7 @@ impl ChargebeeWebhook {
         if self.dunning.is_empty() {
             return true;
         }
-        opt_text(content, "/invoice/dunning_status")
-            .is_some_and(|s| self.dunning.contains(&s))
+        opt_text(content, "/invoice/dunning_status").is_some_and(|s| self.dunning.contains(&s))
     }
 
     fn customer(&self, content: &Value) -> Option<monetize_core::CustomerId> {
@@ -241,6 +270,11 @@ impl WebhookSource for ChargebeeWebhook {
             self.customer(content),
             meaning,
         );
+        if kind.starts_with("subscription_")
+            && let Some(plan) = content.get("subscription").and_then(|s| self.plan_of(s))
+        {
+            d = d.with_change(StateChange::Plan(plan.clone()));
+        }
         if meaning == Meaning::PaymentFailed {
             d = d.with_event(EventKind::PaymentFailed {
                 provider: "chargebee".into(),
@@ -385,6 +419,37 @@ mod tests {
             meaning(any.verify(&auth, &failed_with(None, false)).await),
             Meaning::PaymentFailed
         );
+    }
+
+    #[tokio::test]
+    async fn subscription_changed_carries_the_mapped_plan() {
+        let auth = basic("hook", "s3cret");
+        let pro = PlanId::new("pro").unwrap();
+        // The cancelled fixture's subscription, changed: its plan item is
+        // `api-calls-USD-Monthly`.
+        let mut v: Value = serde_json::from_slice(CANCELLED).unwrap();
+        v["event_type"] = "subscription_changed".into();
+        v["content"]["subscription"]["status"] = "active".into();
+        let changed = serde_json::to_vec(&v).unwrap();
+        let w = ChargebeeWebhook::new("hook".into(), "s3cret".into())
+            .plan("api-calls-USD-Monthly", pro.clone());
+        let d = w.verify(&auth, &changed).await.unwrap();
+        assert_eq!(d.meaning, Meaning::PlanChanged);
+        assert_eq!(d.carried, vec![StateChange::Plan(pro.clone())]);
+        assert_eq!(d.version, 1_794_960_000_789, "the subscription's version");
+        // An older catalog's `plan_id` is read too.
+        v["content"]["subscription"]["plan_id"] = "gold".into();
+        let gold = ChargebeeWebhook::new("hook".into(), "s3cret".into()).plan("gold", pro.clone());
+        let d = gold
+            .verify(&auth, &serde_json::to_vec(&v).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(d.carried, vec![StateChange::Plan(pro)]);
+        // Without a mapping, nothing is carried: the delivery changes nothing.
+        let plain = ChargebeeWebhook::new("hook".into(), "s3cret".into());
+        let d = plain.verify(&auth, &changed).await.unwrap();
+        assert!(d.carried.is_empty());
+        assert!(d.meaning.changes().is_empty());
     }
 
     #[tokio::test]
