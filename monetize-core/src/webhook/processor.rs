@@ -16,6 +16,10 @@ use crate::store::{AccountState, StoreError};
 /// Chargebee for 2, Recurly for about 3).
 pub const DEFAULT_DEDUP_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// How many dedup keys one [`WebhookProcessor::prune_expired`] batch looks at: each
+/// delivery adds one key and prunes a batch, so the pruning keeps up with the deliveries.
+pub const PRUNE_ROWS: usize = 256;
+
 /// What became of an accepted delivery (every outcome is answered with 2xx).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -187,6 +191,15 @@ impl WebhookProcessor {
             tracing::error!(provider = %d.provider, event = %d.event_id, error = %e, "webhook not persisted; undone, the provider will retry");
             return Err(e.into());
         }
+        // Old dedup keys go away a batch at a time, off the delivery's answer.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let p = self.clone();
+            rt.spawn(async move {
+                if let Err(e) = p.prune_expired().await {
+                    tracing::warn!(error = %e, "expired webhook dedup keys not pruned");
+                }
+            });
+        }
         if !applied.is_empty() {
             if let Some(kind) = d.event.clone() {
                 engine.raise(Event::new(Some(customer.clone()), kind));
@@ -210,6 +223,14 @@ impl WebhookProcessor {
             "webhook applied"
         );
         Ok(Outcome::Applied { customer, changed })
+    }
+
+    /// Deletes a batch of expired dedup keys from the log (at most [`PRUNE_ROWS`] looked
+    /// at, resuming where the last batch stopped); returns how many. Every committed
+    /// delivery starts one in the background, so the log holds about one dedup window of
+    /// keys, not every delivery ever made.
+    pub async fn prune_expired(&self) -> Result<usize, StoreError> {
+        self.inner.log.prune_expired(PRUNE_ROWS).await
     }
 
     /// Re-applies, for every customer in the log, the newest value of every field a
