@@ -289,7 +289,7 @@ impl Operator {
         };
         let _one_at_a_time = w.lock().await;
         let before = self.engine.account(customer).unwrap_or_default();
-        self.engine.apply(customer, change.clone())?;
+        self.engine.apply_sourced(customer, change.clone())?;
         let mut record = w.log().customer(&id).await?;
         let now = crate::webhook::now_ms();
         if let Some(v) = FieldValue::of(&change) {

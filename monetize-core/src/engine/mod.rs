@@ -44,6 +44,7 @@ mod record;
 mod reload;
 mod resolve;
 mod stats;
+mod versions;
 
 pub use builder::EngineBuilder;
 use builder::WallClock;
@@ -89,6 +90,8 @@ struct Inner {
     predicates: Predicates,
     /// Grants, the credits journal and reservations in flight ([`crate::credits`]).
     credits: crate::engine::credits::Ledger,
+    /// Versions of fields code changed directly ([`Engine::apply`]).
+    versions: versions::FieldVersions,
 }
 
 fn unix_now() -> u64 {
@@ -183,6 +186,10 @@ impl Engine {
     }
 
     /// The credits ledger ([`crate::credits`]).
+    pub(crate) fn versions(&self) -> &versions::FieldVersions {
+        &self.inner.versions
+    }
+
     pub(crate) fn ledger(&self) -> &crate::engine::credits::Ledger {
         &self.inner.credits
     }
