@@ -28,7 +28,7 @@ pub const ACTOR_HEADER: &str = "x-admin-actor";
 /// | `GET {prefix}/customers?status=delinquent` (or `blocked`, `cancelled`) | lists those customers |
 /// | `GET {prefix}/customers/{id}` | the customer's whole state: status, plan, balance, quota usage per meter, last webhook events applied (`404` if unknown) |
 /// | `POST {prefix}/customers/{id}/block`, `.../unblock` | blocks / unblocks |
-/// | `POST {prefix}/customers/{id}/credits` `{"id": "...", "amount": 1000000, "expires_at": 1767225600, "priority": 1}` | grants micro-credits through the credits ledger, once per `id`; `expires_at` (unix seconds, in the future) and `priority` (lower spent first among grants expiring together) are optional; the same `id` with another grant is a `409` |
+/// | `POST {prefix}/customers/{id}/credits` `{"id": "...", "amount": 1000000, "expires_at": 1830297600, "priority": 1}` | grants micro-credits through the credits ledger, once per `id`; `expires_at` (unix seconds, in the future) and `priority` (lower spent first among grants expiring together) are optional; the same `id` with another grant is a `409` |
 /// | `PUT {prefix}/customers/{id}/plan` `{"plan": "pro"}` | changes plan |
 ///
 /// Mount it outside the monetize layer (after `.monetize(...)`).
@@ -54,7 +54,7 @@ struct ListQuery {
 }
 
 /// The body of a credit grant: `{"id": "...", "amount": 1000000, "expires_at":
-/// 1767225600, "priority": 1}` (the last two optional).
+/// 1830297600, "priority": 1}` (the last two optional).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct GrantBody {
