@@ -164,6 +164,33 @@ pub enum EventKind {
         /// Anything the templates should see, under `data`.
         data: serde_json::Value,
     },
+    /// A customer's usage of a meter in this period crossed one of its plan's tiers
+    /// (`tiers` of the plan's meter settings: the next step of a graduated price), raised
+    /// in the request that crossed it, once per tier and period.
+    TierReached {
+        /// The meter.
+        meter: MeterId,
+        /// The tier reached (the highest one the request crossed), in the meter's units.
+        tier: u64,
+        /// Used in this period, as the request left it.
+        usage: u64,
+        /// The plan's next tier for this meter, if there is one.
+        next_tier: Option<u64>,
+    },
+    /// A customer's usage of a meter reached its plan's allowance (the quota limit, else
+    /// the first tier) in each of the last `periods` periods, at least the plan's
+    /// `upsell_after_periods` (for sales). Raised when a period ends, never on the request
+    /// path; again at the end of each further period at the allowance.
+    UpsellCandidate {
+        /// The meter.
+        meter: MeterId,
+        /// Periods in a row at or above the allowance, the one just ended included.
+        periods: u32,
+        /// Used in the period just ended.
+        usage: u64,
+        /// The plan's allowance per period.
+        allowance: u64,
+    },
     /// A notification could not be delivered after its retries (or was refused for
     /// good): the channel's configuration or the service needs a look.
     NotificationFailed {
@@ -200,6 +227,8 @@ impl EventKind {
             EventKind::PaymentRecovered { .. } => "payment_recovered",
             EventKind::Custom { name, .. } => name,
             EventKind::NotificationFailed { .. } => "notification_failed",
+            EventKind::TierReached { .. } => "tier_reached",
+            EventKind::UpsellCandidate { .. } => "upsell_candidate",
         }
     }
 }

@@ -70,6 +70,7 @@ pub mod report;
 mod state_sync;
 pub mod store;
 mod store_redb;
+mod tier;
 pub mod webhook;
 
 pub use customer::{CustomerHandle, CustomerStatus, CustomerToken, StateChange};
@@ -86,5 +87,5 @@ pub use provider::{BillingProvider, ProviderError, RecordOutcome, UsageRecord};
 pub use rate_limit::BenchGcra;
 pub use rate_limit::RateLimitInfo;
 pub use state_sync::{RestoreSummary, StateSync, StateSyncHandle};
-pub use store::{AccountState, MemoryStore, PeriodUsage, StateStore, StoreError};
+pub use store::{AccountState, MemoryStore, PeriodUsage, StateStore, StoreError, UpsellStreak};
 pub use store_redb::RedbStore;

@@ -7,6 +7,7 @@ use crate::error::ConfigError;
 use crate::id::{MeterIndex, PlanId};
 use crate::quota::Quota;
 use crate::rate_limit::RateLimit;
+use crate::tier::Tiers;
 
 /// A customer's plan position when no plan is assigned.
 pub(crate) const NO_PLAN: u32 = u32::MAX;
@@ -28,6 +29,10 @@ pub(crate) struct Plan {
     /// The meters that have a quota, for a quick scan.
     pub(crate) quota_meters: Box<[usize]>,
     pub(crate) rate_limit: Option<RateLimit>,
+    /// Usage tiers per meter.
+    pub(crate) tiers: Box<[Tiers]>,
+    /// Periods in a row at the allowance after which `upsell_candidate` fires.
+    pub(crate) upsell_after: Option<u32>,
 }
 
 /// What recording on one meter involves under a plan.
@@ -37,6 +42,22 @@ pub(crate) struct MeterTerms {
     pub(crate) price: u64,
     /// The meter's quota, if the plan has one.
     pub(crate) quota: Option<Quota>,
+    /// The meter's first usage tier (`u64::MAX` when the plan sets none): usage below it
+    /// crosses no tier, so the request path reads the tiers themselves
+    /// ([`Plan::tiers`], out of line: this struct stays within one cache line) only
+    /// past it.
+    pub(crate) first_tier: u64,
+}
+
+// What one recorded meter reads of its plan fits one cache line.
+const _: () = assert!(std::mem::size_of::<MeterTerms>() <= 64);
+
+impl MeterTerms {
+    /// Whether recording on the meter needs the period's usage (a quota or tiers to test).
+    #[inline(always)]
+    pub(crate) fn watches_period(&self) -> bool {
+        self.quota.is_some() || self.first_tier != u64::MAX
+    }
 }
 
 impl Plan {
@@ -129,13 +150,40 @@ impl Plan {
             .as_ref()
             .map(|r| RateLimit::compile(r, &format!("{field}.rate_limit")))
             .transpose()?;
+        let mut tiers = vec![Tiers::NONE; n];
+        for (name, m) in &cfg.meters {
+            let mf = format!("{field}.meters.{name}");
+            let idx = meters
+                .get(name.as_str())
+                .ok_or_else(|| ConfigError::new(mf.clone(), name, "no meter has this id"))?;
+            tiers[idx.get()] = Tiers::compile(&m.tiers, &format!("{mf}.tiers"))?;
+        }
+        let upsell_after = match cfg.upsell_after_periods {
+            Some(0) => {
+                return Err(ConfigError::new(
+                    format!("{field}.upsell_after_periods"),
+                    0,
+                    "must be at least 1 (or left out to never raise upsell_candidate)",
+                ));
+            }
+            Some(n) if (0..meters.len()).all(|i| quotas[i].is_none() && tiers[i].is_empty()) => {
+                return Err(ConfigError::new(
+                    format!("{field}.upsell_after_periods"),
+                    n,
+                    "no meter of this plan has an allowance: give one a quota or tiers",
+                ));
+            }
+            n => n,
+        };
         let quota_meters = (0..n).filter(|i| quotas[*i].is_some()).collect();
         let terms = prices
             .iter()
             .zip(&quotas)
-            .map(|(price, quota)| MeterTerms {
+            .zip(&tiers)
+            .map(|((price, quota), tiers)| MeterTerms {
                 price: *price,
                 quota: *quota,
+                first_tier: tiers.first().unwrap_or(u64::MAX),
             })
             .collect();
         Ok(Plan {
@@ -147,6 +195,8 @@ impl Plan {
             quotas,
             quota_meters,
             rate_limit,
+            tiers: tiers.into_boxed_slice(),
+            upsell_after,
         })
     }
 
@@ -163,6 +213,16 @@ impl Plan {
                 (Some(Some(q)), Some(agg)) => cells.period_used(i, *agg) >= q.limit,
                 _ => false,
             })
+    }
+
+    /// What a meter's usage is compared with for `upsell_candidate`: its quota's limit,
+    /// else its first tier; `None` when it has neither.
+    pub(crate) fn allowance(&self, meter: usize) -> Option<u64> {
+        let terms = self.terms.get(meter)?;
+        terms
+            .quota
+            .map(|q| q.limit)
+            .or_else(|| self.tiers.get(meter).and_then(Tiers::first))
     }
 
     /// The period over which a meter's usage is counted for this plan: its quota's, or

@@ -49,6 +49,10 @@ pub struct AccountState {
     /// never undoes a newer direct change.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub field_versions: std::collections::BTreeMap<String, u64>,
+    /// Per meter, the periods in a row the customer's usage reached its plan's
+    /// allowance (for `upsell_candidate`; only meters with a streak).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upsell: Vec<UpsellStreak>,
 }
 
 /// One meter's usage within one quota period.
@@ -70,6 +74,30 @@ impl PeriodUsage {
             meter,
             period_start,
             used,
+        }
+    }
+}
+
+/// How many periods in a row a customer's usage of a meter reached its plan's
+/// allowance (see `PlanConfig::upsell_after_periods`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct UpsellStreak {
+    /// The meter.
+    pub meter: MeterId,
+    /// Periods in a row at or above the allowance.
+    pub periods: u32,
+    /// Unix seconds at which the last period counted began (a period is counted once).
+    pub period_start: u64,
+}
+
+impl UpsellStreak {
+    /// A streak of `periods` periods, the last one beginning at `period_start`.
+    pub fn new(meter: MeterId, periods: u32, period_start: u64) -> Self {
+        Self {
+            meter,
+            periods,
+            period_start,
         }
     }
 }

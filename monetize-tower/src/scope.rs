@@ -59,7 +59,8 @@ pub(crate) fn with_current<T>(f: impl for<'x> FnOnce(Option<&'x Frame<'x>>) -> T
     // this thread below us, from a `&Frame` that call borrows for its whole length (it
     // restores `CURRENT` before it returns, also when unwinding). So the frame is alive for the whole call of `f`, which cannot keep
     // the reference (`T` does not depend on `'x`). Frames are only read through shared
-    // references (their slots through a `RefCell`).
+    // references (their slots through a `RefCell`). Checked: `scripts/memcheck` runs this
+    // module's tests and the service tests whose handlers read the frame under valgrind.
     f(Some(unsafe { &*p.cast::<Frame<'_>>() }))
 }
 

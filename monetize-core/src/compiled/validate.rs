@@ -154,6 +154,21 @@ pub(crate) fn compile_after(
                 }
             }
         }
+        for (name, m) in &p.meters {
+            if let Some(idx) = by_name.get(name.as_str()) {
+                let agg = meters[idx.get()].aggregation;
+                if !m.tiers.is_empty() && !matches!(agg, Aggregation::Count | Aggregation::Sum) {
+                    return Err(ConfigError::new(
+                        format!("{field}.meters.{name}.tiers"),
+                        format!("{:?}", m.tiers),
+                        format!(
+                            "only `count` and `sum` meters have usage tiers; this meter aggregates by `{}`",
+                            agg.as_str()
+                        ),
+                    ));
+                }
+            }
+        }
         for (j, q) in p.quotas.iter().enumerate() {
             if let Some(idx) = by_name.get(q.meter.as_str()) {
                 let agg = meters[idx.get()].aggregation;

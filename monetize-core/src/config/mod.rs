@@ -44,7 +44,7 @@ pub use meter::{
     BodySide, FilterConfig, HeaderMatch, JsonFieldConfig, MeterConfig, QueryMatch, Rounding,
     ScaleConfig, StatusSpec, ValueConfig,
 };
-pub use plan::{Period, PlanConfig, QuotaConfig, RateLimitConfig};
+pub use plan::{Period, PlanConfig, PlanMeterConfig, QuotaConfig, RateLimitConfig};
 pub use reporting::{ProviderRouteConfig, ReportingConfig};
 pub use rule::{ActionConfig, BlockConfig, ConditionConfig, Mode, RuleConfig};
 

@@ -30,6 +30,15 @@ pub struct PlanConfig {
     /// A request rate limit (GCRA), per customer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitConfig>,
+    /// Per-meter settings of this plan, by meter id: usage tiers (`tier_reached` events).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub meters: BTreeMap<String, PlanMeterConfig>,
+    /// Raise `upsell_candidate` (for sales) when a customer's usage of a meter reached
+    /// its allowance (the meter's quota limit, else its first tier) in this many periods
+    /// in a row, checked when each period ends; unset (the default): never. (An enforced
+    /// quota stops usage at its limit, so reaching the limit is what counts.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upsell_after_periods: Option<u32>,
 }
 
 impl PlanConfig {
@@ -43,6 +52,8 @@ impl PlanConfig {
             prices: BTreeMap::new(),
             quotas: Vec::new(),
             rate_limit: None,
+            meters: BTreeMap::new(),
+            upsell_after_periods: None,
         }
     }
 
@@ -76,6 +87,32 @@ impl PlanConfig {
         self.rate_limit = Some(r);
         self
     }
+
+    /// Sets a meter's usage tiers (strictly increasing, positive): a `tier_reached` event
+    /// fires in the request whose usage crosses one, once per period.
+    pub fn tiers(mut self, meter: impl Into<String>, tiers: impl IntoIterator<Item = u64>) -> Self {
+        self.meters.entry(meter.into()).or_default().tiers = tiers.into_iter().collect();
+        self
+    }
+
+    /// Raises `upsell_candidate` after `periods` periods in a row at the allowance.
+    pub fn upsell_after_periods(mut self, periods: u32) -> Self {
+        self.upsell_after_periods = Some(periods);
+        self
+    }
+}
+
+/// A plan's settings for one meter (`[plans.meters.api_calls]` in TOML).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PlanMeterConfig {
+    /// Usage thresholds per period (the meter's quota period, else the calendar month),
+    /// strictly increasing and positive, at most 8: the steps of a graduated price, for
+    /// example `[10000, 100000]`. Crossing one raises `tier_reached` (the highest tier a
+    /// single request crosses) in that request, once per tier and period.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tiers: Vec<u64>,
 }
 
 /// A limit on a meter's usage per period.

@@ -12,7 +12,7 @@ use crate::compiled::validate::Compiled;
 use crate::customer::CustomerState;
 use crate::event::{Event, EventKind};
 use crate::meter::{Aggregation, Exchange, Meter, MeterMatch, MeterPhases, SAMPLE_CAP, Sample};
-use crate::plan::Plan;
+use crate::plan::{MeterTerms, Plan};
 use crate::quota::Quota;
 
 /// An engine's queue of events for notifiers, and how many it dropped when full.
@@ -260,9 +260,8 @@ impl Metering {
         let Some(terms) = plan.terms.get(i) else {
             return;
         };
-        if let Some(quota) = &terms.quota {
-            let prev = s.cells.base(i).saturating_add(prev_cell);
-            self.quota_crossing(s, m, quota, prev, prev.saturating_add(q));
+        if terms.watches_period() {
+            self.period_crossing(plan, s, m, terms, prev_cell, q);
         }
         if terms.price > 0 {
             let mut cost = i64::try_from(q.saturating_mul(terms.price)).unwrap_or(i64::MAX);
@@ -294,12 +293,52 @@ impl Metering {
             q
         };
         let prev_cell = s.cells.add(i, q);
-        if let Some(quota) = plan
-            .and_then(|p| p.terms.get(i))
-            .and_then(|t| t.quota.as_ref())
+        if let Some(plan) = plan
+            && let Some(terms) = plan.terms.get(i)
+            && terms.watches_period()
         {
-            let prev = s.cells.base(i).saturating_add(prev_cell);
-            self.quota_crossing(s, m, quota, prev, prev.saturating_add(q));
+            self.period_crossing(plan, s, m, terms, prev_cell, q);
+        }
+    }
+
+    /// After `q` was added to meter `m`'s cell (which held `prev_cell`), under terms with a
+    /// quota or tiers: the period's usage before and after the add (the cell's `fetch_add`
+    /// gave each add its own "before", so one add of a burst crosses each threshold), and
+    /// the events of the thresholds crossed.
+    #[inline(always)]
+    fn period_crossing(
+        &self,
+        plan: &Plan,
+        s: &CustomerState,
+        m: &Meter,
+        terms: &MeterTerms,
+        prev_cell: u64,
+        q: u64,
+    ) {
+        let prev = s.cells.base(m.index.get()).saturating_add(prev_cell);
+        let now = prev.saturating_add(q);
+        if let Some(quota) = &terms.quota {
+            self.quota_crossing(s, m, quota, prev, now);
+        }
+        if now >= terms.first_tier {
+            self.tier_crossing(plan, s, m, prev, now);
+        }
+    }
+
+    /// Past the first tier: raises `TierReached` for the highest tier in `(prev, now]`.
+    #[inline(never)]
+    fn tier_crossing(&self, plan: &Plan, s: &CustomerState, m: &Meter, prev: u64, now: u64) {
+        let Some(tiers) = plan.tiers.get(m.index.get()) else {
+            return;
+        };
+        if let Some(tier) = tiers.crossed(prev, now) {
+            let kind = EventKind::TierReached {
+                meter: m.id.clone(),
+                tier,
+                usage: now,
+                next_tier: tiers.next_above(now),
+            };
+            self.emit(Event::new(Some(s.id.clone()), kind));
         }
     }
 

@@ -36,6 +36,10 @@ use std::ops::Deref;
 use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
 
+// Checked twice by `scripts/test`: the loom model below, and `scripts/memcheck`, which runs
+// the tests of this module, the registry and eviction under valgrind (a use after free, a
+// double free or a leak fails it).
+//
 // Under `--cfg monetize_loom` the fences are loom's (as is the count word, see
 // `RefCount`), so that the loom model at the foot of this file explores every interleaving
 // of pin, unpin, watch, seal and free (`scripts/test` runs it).

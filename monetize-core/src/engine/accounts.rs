@@ -88,6 +88,7 @@ impl Engine {
         let mut out = out;
         self.fill_credits(&mut out, false);
         self.versions().fill(&mut out);
+        self.fill_upsell(&mut out);
         out
     }
 
@@ -155,6 +156,7 @@ impl Engine {
         let mut one = [(CustomerId::new(customer).ok()?, state)];
         self.fill_credits(&mut one, true);
         self.versions().fill(&mut one);
+        self.fill_upsell(&mut one);
         let [(_, state)] = one;
         Some(state)
     }
@@ -190,6 +192,7 @@ impl Engine {
         drop(anchors);
         self.fill_credits(&mut out, true);
         self.versions().fill(&mut out);
+        self.fill_upsell(&mut out);
         out
     }
 
@@ -245,6 +248,7 @@ impl Engine {
         }
         self.restore_credits(s, state);
         self.versions().restore(&s.id, &state.field_versions);
+        self.restore_upsell(cfg, s, state);
         Ok(())
     }
 
@@ -312,5 +316,6 @@ pub(super) fn account_of(
         credits: None,
         ledger_seq: None,
         field_versions: Default::default(),
+        upsell: Vec::new(),
     }
 }

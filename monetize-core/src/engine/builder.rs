@@ -58,6 +58,7 @@ impl EngineBuilder {
                 predicates: self.predicates,
                 credits: crate::engine::credits::Ledger::default(),
                 versions: Default::default(),
+                upsell: Mutex::new(HashMap::new()),
             }),
         };
         engine.tick();

@@ -66,20 +66,54 @@ impl Engine {
                 Period::BillingCycle => rolled.contains(&Period::Month),
                 p => rolled.contains(&p),
             };
-            // No eviction meanwhile: every customer is reset once, in memory or dormant.
-            let _maintenance = self.inner.registry.maintenance();
-            self.inner.registry.for_each(|s| {
-                let Some(plan) = cfg.plan(s.plan.load(Ordering::Relaxed)) else {
-                    return;
-                };
-                for i in 0..cfg.meters.len() {
-                    if resets(&s.id, plan.period_of(i)) {
-                        s.cells.set_period(i, 0);
+            // The usage of periods that ended, for upsell streaks: read before the reset.
+            let upsell = cfg.plans.iter().any(|p| p.upsell_after.is_some());
+            let ended = self.with_streaking(|streaking| {
+                let mut ended = Vec::new();
+                let mut note = |id: &CustomerId, plan: u32, meter: usize, used: u64| {
+                    if upsell && Self::upsell_candidate(cfg, plan, meter, used, streaking(id)) {
+                        ended.push(upsell::Ended {
+                            customer: id.clone(),
+                            plan,
+                            meter,
+                            used,
+                        });
                     }
+                };
+                // No eviction meanwhile: every customer is reset once, in memory or dormant.
+                let _maintenance = self.inner.registry.maintenance();
+                self.inner.registry.for_each(|s| {
+                    let pos = s.plan.load(Ordering::Relaxed);
+                    let Some(plan) = cfg.plan(pos) else {
+                        return;
+                    };
+                    for (i, agg) in cfg.aggs.iter().enumerate() {
+                        if resets(&s.id, plan.period_of(i)) {
+                            note(&s.id, pos, i, s.cells.period_used(i, *agg));
+                            s.cells.set_period(i, 0);
+                        }
+                    }
+                });
+                if upsell {
+                    self.inner.registry.for_each_dormant(|id, d| {
+                        let Some(plan) = cfg.plan(d.plan) else {
+                            return;
+                        };
+                        for (i, used) in d.period.iter().enumerate() {
+                            if resets(id, plan.period_of(i)) {
+                                note(id, d.plan, i, *used);
+                            }
+                        }
+                    });
                 }
+                self.inner.registry.reset_dormant_periods(|id, plan, i| {
+                    cfg.plan(plan).is_some_and(|p| resets(id, p.period_of(i)))
+                });
+                ended
             });
-            self.inner.registry.reset_dormant_periods(|id, plan, i| {
-                cfg.plan(plan).is_some_and(|p| resets(id, p.period_of(i)))
+            drop(anchors);
+            self.upsell_count(cfg, ended, |id, period| {
+                self.previous_periods(cfg, id, period, now)
             });
         }
         self.credits_tick();

@@ -44,6 +44,7 @@ mod record;
 mod reload;
 mod resolve;
 mod stats;
+mod upsell;
 mod versions;
 
 pub use builder::EngineBuilder;
@@ -92,6 +93,8 @@ struct Inner {
     credits: crate::engine::credits::Ledger,
     /// Versions of fields code changed directly ([`Engine::apply`]).
     versions: versions::FieldVersions,
+    /// Upsell streaks by customer ([`upsell`]); never taken on the request path.
+    upsell: upsell::Streaks,
 }
 
 fn unix_now() -> u64 {

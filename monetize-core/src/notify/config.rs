@@ -281,7 +281,8 @@ pub struct RouteConfig {
     /// The route's name (part of the dedup key: renaming a route sends again).
     pub name: String,
     /// Event names ([`EventKind::name`](crate::EventKind::name): `quota_warning`,
-    /// `credits_low`, `blocked`, a custom event's name); `*` matches every event.
+    /// `credits_low`, `tier_reached`, `upsell_candidate`, `blocked`, a custom event's
+    /// name); `*` matches every event.
     pub events: Vec<String>,
     /// The channel's name, as given to the dispatcher (`email`, `slack`).
     pub channel: String,

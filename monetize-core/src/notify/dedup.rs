@@ -48,7 +48,11 @@ fn subject(kind: &EventKind) -> String {
             let tens = used.saturating_mul(100) / (*limit).max(1) / 10 * 10;
             format!("{meter}/{tens}")
         }
-        EventKind::QuotaReached { meter, .. } => meter.to_string(),
+        EventKind::QuotaReached { meter, .. } | EventKind::UpsellCandidate { meter, .. } => {
+            meter.to_string()
+        }
+        // Each tier is its own notification.
+        EventKind::TierReached { meter, tier, .. } => format!("{meter}/{tier}"),
         EventKind::ReconciliationDifference {
             meter, provider, ..
         } => format!("{provider}/{meter}"),

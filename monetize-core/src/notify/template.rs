@@ -4,7 +4,8 @@
 //! Variables: `customer`, `kind` (the event name), `meter`, `usage`, `limit`,
 //! `percentage`, `balance` (micro-credits), `period_end` (ISO 8601, UTC), `upgrade_link`;
 //! the other fields of the event under their own names (`provider`, `invoice`,
-//! `amount_due`, `currency`, `rule`, `reason`, `data` for a custom event).
+//! `amount_due`, `currency`, `rule`, `reason`, `tier` and `next_tier` of `tier_reached`, `periods` and
+//! `allowance` of `upsell_candidate`, `data` for a custom event).
 
 use minijinja::{Environment, UndefinedBehavior};
 use serde_json::{Map, Value};
@@ -23,6 +24,7 @@ fn sample() -> Value {
         "amount_due": 1000, "currency": "usd", "rule": "rule", "reason": "reason",
         "channel": "email", "route": "route", "idempotency_key": "key", "quantity": 1,
         "message": "message", "name": "custom", "data": {}, "used": 800, "event": {},
+        "tier": 10000, "next_tier": 100000, "periods": 3, "allowance": 1000,
     })
 }
 

@@ -21,7 +21,7 @@ use crate::report::spool::{
     SpoolError, SpoolKey, SpoolRoute, TakeRequest, Taken,
 };
 use crate::report::window::ReportWindow;
-use crate::store::{AccountState, PeriodUsage};
+use crate::store::{AccountState, PeriodUsage, UpsellStreak};
 
 /// The tables of a spool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -351,6 +351,25 @@ struct AccountRow {
     /// The last credits operation the balance includes (rows written before credits
     /// journals existed end before this field: see [`decode_account`]).
     ledger_seq: Option<u64>,
+    /// Upsell streaks: (meter, periods in a row, start of the last period counted). Rows
+    /// written before upsell streaks existed end before this field.
+    upsell: Vec<(String, u32, u64)>,
+}
+
+/// An account row as written before `upsell` (postcard rows have no defaults).
+#[derive(Deserialize)]
+struct AccountRowV2 {
+    writer: String,
+    seq: u64,
+    taken_unix: u64,
+    delinquent: bool,
+    cancelled: bool,
+    blocked: bool,
+    plan: Option<String>,
+    balance: i64,
+    period_usage: Vec<(String, u64, u64)>,
+    billing_anchor: Option<u64>,
+    ledger_seq: Option<u64>,
 }
 
 /// An account row as written before `ledger_seq` (postcard rows have no defaults).
@@ -368,23 +387,43 @@ struct AccountRowV1 {
     billing_anchor: Option<u64>,
 }
 
-/// Decodes an account row, of this release or of the one before `ledger_seq`.
+/// Decodes an account row, of this release or of the ones before `upsell` and before
+/// `ledger_seq` (each a prefix of the next: a shorter row fails to decode as a longer
+/// shape, and is tried as the one before).
 fn decode_account(key: &RowKey, bytes: &[u8]) -> Result<AccountRow, SpoolError> {
-    decode::<AccountRow>(key, bytes).or_else(|e| match decode::<AccountRowV1>(key, bytes) {
-        Ok(r) => Ok(AccountRow {
-            writer: r.writer,
-            seq: r.seq,
-            taken_unix: r.taken_unix,
-            delinquent: r.delinquent,
-            cancelled: r.cancelled,
-            blocked: r.blocked,
-            plan: r.plan,
-            balance: r.balance,
-            period_usage: r.period_usage,
-            billing_anchor: r.billing_anchor,
-            ledger_seq: None,
-        }),
-        Err(_) => Err(e),
+    decode::<AccountRow>(key, bytes).or_else(|e| {
+        let v2 = decode::<AccountRowV2>(key, bytes).or_else(|_| {
+            decode::<AccountRowV1>(key, bytes).map(|r| AccountRowV2 {
+                writer: r.writer,
+                seq: r.seq,
+                taken_unix: r.taken_unix,
+                delinquent: r.delinquent,
+                cancelled: r.cancelled,
+                blocked: r.blocked,
+                plan: r.plan,
+                balance: r.balance,
+                period_usage: r.period_usage,
+                billing_anchor: r.billing_anchor,
+                ledger_seq: None,
+            })
+        });
+        match v2 {
+            Ok(r) => Ok(AccountRow {
+                writer: r.writer,
+                seq: r.seq,
+                taken_unix: r.taken_unix,
+                delinquent: r.delinquent,
+                cancelled: r.cancelled,
+                blocked: r.blocked,
+                plan: r.plan,
+                balance: r.balance,
+                period_usage: r.period_usage,
+                billing_anchor: r.billing_anchor,
+                ledger_seq: r.ledger_seq,
+                upsell: Vec::new(),
+            }),
+            Err(_) => Err(e),
+        }
     })
 }
 
@@ -406,6 +445,11 @@ impl AccountRow {
                 .collect(),
             billing_anchor: state.billing_anchor,
             ledger_seq: state.ledger_seq,
+            upsell: state
+                .upsell
+                .iter()
+                .map(|u| (u.meter.as_str().to_owned(), u.periods, u.period_start))
+                .collect(),
         }
     }
 
@@ -423,7 +467,13 @@ impl AccountRow {
             let meter = MeterId::new(meter).map_err(|e| corrupt(format!("meter: {e}")))?;
             period_usage.push(PeriodUsage::new(meter, *start, *used));
         }
+        let mut upsell = Vec::with_capacity(self.upsell.len());
+        for (meter, periods, start) in &self.upsell {
+            let meter = MeterId::new(meter).map_err(|e| corrupt(format!("meter: {e}")))?;
+            upsell.push(UpsellStreak::new(meter, *periods, *start));
+        }
         let mut state = AccountState {
+            upsell,
             plan,
             balance: self.balance,
             period_usage,
@@ -1345,6 +1395,60 @@ mod encoding {
         let back = decode_account(&k, &encode(&k, &new).unwrap()).unwrap();
         assert_eq!(back.ledger_seq, Some(9));
         assert_eq!(back.state(&k).unwrap().ledger_seq, Some(9));
+    }
+
+    /// Account rows written before upsell streaks existed (with `ledger_seq`, without
+    /// `upsell`) are still read, with no streaks; rows of this release keep them.
+    #[test]
+    fn account_rows_without_upsell_streaks_are_still_read() {
+        #[derive(Serialize)]
+        struct Old {
+            writer: String,
+            seq: u64,
+            taken_unix: u64,
+            delinquent: bool,
+            cancelled: bool,
+            blocked: bool,
+            plan: Option<String>,
+            balance: i64,
+            period_usage: Vec<(String, u64, u64)>,
+            billing_anchor: Option<u64>,
+            ledger_seq: Option<u64>,
+        }
+        let k = key("c1");
+        let old = Old {
+            writer: "w".into(),
+            seq: 3,
+            taken_unix: 100,
+            delinquent: false,
+            cancelled: true,
+            blocked: false,
+            plan: Some("pro".into()),
+            balance: 42,
+            period_usage: vec![("calls".into(), 0, 7)],
+            billing_anchor: None,
+            ledger_seq: Some(11),
+        };
+        let row = decode_account(&k, &encode(&k, &old).unwrap()).unwrap();
+        assert_eq!((row.balance, row.ledger_seq), (42, Some(11)));
+        assert!(row.upsell.is_empty());
+        let state = row.state(&k).unwrap();
+        assert!(state.cancelled);
+        assert_eq!(state.period_usage[0].used, 7);
+        let new = AccountRow {
+            upsell: vec![("calls".into(), 2, 1_796_083_200)],
+            ..row
+        };
+        let back = decode_account(&k, &encode(&k, &new).unwrap()).unwrap();
+        assert_eq!(back.ledger_seq, Some(11));
+        assert_eq!(
+            back.state(&k).unwrap().upsell,
+            [UpsellStreak::new(
+                MeterId::new("calls").unwrap(),
+                2,
+                1_796_083_200
+            )]
+        );
     }
 
     #[test]

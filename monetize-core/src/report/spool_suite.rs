@@ -380,6 +380,7 @@ fn account(balance: i64, used: u64) -> AccountState {
         balance,
         period_usage: vec![PeriodUsage::new(m("calls"), 60, used)],
         blocked: used > 100,
+        upsell: vec![crate::store::UpsellStreak::new(m("calls"), 2, 60)],
         ..AccountState::default()
     }
 }
