@@ -1,5 +1,5 @@
 //! [`Operator`]: the operator's controls in Rust (the admin routes of `monetize-axum`
-//! call it): block and unblock, grant and top up credits, change plan, read a customer's
+//! call it): block and unblock, grant credits (through the credits ledger), change plan, read a customer's
 //! whole state, list delinquent and blocked customers. Every change is logged (tracing,
 //! target `monetize::operator`) with who made it, and, with a [`WebhookProcessor`],
 //! recorded in its [`WebhookLog`](crate::webhook::WebhookLog) with the customer's state before the call returns (so
@@ -15,7 +15,8 @@ use crate::id::{CustomerId, PlanId};
 use crate::store::StoreError;
 use crate::webhook::{AppliedEvent, FieldValue, Meaning, WebhookProcessor};
 
-/// Why an operator's call failed (nothing changed).
+/// Why an operator's call failed (nothing changed, except where a variant says
+/// otherwise).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum OperatorError {
