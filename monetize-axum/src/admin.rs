@@ -8,6 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use http::{HeaderMap, StatusCode, header};
+use monetize_core::credits::Grant;
 use monetize_core::operator::{Listing, Operator, OperatorError};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -27,7 +28,7 @@ pub const ACTOR_HEADER: &str = "x-admin-actor";
 /// | `GET {prefix}/customers?status=delinquent` (or `blocked`, `cancelled`) | lists those customers |
 /// | `GET {prefix}/customers/{id}` | the customer's whole state: status, plan, balance, quota usage per meter, last webhook events applied (`404` if unknown) |
 /// | `POST {prefix}/customers/{id}/block`, `.../unblock` | blocks / unblocks |
-/// | `POST {prefix}/customers/{id}/credits` `{"id": "...", "amount": 1000000}` | grants or tops up micro-credits, once per `id` |
+/// | `POST {prefix}/customers/{id}/credits` `{"id": "...", "amount": 1000000, "expires_at": 1830297600, "priority": 1}` | grants micro-credits through the credits ledger, once per `id`; `expires_at` (unix seconds, in the future) and `priority` (lower spent first among grants expiring together) are optional; the same `id` with another grant is a `409` |
 /// | `PUT {prefix}/customers/{id}/plan` `{"plan": "pro"}` | changes plan |
 ///
 /// Mount it outside the monetize layer (after `.monetize(...)`).
@@ -52,10 +53,18 @@ struct ListQuery {
     status: Option<String>,
 }
 
+/// The body of a credit grant: `{"id": "...", "amount": 1000000, "expires_at":
+/// 1830297600, "priority": 1}` (the last two optional).
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct GrantBody {
     id: String,
     amount: i64,
+    /// Unix seconds; in the future.
+    #[serde(default)]
+    expires_at: Option<u64>,
+    #[serde(default)]
+    priority: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -128,6 +137,7 @@ fn failed(e: OperatorError) -> Response {
     let status = match e {
         OperatorError::UnknownCustomer(_) => StatusCode::NOT_FOUND,
         OperatorError::Invalid(_) => StatusCode::BAD_REQUEST,
+        OperatorError::Conflict(_) => StatusCode::CONFLICT,
         _ => StatusCode::SERVICE_UNAVAILABLE,
     };
     (status, Json(json!({ "error": e.to_string() }))).into_response()
@@ -214,7 +224,10 @@ async fn grant(
         Ok(b) => b,
         Err(e) => return failed(OperatorError::Invalid(format!("body: {e}"))),
     };
-    match a.operator.grant(&actor, &id, &g.id, g.amount).await {
+    let mut grant = Grant::new(g.id.clone(), g.amount);
+    grant.expires_at = g.expires_at;
+    grant.priority = g.priority.unwrap_or(0);
+    match a.operator.grant(&actor, &id, grant).await {
         Ok(granted) => {
             let balance = a
                 .operator
@@ -223,8 +236,14 @@ async fn grant(
                 .ok()
                 .flatten()
                 .map(|v| v.usage.balance);
-            Json(json!({ "customer": id, "grant": g.id, "granted": granted, "balance": balance }))
-                .into_response()
+            Json(json!({
+                "customer": id,
+                "grant": g.id,
+                "granted": granted,
+                "expires_at": g.expires_at,
+                "balance": balance,
+            }))
+            .into_response()
         }
         Err(e) => failed(e),
     }

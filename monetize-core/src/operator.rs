@@ -1,14 +1,13 @@
 //! [`Operator`]: the operator's controls in Rust (the admin routes of `monetize-axum`
-//! call it): block and unblock, grant and top up credits, change plan, read a customer's
+//! call it): block and unblock, grant credits (through the credits ledger), change plan, read a customer's
 //! whole state, list delinquent and blocked customers. Every change is logged (tracing,
 //! target `monetize::operator`) with who made it, and, with a [`WebhookProcessor`],
 //! recorded in its [`WebhookLog`](crate::webhook::WebhookLog) with the customer's state before the call returns (so
 //! it survives a restart, and a webhook older than the change does not undo it).
 
-use std::time::Duration;
-
 use serde::Serialize;
 
+use crate::credits::{CreditsError, Grant, GrantOutcome, MAX_ID_LEN};
 use crate::customer::StateChange;
 use crate::engine::{CustomerUsage, Engine};
 use crate::error::CoreError;
@@ -16,10 +15,8 @@ use crate::id::{CustomerId, PlanId};
 use crate::store::StoreError;
 use crate::webhook::{AppliedEvent, FieldValue, Meaning, WebhookProcessor};
 
-/// How long a grant's id is remembered against repeats.
-const GRANT_ID_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
-
-/// Why an operator's call failed (nothing changed).
+/// Why an operator's call failed (nothing changed, except where a variant says
+/// otherwise).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum OperatorError {
@@ -30,9 +27,34 @@ pub enum OperatorError {
     /// what to fix.
     #[error("{0}")]
     Invalid(String),
-    /// The change could not be persisted; it was undone: retry.
-    #[error("not persisted, undone: {0}")]
+    /// The change could not be persisted: retry (the message says whether it was
+    /// undone, or applied and to be retried with the same id).
+    #[error("not persisted: {0}")]
     Unavailable(String),
+    /// The id was used before for a different operation: repeat the original call
+    /// exactly, or pick a new id.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// A credits error as an operator's.
+fn credits(e: CreditsError) -> OperatorError {
+    match e {
+        CreditsError::IdReused { .. } => OperatorError::Conflict(e.to_string()),
+        CreditsError::InvalidId | CreditsError::InvalidAmount { .. } => {
+            OperatorError::Invalid(e.to_string())
+        }
+        CreditsError::Customer(e) => e.into(),
+        e => OperatorError::Unavailable(e.to_string()),
+    }
+}
+
+fn log_grant(actor: &str, customer: &str, grant: &Grant, applied: bool) {
+    if applied {
+        tracing::info!(target: "monetize::operator", actor, customer, action = "grant", grant = %grant.id, amount = grant.amount, expires_at = ?grant.expires_at, priority = grant.priority, "operator change");
+    } else {
+        tracing::info!(target: "monetize::operator", actor, customer, action = "grant", grant = %grant.id, "repeated grant ignored");
+    }
 }
 
 impl From<CoreError> for OperatorError {
@@ -106,9 +128,8 @@ impl Operator {
     /// Blocks (`true`) or unblocks the customer (admitting it if new).
     pub async fn block(&self, actor: &str, customer: &str, on: bool) -> Result<(), OperatorError> {
         let action = if on { "block" } else { "unblock" };
-        self.change(actor, customer, action, StateChange::Blocked(on), None)
+        self.change(actor, customer, action, StateChange::Blocked(on))
             .await
-            .map(drop)
     }
 
     /// Moves the customer to `plan`.
@@ -120,41 +141,103 @@ impl Operator {
     ) -> Result<(), OperatorError> {
         let plan =
             PlanId::new(plan).map_err(|e| OperatorError::Invalid(format!("plan `{plan}`: {e}")))?;
-        self.change(actor, customer, "set_plan", StateChange::Plan(plan), None)
+        self.change(actor, customer, "set_plan", StateChange::Plan(plan))
             .await
-            .map(drop)
     }
 
-    /// Grants (or tops up) `amount` micro-credits (negative to take some back); `id`
-    /// names the grant: with a [`WebhookProcessor`], a repeat with the same id changes
-    /// nothing, across restarts (without one every call grants). Returns `false` for a
-    /// repeat.
+    /// Grants credits to the customer (admitting it if new) through the credits ledger
+    /// ([`Engine::grant`]): `grant.amount` micro-credits (above zero), spent in the
+    /// ledger's order and, with an `expires_at` (unix seconds, in the future), no longer
+    /// counting after it; listed in the customer's grants ([`Operator::customer`]).
+    ///
+    /// Idempotent on `grant.id`, across restarts: a repeat of the same grant changes
+    /// nothing and returns `false`; the same id with another amount, expiry or priority is
+    /// [`OperatorError::Conflict`]. With a [`WebhookProcessor`], the customer's state (its
+    /// grants and journal with it) is written to the log's store before this returns; if
+    /// that write fails the grant stays applied in memory and the error is
+    /// [`OperatorError::Unavailable`]: retry with the same id (it is not applied twice,
+    /// and is saved again).
     pub async fn grant(
         &self,
         actor: &str,
         customer: &str,
-        id: &str,
-        amount: i64,
+        grant: Grant,
     ) -> Result<bool, OperatorError> {
-        if id.is_empty() || id.len() > 200 {
-            return Err(OperatorError::Invalid(
-                "a grant needs an `id` of 1 to 200 characters".into(),
-            ));
+        let id = CustomerId::new(customer)
+            .map_err(|e| OperatorError::Invalid(format!("customer `{customer}`: {e}")))?;
+        self.check_grant(&grant)?;
+        let gid = grant.id.clone();
+        let Some(w) = &self.webhooks else {
+            let outcome = self
+                .engine
+                .grant(customer, grant.clone())
+                .map_err(credits)?;
+            let applied = matches!(outcome, GrantOutcome::Applied { .. });
+            log_grant(actor, customer, &grant, applied);
+            return Ok(applied);
+        };
+        let _one_at_a_time = w.lock().await;
+        // Grants made before grants went through the ledger were remembered by a mark.
+        if w.log().seen(&format!("grant:{customer}:{gid}")).await? {
+            log_grant(actor, customer, &grant, false);
+            return Ok(false);
         }
-        self.change(
-            actor,
-            customer,
-            "grant",
-            Self::grant_change(amount),
-            Some(id),
-        )
-        .await
+        // No state save between the grant and its commit (an older snapshot would undo
+        // it on disk).
+        let _write = self.engine.ledger().write_lock().await;
+        let outcome = self
+            .engine
+            .grant(customer, grant.clone())
+            .map_err(credits)?;
+        let applied = matches!(outcome, GrantOutcome::Applied { .. });
+        let mut record = w.log().customer(&id).await?;
+        if applied {
+            let now = crate::webhook::now_ms();
+            record.push(AppliedEvent {
+                source: format!("operator:{actor}"),
+                event_id: gid.clone(),
+                event_type: "grant".to_owned(),
+                version: now,
+                meaning: Meaning::CreditsGranted,
+                changed: vec!["balance".to_owned(), "grants".to_owned()],
+                applied_at: now / 1000,
+            });
+        }
+        // Saved again for a repeat too: the first call may have failed to save it.
+        let after = self.engine.account(customer).unwrap_or_default();
+        if let Err(e) = w.log().commit(None, Some((&id, &record, &after))).await {
+            tracing::error!(target: "monetize::operator", actor, customer, grant = %gid, error = %e, "grant applied but not saved; retry with the same id");
+            return Err(OperatorError::Unavailable(format!(
+                "grant `{gid}` applied but not saved ({e}): retry with the same id"
+            )));
+        }
+        log_grant(actor, customer, &grant, applied);
+        Ok(applied)
     }
 
-    /// The one place a grant becomes a state change (to be replaced by the engine's
-    /// idempotent grants).
-    fn grant_change(amount: i64) -> StateChange {
-        StateChange::GrantCredits(amount)
+    /// Refuses a grant the ledger would refuse, or whose expiry has passed, naming the
+    /// field.
+    fn check_grant(&self, grant: &Grant) -> Result<(), OperatorError> {
+        if grant.id.is_empty() || grant.id.len() > MAX_ID_LEN {
+            return Err(OperatorError::Invalid(format!(
+                "`id` must be 1 to {MAX_ID_LEN} bytes"
+            )));
+        }
+        if grant.amount <= 0 {
+            return Err(OperatorError::Invalid(format!(
+                "`amount` must be above zero (got {})",
+                grant.amount
+            )));
+        }
+        let now = self.engine.now();
+        if let Some(t) = grant.expires_at
+            && t <= now
+        {
+            return Err(OperatorError::Invalid(format!(
+                "`expires_at` {t} is not in the future (now {now}, unix seconds)"
+            )));
+        }
+        Ok(())
     }
 
     /// A customer's whole state, or `None` when unknown.
@@ -197,58 +280,40 @@ impl Operator {
         customer: &str,
         action: &str,
         change: StateChange,
-        once: Option<&str>,
-    ) -> Result<bool, OperatorError> {
+    ) -> Result<(), OperatorError> {
         let id = CustomerId::new(customer)
             .map_err(|e| OperatorError::Invalid(format!("customer `{customer}`: {e}")))?;
         let Some(w) = &self.webhooks else {
             self.engine.apply(customer, change.clone())?;
             tracing::info!(target: "monetize::operator", actor, customer, action, change = ?change, "operator change");
-            return Ok(true);
+            return Ok(());
         };
         let _one_at_a_time = w.lock().await;
-        let key = once.map(|g| format!("grant:{customer}:{g}"));
-        if let Some(k) = &key
-            && w.log().seen(k).await?
-        {
-            tracing::info!(target: "monetize::operator", actor, customer, action, grant = once, "repeated grant ignored");
-            return Ok(false);
-        }
         let before = self.engine.account(customer).unwrap_or_default();
-        self.engine.apply(customer, change.clone())?;
+        self.engine.apply_sourced(customer, change.clone())?;
         let mut record = w.log().customer(&id).await?;
         let now = crate::webhook::now_ms();
-        let changed = match FieldValue::of(&change) {
-            Some(v) => {
-                record.offer(now, v);
-                vec![v_name(&change)]
-            }
-            None => vec![v_name(&change)],
-        };
+        if let Some(v) = FieldValue::of(&change) {
+            record.offer(now, v);
+        }
         record.push(AppliedEvent {
             source: format!("operator:{actor}"),
-            event_id: once.unwrap_or_default().to_owned(),
+            event_id: String::new(),
             event_type: action.to_owned(),
             version: now,
             meaning: Meaning::Ignored,
-            changed,
+            changed: vec![v_name(&change)],
             applied_at: now / 1000,
         });
         let after = self.engine.account(customer).unwrap_or_default();
-        let committed = w
-            .log()
-            .commit(
-                key.as_deref().map(|k| (k, GRANT_ID_TTL)),
-                Some((&id, &record, &after)),
-            )
-            .await;
+        let committed = w.log().commit(None, Some((&id, &record, &after))).await;
         if let Err(e) = committed {
             crate::webhook::revert(&self.engine, &id, &before, std::slice::from_ref(&change));
             tracing::error!(target: "monetize::operator", actor, customer, action, error = %e, "operator change not persisted; undone");
-            return Err(e.into());
+            return Err(OperatorError::Unavailable(format!("{e}; undone, retry")));
         }
         tracing::info!(target: "monetize::operator", actor, customer, action, change = ?change, "operator change");
-        Ok(true)
+        Ok(())
     }
 }
 
@@ -288,12 +353,38 @@ mod tests {
             op.set_plan("ops", "acme", "gold").await,
             Err(OperatorError::Invalid(_))
         ));
-        assert!(op.grant("ops", "acme", "g1", 500).await.unwrap());
         assert!(
-            !op.grant("ops", "acme", "g1", 500).await.unwrap(),
+            op.grant("ops", "acme", Grant::new("g1", 500))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !op.grant("ops", "acme", Grant::new("g1", 500))
+                .await
+                .unwrap(),
             "same id: once"
         );
-        assert!(op.grant("ops", "acme", "g2", 25).await.unwrap());
+        assert!(matches!(
+            op.grant("ops", "acme", Grant::new("g1", 501)).await,
+            Err(OperatorError::Conflict(_))
+        ));
+        let later = engine.now() + 3_600;
+        let expiring = Grant::new("g2", 25).expires_at(later).priority(3);
+        assert!(op.grant("ops", "acme", expiring).await.unwrap());
+        for (bad, field) in [
+            (Grant::new("g3", 0), "`amount`"),
+            (Grant::new("g3", -5), "`amount`"),
+            (Grant::new("", 5), "`id`"),
+            (
+                Grant::new("g3", 5).expires_at(engine.now() - 1),
+                "`expires_at`",
+            ),
+        ] {
+            match op.grant("ops", "acme", bad).await {
+                Err(OperatorError::Invalid(m)) => assert!(m.contains(field), "{m}"),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
         let view = op.customer("acme").await.unwrap().unwrap();
         assert_eq!(view.usage.balance, 525);
         assert_eq!(
@@ -315,13 +406,22 @@ mod tests {
                 ("operator:ops", "grant")
             ]
         );
-        assert!(view.grants.is_empty(), "operator top-ups are not grants");
-        // A grant made through the credits API is part of the customer's view.
+        let grants: Vec<_> = view
+            .grants
+            .iter()
+            .map(|g| (g.id.as_str(), g.amount, g.expires_at, g.priority))
+            .collect();
+        assert_eq!(
+            grants,
+            vec![("g1", 500, None, 0), ("g2", 25, Some(later), 3)],
+            "operator grants go through the ledger"
+        );
+        // A grant made through the credits API is part of the customer's view too.
         let grant = crate::credits::Grant::new("promo-1", 300).expires_at(u64::MAX / 2);
         engine.grant("acme", grant).unwrap();
         let view = op.customer("acme").await.unwrap().unwrap();
-        assert_eq!(view.grants.len(), 1);
-        assert_eq!(view.grants[0].id, "promo-1");
+        assert_eq!(view.grants.len(), 3);
+        assert_eq!(view.grants[2].id, "promo-1");
         assert_eq!(view.usage.balance, 825);
         assert!(op.customer("nobody").await.unwrap().is_none());
     }

@@ -43,6 +43,12 @@ pub struct AccountState {
     /// journal's later operations (from the state store) are added to a spool's balance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ledger_seq: Option<u64>,
+    /// When code last changed `delinquent`, `cancelled`, `blocked` or `plan` directly
+    /// ([`Engine::apply`](crate::Engine::apply)), in wall-clock milliseconds, per field:
+    /// ordered with the webhook log's versions, so that re-applying the log at start
+    /// never undoes a newer direct change.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub field_versions: std::collections::BTreeMap<String, u64>,
     /// Per meter, the periods in a row the customer's usage reached its plan's
     /// allowance (for `upsell_candidate`; only meters with a streak).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -19,6 +19,9 @@ pub(crate) const MARKS: TableDefinition<&str, u64> = TableDefinition::new("marks
 pub struct RedbStore {
     db: Arc<Database>,
     path: Arc<PathBuf>,
+    /// Where the pruning of expired marks resumes (the last key looked at; `None`: from
+    /// the start).
+    pub(crate) prune_cursor: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -46,6 +49,7 @@ impl RedbStore {
         Ok(Self {
             db: Arc::new(db),
             path: Arc::new(path),
+            prune_cursor: Arc::default(),
         })
     }
 

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use monetize_core::config::Config;
-use monetize_core::{CustomerId, MeterId};
+use monetize_core::{CustomerId, MeterId, PlanId};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
@@ -182,6 +182,21 @@ pub struct ProviderSection {
     /// `resumed`, `subscription_status`, `ignored`).
     #[serde(default)]
     pub webhook_events: BTreeMap<String, monetize_core::webhook::Meaning>,
+    /// Chargebee: the invoice dunning statuses with which `payment_failed` makes the
+    /// customer delinquent (default `["in_progress", "exhausted"]`; `[]` for every
+    /// failure).
+    #[serde(default)]
+    pub webhook_dunning_statuses: Option<Vec<String>>,
+    /// The provider's plan (Stripe: a price's lookup key or id; Recurly: a plan code;
+    /// Chargebee: a plan id or plan item price id) to one of our plans: subscription
+    /// events naming a mapped plan move the customer to ours
+    /// (`webhook_plans = { "price_gold_monthly" = "pro" }`).
+    #[serde(default)]
+    pub webhook_plans: BTreeMap<String, String>,
+    /// Stripe: micro-credits granted per minor currency unit of a
+    /// `billing.credit_grant.created` (without it, credit grants are ignored).
+    #[serde(default)]
+    pub webhook_credits_per_minor_unit: Option<i64>,
 }
 
 fn default_report_ms() -> u64 {
@@ -490,6 +505,19 @@ impl ProviderSection {
             );
         }
         Ok(m)
+    }
+
+    /// The `webhook_plans` table, with our plan ids checked.
+    pub fn webhook_plans(&self) -> Result<Vec<(String, PlanId)>, ProvidersError> {
+        self.webhook_plans
+            .iter()
+            .map(|(theirs, ours)| {
+                let plan = PlanId::new(ours).map_err(|e| {
+                    FieldError::new(format!("webhook_plans.{theirs}"), ours, e.to_string())
+                })?;
+                Ok((theirs.clone(), plan))
+            })
+            .collect()
     }
 
     /// The meters this provider takes.

@@ -37,7 +37,9 @@ impl std::fmt::Debug for WebhookMount {
 /// `webhook_password_env`). A provider's section, when there is one, also gives its
 /// customer mapping (without a `customers` table the provider's id is ours), its
 /// `webhook_events` and `webhook_tolerance_secs`, Recurly's account lookup (its API key)
-/// and Chargebee's `webhook_confirm`.
+/// and Chargebee's `webhook_confirm` and `webhook_dunning_statuses`; `webhook_plans` (the
+/// provider's plans to ours, for subscription events) and Stripe's
+/// `webhook_credits_per_minor_unit` (credit grants).
 pub fn webhooks_with_env(
     config: &ProvidersConfig,
     env: &dyn Fn(&str) -> Option<String>,
@@ -71,6 +73,12 @@ fn customers(section: Option<&ProviderSection>) -> Result<CustomerMap, Providers
     }
 }
 
+fn plans(
+    section: Option<&ProviderSection>,
+) -> Result<Vec<(String, monetize_core::PlanId)>, ProvidersError> {
+    section.map_or_else(|| Ok(Vec::new()), ProviderSection::webhook_plans)
+}
+
 fn events(defaults: EventMap, section: Option<&ProviderSection>) -> EventMap {
     section
         .map(|s| &s.webhook_events)
@@ -100,6 +108,12 @@ fn source(
             let mut w = StripeWebhook::new(secret)
                 .customers(customers(section)?)
                 .events(events(StripeWebhook::default_events(), section));
+            for (theirs, ours) in plans(section)? {
+                w = w.plan(theirs, ours);
+            }
+            if let Some(rate) = section.and_then(|s| s.webhook_credits_per_minor_unit) {
+                w = w.credits_per_minor_unit(rate);
+            }
             if let Some(t) = tolerance {
                 w = w.tolerance(t);
             }
@@ -115,6 +129,9 @@ fn source(
             let mut w = RecurlyWebhook::new(secret)
                 .customers(customers(section)?)
                 .events(events(RecurlyWebhook::default_events(), section));
+            for (theirs, ours) in plans(section)? {
+                w = w.plan(theirs, ours);
+            }
             if let Some(t) = tolerance {
                 w = w.tolerance(t);
             }
@@ -152,6 +169,12 @@ fn source(
             let mut w = ChargebeeWebhook::new(user, pass)
                 .customers(customers(section)?)
                 .events(events(ChargebeeWebhook::default_events(), section));
+            for (theirs, ours) in plans(section)? {
+                w = w.plan(theirs, ours);
+            }
+            if let Some(statuses) = section.and_then(|s| s.webhook_dunning_statuses.clone()) {
+                w = w.dunning_statuses(statuses);
+            }
             if let Some(s) = section.filter(|s| s.webhook_confirm) {
                 let url = s.base_url(env).unwrap_or_else(|| {
                     format!(
@@ -219,5 +242,87 @@ webhook_events = { "charge_invoice.past_due" = "ignored" }
         let half = |k: &str| (k == "CHARGEBEE_WEBHOOK_USER").then(|| "u".to_owned());
         let e = webhooks_with_env(&ProvidersConfig::default(), &half).unwrap_err();
         assert!(e.to_string().contains("CHARGEBEE_WEBHOOK_PASSWORD"), "{e}");
+    }
+
+    /// Basic auth `x:x` (what `env` above gives both Chargebee variables).
+    fn chargebee_auth() -> http::HeaderMap {
+        use base64::Engine as _;
+        let mut h = http::HeaderMap::new();
+        let v = base64::engine::general_purpose::STANDARD.encode("x:x");
+        h.insert("authorization", format!("Basic {v}").parse().unwrap());
+        h
+    }
+
+    #[tokio::test]
+    async fn chargebee_dunning_statuses_come_from_the_section() {
+        use monetize_core::webhook::Meaning;
+        const FAILED: &[u8] =
+            include_bytes!("../../tests/fixtures/webhooks/chargebee_payment_failed.json");
+        let env = |k: &str| k.starts_with("CHARGEBEE_WEBHOOK_").then(|| "x".to_owned());
+        let meaning = |toml: &'static str| async move {
+            let cfg = ProvidersConfig::from_toml_str(toml).unwrap();
+            let mounts = webhooks_with_env(&cfg, &env).unwrap();
+            let d = mounts[0].source.verify(&chargebee_auth(), FAILED).await;
+            d.unwrap().meaning
+        };
+        // The fixture's invoice is `in_progress`: delinquent by default.
+        assert_eq!(
+            meaning(
+                "[[providers]]\nkind = \"chargebee\"\nsite = \"acme\"\napi_key_env = \"CB_KEY\"\n"
+            )
+            .await,
+            Meaning::PaymentFailed
+        );
+        assert_eq!(
+            meaning(
+                "[[providers]]\nkind = \"chargebee\"\nsite = \"acme\"\napi_key_env = \"CB_KEY\"\nwebhook_dunning_statuses = [\"exhausted\"]\n"
+            )
+            .await,
+            Meaning::Ignored
+        );
+    }
+
+    #[tokio::test]
+    async fn webhook_plans_map_subscription_plans_and_are_checked() {
+        use monetize_core::{PlanId, StateChange};
+        const UPDATED: &[u8] = include_bytes!(
+            "../../tests/fixtures/webhooks/stripe_customer.subscription.updated.past_due.json"
+        );
+        let env = |k: &str| k.ends_with("WEBHOOK_SECRET").then(|| "whsec_x".to_owned());
+        let cfg = ProvidersConfig::from_toml_str(
+            r#"
+[[providers]]
+kind = "stripe"
+api_key_env = "SK"
+webhook_plans = { "api_calls_monthly" = "pro" }
+webhook_credits_per_minor_unit = 10000
+"#,
+        )
+        .unwrap();
+        let mounts = webhooks_with_env(&cfg, &env).unwrap();
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            .to_string();
+        let mut h = http::HeaderMap::new();
+        let sig = crate::webhook::tests::sign("whsec_x", &t, UPDATED);
+        h.insert(
+            "stripe-signature",
+            format!("t={t},v1={sig}").parse().unwrap(),
+        );
+        let d = mounts[0].source.verify(&h, UPDATED).await.unwrap();
+        assert!(
+            d.carried
+                .contains(&StateChange::Plan(PlanId::new("pro").unwrap())),
+            "{:?}",
+            d.carried
+        );
+        let bad = ProvidersConfig::from_toml_str(
+            "[[providers]]\nkind = \"stripe\"\napi_key_env = \"SK\"\nwebhook_plans = { \"p\" = \"not a plan!\" }\n",
+        )
+        .unwrap();
+        let e = webhooks_with_env(&bad, &env).unwrap_err();
+        assert!(e.to_string().contains("webhook_plans.p"), "{e}");
     }
 }

@@ -12,6 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use monetize_core::{CustomerHandle, Exchange, MeterMatch, ReportedUsage, ResponseView};
 use pin_project_lite::pin_project;
 
+use crate::settlement::Deferred;
 use crate::slots::{Slots, with_reported};
 
 /// A body prefix kept for JSON-field meters, up to a cap. Past the cap it is dropped:
@@ -318,6 +319,8 @@ pub(crate) struct MeterState {
     pub(crate) slots: Slots,
     pub(crate) bytes: u64,
     pub(crate) capture: Option<Capture>,
+    /// Reservations settled here, with what was reported by the end of the body.
+    pub(crate) settle: Option<Deferred>,
 }
 
 impl MeterState {
@@ -333,7 +336,11 @@ impl MeterState {
 impl Drop for MeterState {
     fn drop(&mut self) {
         let slots = std::mem::take(&mut self.slots);
+        let settle = self.settle.take();
         with_reported(self.reported.take(), slots, |reported| {
+            if let Some(d) = settle {
+                d.settle(reported);
+            }
             self.req.meter(
                 &self.handle,
                 &ResponseSide {

@@ -18,6 +18,7 @@ use crate::body::{
 use crate::response::{BlockParts, apply_allow};
 use crate::scope::{self, Frame};
 use crate::settings::AtResponse;
+use crate::settlement::DeferredSettlement;
 use crate::slots::{Slots, with_reported};
 use monetize_core::credits::SettledMeters;
 
@@ -130,11 +131,17 @@ where
                     slots: &*slots,
                 };
                 let mut polled = scope::set(&frame, || future.poll(cx));
-                // Meters a reservation settled (recorded and charged) are not metered again.
-                if let (Poll::Ready(Ok(res)), Some(p)) = (&polled, pending.as_mut())
+                // Meters a reservation settled (recorded and charged) are not metered again;
+                // reservations still to settle are settled at the end of the body.
+                let mut deferred = None;
+                if let (Poll::Ready(Ok(res)), Some(p)) = (&mut polled, pending.as_mut())
                     && let Some(settled) = res.extensions().get::<SettledMeters>()
                 {
                     p.side.matched = settled.remove_from(p.side.matched);
+                    deferred = res
+                        .extensions_mut()
+                        .remove::<DeferredSettlement>()
+                        .and_then(|d| d.take());
                 }
                 let slots = slots.get_mut();
                 // The response is read and changed where the inner future left it, and
@@ -153,7 +160,9 @@ where
                     apply_allow(&p.allow, res.headers_mut());
                 }
                 let keep = p.keep;
-                let reported = if keep.reported {
+                // A deferred settlement reads reported quantities at the end of the body.
+                let read_reported = keep.reported || deferred.is_some();
+                let reported = if read_reported {
                     res.extensions_mut().remove::<ReportedUsage>()
                 } else {
                     None
@@ -161,7 +170,7 @@ where
                 // No meter reads the body, and no recorder can add any more (none was
                 // taken, or the handler dropped them all): meter now and pass the body
                 // through.
-                if keep.at_head && (!keep.reported || slots.all_dropped()) {
+                if keep.at_head && (!keep.reported || slots.all_dropped()) && deferred.is_none() {
                     if keep.reported {
                         with_reported(reported, std::mem::take(slots), |reported| {
                             p.side.meter(handle, &ResponseSide::head(res, reported));
@@ -209,11 +218,12 @@ where
                         .response_headers
                         .then(|| Box::new(parts.headers.clone())),
                     reported,
-                    slots: if keep.reported {
+                    slots: if read_reported {
                         std::mem::take(slots)
                     } else {
                         Slots::default()
                     },
+                    settle: deferred,
                     bytes: 0,
                     capture,
                 };

@@ -173,6 +173,7 @@ mod route;
 mod scope;
 mod service;
 mod settings;
+mod settlement;
 mod slots;
 pub mod usage;
 

@@ -5,21 +5,33 @@
 //! request whose request-side filter (method, route, headers, query) the meter passes, the
 //! layer holds the estimate's cost before the handler runs
 //! ([`Engine::reserve`](monetize_core::Engine::reserve)) and answers `402` when the
-//! balance cannot cover it. When the response head comes, each reservation is settled at
-//! the meter's real value (its response-side filter, handler-reported quantities from a
-//! [`UsageRecorder`] or a [`ReportedUsage`] response extension, scaled as configured) and
-//! the rest is given back in the same atomic step; the meter is then left out of the
-//! metering layer's own recording (a [`SettledMeters`] response extension), so its usage
-//! is counted and charged once. A handler that errors (the service's `Err`), panics, or
-//! whose client goes away (the future is dropped) gives everything back: nothing of the
+//! balance cannot cover it. Each reservation is then settled at the meter's real value
+//! (its response-side filter, handler-reported quantities from a [`UsageRecorder`] or a
+//! [`ReportedUsage`] response extension, scaled as configured) and the rest is given back
+//! in the same atomic step; the meter is left out of the metering layer's own recording
+//! (a [`SettledMeters`] response extension), so its usage is counted and charged once.
+//!
+//! When it settles:
+//!
+//! - **at the response head** when no usage recorder of the request is alive any more
+//!   (the handler returned and dropped its `Usage`);
+//! - **at the end of the response body** when a recorder is still alive (moved into a
+//!   streaming body, as an LLM route streams its completion): the metering layer settles
+//!   where it meters at the end of the body, with everything reported by then. A body
+//!   that fails, or that the server drops early because the client disconnected, settles
+//!   for what was reported until then: the client consumed what was streamed to it. What
+//!   a recorder adds after that is not charged.
+//!
+//! A handler that errors (the service's `Err`), panics, or whose client goes away before
+//! the response head (the future is dropped) gives everything back: nothing of the
 //! estimate is charged. See [`monetize_core::credits`] for the overspend bound (zero when
-//! every priced meter of a route is reserved on).
+//! every priced meter of a route is reserved on; an estimate held while a body streams
+//! counts as held until it settles).
 //!
 //! Place it **inside** [`MonetizeLayer`](crate::MonetizeLayer) (it reads the customer the
-//! metering layer put in scope), on the routes to reserve on or around all of them (a
-//! request that matches no reserved meter passes through with one configuration load).
-//! Quantities reported after the response head (a recorder moved into a streaming body)
-//! are not part of the settlement: report before returning on reserved routes.
+//! metering layer put in scope, and the metering layer settles at the end of the body),
+//! on the routes to reserve on or around all of them (a request that matches no reserved
+//! meter passes through with one configuration load).
 //!
 //! ```
 //! use monetize_core::config::{Config, MeterConfig, PlanConfig, ValueConfig};
@@ -56,12 +68,15 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::route::{FromRouteTemplate, RouteSource};
+use crate::scope::recorders_alive;
+use crate::settlement::DeferredSettlement;
 use crate::{RequestHead, UsageRecorder, current_customer};
 
 /// Reserves credits before the handler and settles them after: a reserved meter's
 /// estimate is held before the inner service runs (`402` when the balance cannot cover
-/// it), settled from the handler-reported usage at the response head, and released when
-/// the handler errors, panics or the client goes away.
+/// it), settled from the handler-reported usage at the response head (or at the end of
+/// the body when a usage recorder lives on in it), and released when the handler errors,
+/// panics or the client goes away before the response head.
 #[derive(Clone)]
 pub struct ReserveLayer<R = FromRouteTemplate> {
     engine: Engine,
@@ -248,13 +263,25 @@ where
         match ready!(this.inner.poll(cx)) {
             Ok(mut res) => {
                 if !this.held.is_empty() {
-                    let reported = reported(&res);
                     let mut settled = SettledMeters::default();
-                    for r in this.held.drain(..) {
+                    for r in this.held.iter() {
                         settled.add(r.meter());
-                        // A cost beyond the balance is recorded as usage and floors the
-                        // balance at zero (`Settlement::uncollected`).
-                        let _ = r.settle_response(res.status(), res.headers(), reported.as_ref());
+                    }
+                    let held = std::mem::take(this.held);
+                    if recorders_alive() {
+                        // The handler may report more from its body: the metering layer
+                        // settles at the end of the body.
+                        let deferred =
+                            DeferredSettlement::new(held, res.status(), res.headers().clone());
+                        res.extensions_mut().insert(deferred);
+                    } else {
+                        let reported = reported(&res);
+                        for r in held {
+                            // A cost beyond the balance is recorded as usage and floors
+                            // the balance at zero (`Settlement::uncollected`).
+                            let _ =
+                                r.settle_response(res.status(), res.headers(), reported.as_ref());
+                        }
                     }
                     res.extensions_mut().insert(settled);
                 }

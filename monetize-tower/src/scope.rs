@@ -79,6 +79,13 @@ pub fn current_customer() -> Option<CustomerHandle> {
     with_current(|f| f?.customer.cloned())
 }
 
+/// Whether the request being served on this thread is metered and a usage recorder of it
+/// is still alive (moved into a streaming body or another task): it may report more
+/// after the response head.
+pub(crate) fn recorders_alive() -> bool {
+    with_current(|f| f.is_some_and(|f| f.metered && !f.slots.borrow().all_dropped()))
+}
+
 #[cfg(test)]
 mod tests {
     use monetize_core::Engine;

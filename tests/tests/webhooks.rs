@@ -670,3 +670,118 @@ async fn admin_routes_need_the_admin_token_and_control_customers() {
         .await;
     assert_eq!(a.status, 404);
 }
+
+/// Admin credits go through the credits ledger: an expiring grant is listed in the
+/// customer's state with its expiry and priority, a retry with the same id is a no-op
+/// (also after a restart: the grant was written to the redb file before the `200`), the
+/// same id with another amount is a `409`, and bad input is a `400` naming the field.
+#[tokio::test]
+async fn admin_credits_are_ledger_grants_with_expiry_idempotent_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let t = Some(ADMIN_TOKEN);
+    let expires = now_ms() / 1000 + 30 * 24 * 3600;
+    let grant = serde_json::json!({
+        "id": "promo-dec", "amount": 3_000, "expires_at": expires, "priority": 2
+    });
+    let credits = "/admin/customers/acme/credits";
+    {
+        let store = Arc::new(RedbStore::open(&path).unwrap());
+        let s = stack(engine(), store, None).await;
+        let a = s.admin(Method::POST, credits, t, Some(grant.clone())).await;
+        assert_eq!(
+            (
+                a.status,
+                a.body["granted"].as_bool(),
+                a.body["balance"].as_i64(),
+                a.body["expires_at"].as_u64()
+            ),
+            (200, Some(true), Some(3_000), Some(expires)),
+            "{:?}",
+            a.body
+        );
+        let a = s.admin(Method::GET, "/admin/customers/acme", t, None).await;
+        assert_eq!(a.body["grants"].as_array().map(Vec::len), Some(1));
+        let g = &a.body["grants"][0];
+        assert_eq!(
+            (
+                g["id"].as_str(),
+                g["amount"].as_i64(),
+                g["remaining"].as_i64(),
+                g["expires_at"].as_u64(),
+                g["priority"].as_u64()
+            ),
+            (
+                Some("promo-dec"),
+                Some(3_000),
+                Some(3_000),
+                Some(expires),
+                Some(2)
+            )
+        );
+        let last = a.body["recent_events"].as_array().unwrap().last().unwrap();
+        assert_eq!(
+            (
+                last["source"].as_str(),
+                last["event_type"].as_str(),
+                last["event_id"].as_str()
+            ),
+            (Some("operator:alice"), Some("grant"), Some("promo-dec"))
+        );
+        // The retry: nothing changes.
+        let a = s.admin(Method::POST, credits, t, Some(grant.clone())).await;
+        assert_eq!(
+            (
+                a.status,
+                a.body["granted"].as_bool(),
+                a.body["balance"].as_i64()
+            ),
+            (200, Some(false), Some(3_000))
+        );
+        // The same id for another grant.
+        let other = serde_json::json!({"id": "promo-dec", "amount": 4_000});
+        let a = s.admin(Method::POST, credits, t, Some(other)).await;
+        assert_eq!(a.status, 409, "{:?}", a.body);
+        // Bad input: a 400 naming the field, and nothing granted.
+        for (body, field) in [
+            (serde_json::json!({"id": "neg", "amount": -5}), "`amount`"),
+            (serde_json::json!({"id": "zero", "amount": 0}), "`amount`"),
+            (
+                serde_json::json!({"id": "past", "amount": 5, "expires_at": now_ms() / 1000 - 60}),
+                "`expires_at`",
+            ),
+            (
+                serde_json::json!({"id": "typo", "amount": 5, "expires": expires}),
+                "`expires`",
+            ),
+            (serde_json::json!({"id": "str", "amount": "5"}), "amount"),
+            (serde_json::json!({"amount": 5}), "`id`"),
+        ] {
+            let a = s.admin(Method::POST, credits, t, Some(body.clone())).await;
+            let error = a.body["error"].as_str().unwrap_or_default();
+            assert_eq!(a.status, 400, "{body}: {:?}", a.body);
+            assert!(error.contains(field), "{body}: {error}");
+        }
+        assert_eq!(s.engine.account("acme").unwrap().balance, 3_000);
+        assert_eq!(s.engine.grants("acme").len(), 1);
+        s.server.shutdown().await;
+    }
+    // After a restart, the grant is there, and the retry is still a no-op.
+    let store = Arc::new(RedbStore::open(&path).unwrap());
+    let engine = engine();
+    let _sync = StateSync::start(engine.clone(), store.clone(), Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let s = stack(engine, store, None).await;
+    assert_eq!(s.engine.account("acme").unwrap().balance, 3_000);
+    assert_eq!(s.engine.grants("acme")[0].expires_at, Some(expires));
+    let a = s.admin(Method::POST, credits, t, Some(grant)).await;
+    assert_eq!(
+        (
+            a.status,
+            a.body["granted"].as_bool(),
+            a.body["balance"].as_i64()
+        ),
+        (200, Some(false), Some(3_000))
+    );
+}

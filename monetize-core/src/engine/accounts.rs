@@ -87,12 +87,32 @@ impl Engine {
         drop(anchors);
         let mut out = out;
         self.fill_credits(&mut out, false);
+        self.versions().fill(&mut out);
         self.fill_upsell(&mut out);
         out
     }
 
     /// Applies a state change to a customer (admitting it if new).
+    ///
+    /// A change of `delinquent`, `cancelled`, `blocked` or `plan` is stamped with the
+    /// wall-clock time ([`AccountState::field_versions`]): a webhook event older than it
+    /// does not undo it, neither when it arrives nor when the webhook log is re-applied at
+    /// start.
     pub fn apply(&self, customer: &str, change: StateChange) -> Result<(), CoreError> {
+        let stamp = CustomerId::new(customer).ok();
+        self.apply_change(customer, change.clone())?;
+        if let Some(id) = stamp {
+            self.stamp_direct(&id, &change);
+        }
+        Ok(())
+    }
+
+    /// [`Engine::apply`], without stamping the field's version.
+    pub(super) fn apply_change(
+        &self,
+        customer: &str,
+        change: StateChange,
+    ) -> Result<(), CoreError> {
         let h = self.resolve(customer)?;
         let s = &h.0;
         match change {
@@ -135,6 +155,7 @@ impl Engine {
         drop(anchors);
         let mut one = [(CustomerId::new(customer).ok()?, state)];
         self.fill_credits(&mut one, true);
+        self.versions().fill(&mut one);
         self.fill_upsell(&mut one);
         let [(_, state)] = one;
         Some(state)
@@ -170,6 +191,7 @@ impl Engine {
         drop(_maintenance);
         drop(anchors);
         self.fill_credits(&mut out, true);
+        self.versions().fill(&mut out);
         self.fill_upsell(&mut out);
         out
     }
@@ -225,6 +247,7 @@ impl Engine {
             s.cells.set_period(i, u);
         }
         self.restore_credits(s, state);
+        self.versions().restore(&s.id, &state.field_versions);
         self.restore_upsell(cfg, s, state);
         Ok(())
     }
@@ -292,6 +315,7 @@ pub(super) fn account_of(
             .collect(),
         credits: None,
         ledger_seq: None,
+        field_versions: Default::default(),
         upsell: Vec::new(),
     }
 }

@@ -57,6 +57,7 @@ impl EngineBuilder {
                 changed_accounts: Mutex::new(std::collections::HashSet::new()),
                 predicates: self.predicates,
                 credits: crate::engine::credits::Ledger::default(),
+                versions: Default::default(),
                 upsell: Mutex::new(HashMap::new()),
             }),
         };

@@ -45,6 +45,7 @@ mod reload;
 mod resolve;
 mod stats;
 mod upsell;
+mod versions;
 
 pub use builder::EngineBuilder;
 use builder::WallClock;
@@ -54,7 +55,7 @@ pub use stats::{CustomerUsage, EngineStats, MeterUsage};
 const DEFAULT_EVENT_CAPACITY: usize = 65_536;
 
 /// At most one `Blocked` (and one `ShadowBlock`) event per customer in this many seconds.
-const BLOCK_EVENT_EVERY_SECS: u32 = 60;
+pub(crate) const BLOCK_EVENT_EVERY_SECS: u32 = 60;
 
 /// The usage engine. Cheap to clone: every clone shares the same state.
 #[derive(Clone)]
@@ -90,6 +91,8 @@ struct Inner {
     predicates: Predicates,
     /// Grants, the credits journal and reservations in flight ([`crate::credits`]).
     credits: crate::engine::credits::Ledger,
+    /// Versions of fields code changed directly ([`Engine::apply`]).
+    versions: versions::FieldVersions,
     /// Upsell streaks by customer ([`upsell`]); never taken on the request path.
     upsell: upsell::Streaks,
 }
@@ -186,6 +189,10 @@ impl Engine {
     }
 
     /// The credits ledger ([`crate::credits`]).
+    pub(crate) fn versions(&self) -> &versions::FieldVersions {
+        &self.inner.versions
+    }
+
     pub(crate) fn ledger(&self) -> &crate::engine::credits::Ledger {
         &self.inner.credits
     }

@@ -149,6 +149,16 @@ pub trait WebhookLog: Send + Sync + 'static {
         key: Option<(&str, Duration)>,
         customer: Option<(&CustomerId, &CustomerWebhooks, &AccountState)>,
     ) -> Result<(), StoreError>;
+
+    /// Deletes expired dedup keys, looking at no more than `max_rows` of them (resuming
+    /// after the last one the previous call looked at, from the start again at the end);
+    /// returns how many it deleted. An expired key is already not [`seen`](Self::seen):
+    /// this only keeps the log from growing with every delivery ever made. The default
+    /// deletes nothing.
+    async fn prune_expired(&self, max_rows: usize) -> Result<usize, StoreError> {
+        let _ = max_rows;
+        Ok(0)
+    }
 }
 
 /// A [`WebhookLog`] in memory: lost with the process (use [`RedbStore`] to remember
@@ -207,6 +217,14 @@ impl WebhookLog for MemoryWebhookLog {
             lock(&self.customers).insert(id.clone(), record.clone());
         }
         Ok(())
+    }
+
+    async fn prune_expired(&self, _max_rows: usize) -> Result<usize, StoreError> {
+        let now = Instant::now();
+        let mut m = lock(&self.marks);
+        let before = m.len();
+        m.retain(|_, exp| *exp > now);
+        Ok(before - m.len())
     }
 }
 
@@ -326,10 +344,73 @@ impl WebhookLog for RedbStore {
         })
         .await
     }
+
+    async fn prune_expired(&self, max_rows: usize) -> Result<usize, StoreError> {
+        let cursor = self.prune_cursor.clone();
+        self.blocking(move |db, _| {
+            let now = now_ms();
+            let start = lock(&cursor).clone();
+            // Looked at in a read transaction: most calls find nothing to delete and
+            // write nothing.
+            let (expired, next) = {
+                let txn = db.begin_read().map_err(unavailable)?;
+                let t = txn
+                    .open_table(crate::store_redb::MARKS)
+                    .map_err(unavailable)?;
+                let rows = match &start {
+                    Some(k) => t.range::<&str>((
+                        std::ops::Bound::Excluded(k.as_str()),
+                        std::ops::Bound::Unbounded,
+                    )),
+                    None => t.iter(),
+                }
+                .map_err(unavailable)?;
+                let (mut expired, mut seen, mut last) = (Vec::new(), 0, None);
+                for row in rows {
+                    let (k, v) = row.map_err(unavailable)?;
+                    seen += 1;
+                    if v.value() <= now {
+                        expired.push(k.value().to_owned());
+                    }
+                    if seen >= max_rows {
+                        last = Some(k.value().to_owned());
+                        break;
+                    }
+                }
+                (expired, last)
+            };
+            let mut deleted = 0;
+            if !expired.is_empty() {
+                let txn = db.begin_write().map_err(unavailable)?;
+                {
+                    let mut t = txn
+                        .open_table(crate::store_redb::MARKS)
+                        .map_err(unavailable)?;
+                    for k in &expired {
+                        // Set again since it was looked at: keep it.
+                        let still = t
+                            .get(k.as_str())
+                            .map_err(unavailable)?
+                            .is_some_and(|v| v.value() <= now);
+                        if still {
+                            t.remove(k.as_str()).map_err(unavailable)?;
+                            deleted += 1;
+                        }
+                    }
+                }
+                txn.commit().map_err(unavailable)?;
+            }
+            *lock(&cursor) = next;
+            Ok(deleted)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::store::StateStore;
 
@@ -402,5 +483,96 @@ mod tests {
         .unwrap();
         assert!(log.seen("k").await.unwrap());
         assert_eq!(log.customer(&c).await.unwrap(), r);
+    }
+
+    /// The dedup keys in a redb file, expired or not.
+    async fn mark_keys(s: &RedbStore) -> Vec<String> {
+        s.blocking(|db, _| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let t = txn
+                .open_table(crate::store_redb::MARKS)
+                .map_err(unavailable)?;
+            let mut out = Vec::new();
+            for row in t.iter().map_err(unavailable)? {
+                out.push(row.map_err(unavailable)?.0.value().to_owned());
+            }
+            Ok(out)
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn expired_keys_are_pruned_in_bounded_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(dir.path().join("state.redb")).unwrap();
+        for i in 0..7 {
+            s.commit(Some((&format!("old:{i}"), Duration::from_millis(1))), None)
+                .await
+                .unwrap();
+        }
+        for i in 0..3 {
+            s.commit(Some((&format!("live:{i}"), Duration::from_secs(600))), None)
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(mark_keys(&s).await.len(), 10);
+        // Batches of 4 rows: live:0-2 and old:0 first (in key order), then old:1-4, then
+        // old:5-6 and the end (the next batch starts over).
+        assert_eq!(s.prune_expired(4).await.unwrap(), 1);
+        assert_eq!(s.prune_expired(4).await.unwrap(), 4);
+        assert_eq!(s.prune_expired(4).await.unwrap(), 2);
+        assert_eq!(s.prune_expired(4).await.unwrap(), 0);
+        assert_eq!(mark_keys(&s).await, ["live:0", "live:1", "live:2"]);
+        assert!(s.seen("live:1").await.unwrap());
+        let m = MemoryWebhookLog::new();
+        m.commit(Some(("a", Duration::ZERO)), None).await.unwrap();
+        m.commit(Some(("b", Duration::from_secs(60))), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            m.prune_expired(10).await.unwrap(),
+            0,
+            "a went at b's commit"
+        );
+        assert!(m.seen("b").await.unwrap());
+    }
+
+    /// A processor with a short dedup window: its deliveries' keys are deleted in the
+    /// background once expired (each committed delivery starts a batch).
+    #[tokio::test]
+    async fn the_processor_prunes_expired_keys_after_its_deliveries() {
+        use crate::webhook::{Delivery, WebhookProcessor};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(RedbStore::open(dir.path().join("state.redb")).unwrap());
+        let engine = crate::Engine::for_tests(&["calls"]);
+        let p = WebhookProcessor::with_dedup_ttl(engine, store.clone(), Duration::from_millis(50));
+        let acme = CustomerId::new("acme").unwrap();
+        let deliver = |id: String, meaning| {
+            Delivery::new("stripe", id, "t", now_ms(), Some(acme.clone()), meaning)
+        };
+        for i in 0..5 {
+            let m = if i % 2 == 0 {
+                Meaning::PaymentFailed
+            } else {
+                Meaning::Paid
+            };
+            p.process(deliver(format!("evt_{i}"), m)).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        p.process(deliver("evt_last".into(), Meaning::PaymentFailed))
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let keys = mark_keys(&store).await;
+            if keys == ["webhook:stripe:evt_last"] {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "not pruned: {keys:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(p.prune_expired().await.unwrap(), 0);
     }
 }

@@ -30,7 +30,7 @@ pub use log::{
     AppliedEvent, CustomerWebhooks, FieldState, FieldValue, MemoryWebhookLog, WebhookLog,
 };
 pub use meaning::{EventMap, Meaning};
-pub use processor::{DEFAULT_DEDUP_TTL, Outcome, WebhookProcessor};
+pub use processor::{DEFAULT_DEDUP_TTL, Outcome, PRUNE_ROWS, WebhookProcessor};
 pub(crate) use processor::{field_name, now_ms, revert};
 
 /// The largest body a webhook route accepts by default (256 KiB; Stripe's events are far

@@ -16,6 +16,10 @@ use crate::store::{AccountState, StoreError};
 /// Chargebee for 2, Recurly for about 3).
 pub const DEFAULT_DEDUP_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// How many dedup keys one [`WebhookProcessor::prune_expired`] batch looks at: each
+/// delivery adds one key and prunes a batch, so the pruning keeps up with the deliveries.
+pub const PRUNE_ROWS: usize = 256;
+
 /// What became of an accepted delivery (every outcome is answered with 2xx).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -146,13 +150,19 @@ impl WebhookProcessor {
         let mut applied = Vec::new();
         for change in changes {
             let newest = match FieldValue::of(&change) {
-                Some(v) => record.offer(d.version, v),
+                // Not older than the field's last direct change, nor its last delivery.
+                Some(v) => {
+                    engine
+                        .direct_version(&customer, v.field())
+                        .is_none_or(|direct| direct <= d.version)
+                        && record.offer(d.version, v)
+                }
                 None => true,
             };
             if !newest {
                 continue;
             }
-            if let Err(e) = engine.apply(customer.as_str(), change.clone()) {
+            if let Err(e) = engine.apply_sourced(customer.as_str(), change.clone()) {
                 revert(engine, &customer, &before, &applied);
                 return Err(match e {
                     CoreError::UnknownPlan(_) | CoreError::Id { .. } => {
@@ -187,6 +197,15 @@ impl WebhookProcessor {
             tracing::error!(provider = %d.provider, event = %d.event_id, error = %e, "webhook not persisted; undone, the provider will retry");
             return Err(e.into());
         }
+        // Old dedup keys go away a batch at a time, off the delivery's answer.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let p = self.clone();
+            rt.spawn(async move {
+                if let Err(e) = p.prune_expired().await {
+                    tracing::warn!(error = %e, "expired webhook dedup keys not pruned");
+                }
+            });
+        }
         if !applied.is_empty() {
             if let Some(kind) = d.event.clone() {
                 engine.raise(Event::new(Some(customer.clone()), kind));
@@ -212,19 +231,33 @@ impl WebhookProcessor {
         Ok(Outcome::Applied { customer, changed })
     }
 
+    /// Deletes a batch of expired dedup keys from the log (at most [`PRUNE_ROWS`] looked
+    /// at, resuming where the last batch stopped); returns how many. Every committed
+    /// delivery starts one in the background, so the log holds about one dedup window of
+    /// keys, not every delivery ever made.
+    pub async fn prune_expired(&self) -> Result<usize, StoreError> {
+        self.inner.log.prune_expired(PRUNE_ROWS).await
+    }
+
     /// Re-applies, for every customer in the log, the newest value of every field a
-    /// delivery or an operator set. Call it once at start, after the state store and the
+    /// delivery or an operator set, unless code changed that field directly later
+    /// ([`AccountState::field_versions`] of the restored state). Call it once at start, after the state store and the
     /// reporter restored their copies (which may predate the last delivery). Returns how
     /// many customers it touched.
     pub async fn restore(&self) -> Result<usize, StoreError> {
         let mut n = 0;
+        let engine = &self.inner.engine;
         for (customer, record) in self.inner.log.all().await? {
             for field in record.fields.values() {
-                if let Err(e) = self
-                    .inner
-                    .engine
-                    .apply(customer.as_str(), field.value.change())
+                // Code changed the field directly after this value was set: the restored
+                // state holds the newer value.
+                if engine
+                    .direct_version(&customer, field.value.field())
+                    .is_some_and(|direct| direct > field.version)
                 {
+                    continue;
+                }
+                if let Err(e) = engine.apply_sourced(customer.as_str(), field.value.change()) {
                     tracing::warn!(customer = %customer, error = %e, "webhook state not restored");
                 }
             }
@@ -263,7 +296,7 @@ pub(crate) fn revert(
             },
             _ => continue,
         };
-        if let Err(e) = engine.apply(customer.as_str(), undo) {
+        if let Err(e) = engine.apply_sourced(customer.as_str(), undo) {
             tracing::error!(customer = %customer, error = %e, "could not undo a webhook change");
         }
     }
@@ -370,5 +403,52 @@ mod tests {
         );
         assert_eq!(p.process(grant()).await.unwrap(), Outcome::Duplicate);
         assert_eq!(engine.account("acme").unwrap().balance, 700);
+    }
+
+    /// One ordering across sources: a direct [`Engine::apply`] newer than a delivery wins
+    /// over it, live and when the log is re-applied at start; fields no direct change
+    /// touched are still restored from the log.
+    #[tokio::test]
+    async fn restore_never_undoes_a_newer_direct_change() {
+        use crate::store::StateStore;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::RedbStore::open(dir.path().join("state.redb")).unwrap());
+        let acme = CustomerId::new("acme").unwrap();
+        let t = now_ms();
+        {
+            let engine = Engine::for_tests(&["calls"]);
+            let p = WebhookProcessor::new(engine.clone(), store.clone());
+            let d = delivery("e1", t - 5_000, Meaning::PaymentFailed);
+            assert_eq!(p.process(d).await.unwrap().as_str(), "applied");
+            // The application's own code clears it (say, after an out-of-band payment).
+            engine
+                .apply("acme", StateChange::Delinquent(false))
+                .unwrap();
+            // A delivery older than that direct change is stale.
+            let d = delivery("e2", t - 4_000, Meaning::PaymentFailed);
+            assert_eq!(p.process(d).await.unwrap().as_str(), "stale");
+            assert!(!engine.account("acme").unwrap().delinquent);
+            // The state store's copy is saved (as StateSync does), then a cancellation
+            // arrives and is committed; a late save of the older copy overwrites the row.
+            let older = engine.account("acme").unwrap();
+            assert!(older.field_versions.contains_key("delinquent"));
+            store.save(&acme, &older).await.unwrap();
+            let d = delivery("e3", t - 3_000, Meaning::Cancelled);
+            assert_eq!(p.process(d).await.unwrap().as_str(), "applied");
+            store.save(&acme, &older).await.unwrap();
+        }
+        // Restart: the store's copy, then the log.
+        let engine = Engine::for_tests(&["calls"]);
+        let row = store.load(&acme).await.unwrap().unwrap();
+        assert!(!row.delinquent && !row.cancelled);
+        engine.restore_account("acme", &row).unwrap();
+        let p = WebhookProcessor::new(engine.clone(), store.clone());
+        assert_eq!(p.restore().await.unwrap(), 1);
+        let after = engine.account("acme").unwrap();
+        assert!(!after.delinquent, "the newer direct change stands");
+        assert!(
+            after.cancelled,
+            "the log's newer cancellation is re-applied"
+        );
     }
 }

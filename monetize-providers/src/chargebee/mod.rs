@@ -30,7 +30,7 @@ use crate::http::{Answer, HttpClient, HttpSettings, form, unix_now};
 use crate::mapping::{Formula, IdMapper, Mapping, no_customer, no_meter};
 
 mod webhook;
-pub use webhook::ChargebeeWebhook;
+pub use webhook::{ChargebeeWebhook, DEFAULT_DUNNING_STATUSES};
 
 /// Events per batch ingest call.
 pub const EVENT_BATCH: usize = 500;

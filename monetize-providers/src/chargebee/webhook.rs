@@ -1,11 +1,13 @@
 //! [`ChargebeeWebhook`]: Chargebee's webhooks (HTTP Basic auth, optional confirmation)
 //! as a [`WebhookSource`].
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use base64::Engine as _;
 use http::HeaderMap;
-use monetize_core::EventKind;
 use monetize_core::webhook::{Delivery, EventMap, Meaning, WebhookError, WebhookSource};
+use monetize_core::{EventKind, PlanId, StateChange};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use subtle::ConstantTimeEq;
@@ -34,7 +36,14 @@ pub struct ChargebeeWebhook {
     customers: CustomerMap,
     confirm: Option<Lookup>,
     max_body: usize,
+    dunning: Vec<String>,
+    plans: HashMap<String, PlanId>,
 }
+
+/// The invoice dunning statuses with which `payment_failed` makes the customer
+/// delinquent by default: dunning is running (`in_progress`), or ran out of retries
+/// (`exhausted`, the invoice stays unpaid).
+pub const DEFAULT_DUNNING_STATUSES: [&str; 2] = ["in_progress", "exhausted"];
 
 impl std::fmt::Debug for ChargebeeWebhook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -55,7 +64,46 @@ impl ChargebeeWebhook {
             customers: CustomerMap::Same,
             confirm: None,
             max_body: monetize_core::webhook::DEFAULT_MAX_BODY,
+            dunning: DEFAULT_DUNNING_STATUSES.map(String::from).to_vec(),
+            plans: HashMap::new(),
         }
+    }
+
+    /// Moves the customer to our `plan` when a `subscription_*` event's subscription is on
+    /// Chargebee's `plan` (its `plan_id`, or the `item_price_id` of its `plan` item).
+    pub fn plan(mut self, theirs: impl Into<String>, plan: PlanId) -> Self {
+        self.plans.insert(theirs.into(), plan);
+        self
+    }
+
+    /// Our plan for a subscription, when its Chargebee plan is mapped.
+    fn plan_of(&self, subscription: &Value) -> Option<&PlanId> {
+        let items = subscription
+            .get("subscription_items")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|i| i.get("item_type").and_then(Value::as_str) == Some("plan"))
+            .filter_map(|i| i.get("item_price_id").and_then(Value::as_str));
+        subscription
+            .get("plan_id")
+            .and_then(Value::as_str)
+            .into_iter()
+            .chain(items)
+            .find_map(|p| self.plans.get(p))
+    }
+
+    /// The invoice dunning statuses (`content.invoice.dunning_status`) with which a
+    /// `payment_failed` delivery makes the customer delinquent (default
+    /// [`DEFAULT_DUNNING_STATUSES`]). A `payment_failed` whose invoice is not in one of
+    /// them (dunning `stopped` or `success`, no dunning, or no invoice: a one-off charge)
+    /// is acknowledged and changes nothing. An empty list marks every `payment_failed`.
+    pub fn dunning_statuses<S: Into<String>>(
+        mut self,
+        statuses: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.dunning = statuses.into_iter().map(Into::into).collect();
+        self
     }
 
     /// Confirms each delivery with `GET {base_url}/events/{id}` (`base_url` like
@@ -83,11 +131,12 @@ impl ChargebeeWebhook {
         self
     }
 
-    /// The defaults: `payment_failed` payment failed (the invoice then is in dunning:
-    /// `content.invoice.dunning_status`); `payment_succeeded` paid;
+    /// The defaults: `payment_failed` payment failed (only while the invoice is in
+    /// dunning: see [`dunning_statuses`](Self::dunning_statuses)); `payment_succeeded` paid;
     /// `subscription_cancelled` cancelled; `subscription_paused` paused;
     /// `subscription_resumed` resumed; `subscription_reactivated` and
-    /// `subscription_activated` active.
+    /// `subscription_activated` active; `subscription_changed` plan changed (with a
+    /// mapped [`plan`](Self::plan); every `subscription_*` event carries its mapped plan).
     pub fn default_events() -> EventMap {
         EventMap::from_pairs([
             ("payment_failed", Meaning::PaymentFailed),
@@ -97,6 +146,7 @@ impl ChargebeeWebhook {
             ("subscription_resumed", Meaning::Resumed),
             ("subscription_reactivated", Meaning::Active),
             ("subscription_activated", Meaning::Active),
+            ("subscription_changed", Meaning::PlanChanged),
         ])
     }
 
@@ -121,6 +171,15 @@ impl ChargebeeWebhook {
         } else {
             Err(refused())
         }
+    }
+
+    /// Whether the invoice of a `payment_failed` is in one of the dunning statuses that
+    /// make the customer delinquent.
+    fn in_dunning(&self, content: &Value) -> bool {
+        if self.dunning.is_empty() {
+            return true;
+        }
+        opt_text(content, "/invoice/dunning_status").is_some_and(|s| self.dunning.contains(&s))
     }
 
     fn customer(&self, content: &Value) -> Option<monetize_core::CustomerId> {
@@ -194,7 +253,15 @@ impl WebhookSource for ChargebeeWebhook {
             .iter()
             .find_map(|p| content.pointer(p).and_then(Value::as_u64))
             .unwrap_or(occurred.saturating_mul(1000));
-        let meaning = self.events.meaning(kind);
+        let mut meaning = self.events.meaning(kind);
+        if kind == "payment_failed"
+            && meaning == Meaning::PaymentFailed
+            && !self.in_dunning(content)
+        {
+            // A failed attempt Chargebee is not dunning for: nothing to hold against
+            // the customer.
+            meaning = Meaning::Ignored;
+        }
         let mut d = Delivery::new(
             "chargebee",
             id.as_str(),
@@ -203,6 +270,11 @@ impl WebhookSource for ChargebeeWebhook {
             self.customer(content),
             meaning,
         );
+        if kind.starts_with("subscription_")
+            && let Some(plan) = content.get("subscription").and_then(|s| self.plan_of(s))
+        {
+            d = d.with_change(StateChange::Plan(plan.clone()));
+        }
         if meaning == Meaning::PaymentFailed {
             d = d.with_event(EventKind::PaymentFailed {
                 provider: "chargebee".into(),
@@ -289,6 +361,95 @@ mod tests {
             "by subscription id"
         );
         assert!(!format!("{w:?}").contains("s3cret"));
+    }
+
+    /// `FAILED` with its invoice's dunning status changed (`None`: removed), or without
+    /// an invoice at all.
+    fn failed_with(dunning: Option<&str>, invoice: bool) -> Vec<u8> {
+        let mut v: Value = serde_json::from_slice(FAILED).unwrap();
+        let content = v["content"].as_object_mut().unwrap();
+        if invoice {
+            let inv = content["invoice"].as_object_mut().unwrap();
+            match dunning {
+                Some(s) => inv.insert("dunning_status".into(), s.into()),
+                None => inv.remove("dunning_status"),
+            };
+        } else {
+            content.remove("invoice");
+        }
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    #[tokio::test]
+    async fn payment_failed_makes_delinquent_only_while_the_invoice_is_in_dunning() {
+        let w = ChargebeeWebhook::new("hook".into(), "s3cret".into());
+        let auth = basic("hook", "s3cret");
+        let meaning = |d: Result<Delivery, WebhookError>| d.unwrap().meaning;
+        // The fixture as Chargebee sends it: dunning in progress.
+        assert_eq!(
+            meaning(w.verify(&auth, FAILED).await),
+            Meaning::PaymentFailed
+        );
+        assert_eq!(
+            meaning(w.verify(&auth, &failed_with(Some("exhausted"), true)).await),
+            Meaning::PaymentFailed
+        );
+        for (case, body) in [
+            ("dunning stopped", failed_with(Some("stopped"), true)),
+            ("dunning succeeded", failed_with(Some("success"), true)),
+            ("no dunning", failed_with(None, true)),
+            ("no invoice", failed_with(None, false)),
+        ] {
+            let d = w.verify(&auth, &body).await.unwrap();
+            assert_eq!(d.meaning, Meaning::Ignored, "{case}");
+            assert!(d.meaning.changes().is_empty(), "{case}");
+            assert!(d.event.is_none(), "{case}: no PaymentFailed event");
+            assert_eq!(d.event_id, "ev_AzZTwBV1kR4Gh5Lw", "{case}: still parsed");
+        }
+        // Configurable: only `exhausted`, or every failure.
+        let strict =
+            ChargebeeWebhook::new("hook".into(), "s3cret".into()).dunning_statuses(["exhausted"]);
+        assert_eq!(
+            meaning(strict.verify(&auth, FAILED).await),
+            Meaning::Ignored
+        );
+        let any = ChargebeeWebhook::new("hook".into(), "s3cret".into())
+            .dunning_statuses(Vec::<String>::new());
+        assert_eq!(
+            meaning(any.verify(&auth, &failed_with(None, false)).await),
+            Meaning::PaymentFailed
+        );
+    }
+
+    #[tokio::test]
+    async fn subscription_changed_carries_the_mapped_plan() {
+        let auth = basic("hook", "s3cret");
+        let pro = PlanId::new("pro").unwrap();
+        // The cancelled fixture's subscription, changed: its plan item is
+        // `api-calls-USD-Monthly`.
+        let mut v: Value = serde_json::from_slice(CANCELLED).unwrap();
+        v["event_type"] = "subscription_changed".into();
+        v["content"]["subscription"]["status"] = "active".into();
+        let changed = serde_json::to_vec(&v).unwrap();
+        let w = ChargebeeWebhook::new("hook".into(), "s3cret".into())
+            .plan("api-calls-USD-Monthly", pro.clone());
+        let d = w.verify(&auth, &changed).await.unwrap();
+        assert_eq!(d.meaning, Meaning::PlanChanged);
+        assert_eq!(d.carried, vec![StateChange::Plan(pro.clone())]);
+        assert_eq!(d.version, 1_794_960_000_789, "the subscription's version");
+        // An older catalog's `plan_id` is read too.
+        v["content"]["subscription"]["plan_id"] = "gold".into();
+        let gold = ChargebeeWebhook::new("hook".into(), "s3cret".into()).plan("gold", pro.clone());
+        let d = gold
+            .verify(&auth, &serde_json::to_vec(&v).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(d.carried, vec![StateChange::Plan(pro)]);
+        // Without a mapping, nothing is carried: the delivery changes nothing.
+        let plain = ChargebeeWebhook::new("hook".into(), "s3cret".into());
+        let d = plain.verify(&auth, &changed).await.unwrap();
+        assert!(d.carried.is_empty());
+        assert!(d.meaning.changes().is_empty());
     }
 
     #[tokio::test]

@@ -1,11 +1,12 @@
 //! [`RecurlyWebhook`]: Recurly's signed JSON webhooks as a [`WebhookSource`].
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use http::HeaderMap;
-use monetize_core::EventKind;
 use monetize_core::webhook::{Delivery, EventMap, Meaning, WebhookError, WebhookSource};
+use monetize_core::{EventKind, PlanId, StateChange};
 use secrecy::SecretString;
 use serde_json::Value;
 
@@ -31,6 +32,7 @@ pub struct RecurlyWebhook {
     customers: CustomerMap,
     lookup: Option<Lookup>,
     max_body: usize,
+    plans: HashMap<String, PlanId>,
 }
 
 impl std::fmt::Debug for RecurlyWebhook {
@@ -56,7 +58,16 @@ impl RecurlyWebhook {
             customers: CustomerMap::Same,
             lookup: None,
             max_body: monetize_core::webhook::DEFAULT_MAX_BODY,
+            plans: HashMap::new(),
         }
+    }
+
+    /// Moves the customer to our `plan` when a `subscription` event's subscription is on
+    /// Recurly's plan `code` (read from `GET /subscriptions/{id}`: needs
+    /// [`lookup`](Self::lookup)).
+    pub fn plan(mut self, code: impl Into<String>, plan: PlanId) -> Self {
+        self.plans.insert(code.into(), plan);
+        self
     }
 
     /// Also accepts signatures made with `secret` (while rotating it).
@@ -100,7 +111,8 @@ impl RecurlyWebhook {
     /// `payment.failed` payment failed; `charge_invoice.paid` and `payment.succeeded`
     /// paid; `subscription.canceled` and `subscription.expired` cancelled;
     /// `subscription.paused` paused; `subscription.resumed` resumed;
-    /// `subscription.reactivated` active.
+    /// `subscription.reactivated` active; `subscription.updated` plan changed (with a
+    /// mapped [`plan`](Self::plan); every `subscription` event carries its mapped plan).
     pub fn default_events() -> EventMap {
         EventMap::from_pairs([
             ("charge_invoice.past_due", Meaning::InvoiceOverdue),
@@ -113,6 +125,7 @@ impl RecurlyWebhook {
             ("subscription.paused", Meaning::Paused),
             ("subscription.resumed", Meaning::Resumed),
             ("subscription.reactivated", Meaning::Active),
+            ("subscription.updated", Meaning::PlanChanged),
         ])
     }
 
@@ -138,29 +151,22 @@ impl RecurlyWebhook {
         check_time(ms, self.tolerance)
     }
 
-    /// The account code of a thin payload.
-    async fn account_code(
-        &self,
-        v: &Value,
-        object_type: &str,
-    ) -> Result<Option<String>, WebhookError> {
-        if let Some(code) = opt_text(v, "/account_code") {
-            return Ok(Some(code));
-        }
+    /// The object a thin payload is about, fetched from the API (`None` without a
+    /// lookup, or for an object type it cannot fetch).
+    async fn fetch(&self, v: &Value, object_type: &str) -> Result<Option<Value>, WebhookError> {
         let Some(lookup) = &self.lookup else {
             return Ok(None);
         };
         let id = text(v, "/id")?;
-        let (collection, pointer) = match object_type {
-            "charge_invoice" | "credit_invoice" | "invoice" => ("invoices", "/account/code"),
-            "subscription" => ("subscriptions", "/account/code"),
-            "account" => ("accounts", "/code"),
+        let collection = match object_type {
+            "charge_invoice" | "credit_invoice" | "invoice" => "invoices",
+            "subscription" => "subscriptions",
+            "account" => "accounts",
             _ => return Ok(None),
         };
-        let found = lookup
+        lookup
             .get(&format!("/{collection}/{}", path_segment(id)))
-            .await?;
-        Ok(found.and_then(|o| opt_text(&o, pointer)))
+            .await
     }
 }
 
@@ -187,13 +193,30 @@ impl WebhookSource for RecurlyWebhook {
         let version = u64::try_from(at.as_millisecond()).unwrap_or(0);
         let kind = format!("{object_type}.{event_type}");
         let meaning = self.events.meaning(&kind);
+        let wants_plan = object_type == "subscription" && !self.plans.is_empty();
+        let payload_code = opt_text(&v, "/account_code");
+        let fetched = if meaning != Meaning::Ignored && (payload_code.is_none() || wants_plan) {
+            self.fetch(&v, object_type).await?
+        } else {
+            None
+        };
         let customer = if meaning == Meaning::Ignored {
             None
         } else {
-            self.account_code(&v, object_type)
-                .await?
+            let pointer = if object_type == "account" {
+                "/code"
+            } else {
+                "/account/code"
+            };
+            payload_code
+                .or_else(|| fetched.as_ref().and_then(|o| opt_text(o, pointer)))
                 .and_then(|c| self.customers.ours(&c))
         };
+        let plan = fetched
+            .as_ref()
+            .filter(|_| wants_plan)
+            .and_then(|o| opt_text(o, "/plan/code"))
+            .and_then(|code| self.plans.get(&code).cloned());
         let invoice = object_type.ends_with("invoice").then(|| {
             v.get("invoice_number")
                 .and_then(Value::as_u64)
@@ -207,6 +230,9 @@ impl WebhookSource for RecurlyWebhook {
             customer,
             meaning,
         );
+        if let Some(plan) = plan {
+            d = d.with_change(StateChange::Plan(plan));
+        }
         match meaning {
             Meaning::PaymentFailed => {
                 d = d.with_event(EventKind::PaymentFailed {
@@ -335,5 +361,57 @@ mod tests {
         );
         two.insert("recurly-signature", v.parse().unwrap());
         assert_eq!(status(plain.verify(&two, PAST_DUE).await), 200);
+    }
+
+    /// A thin `subscription.updated` payload shaped like the fixture's.
+    fn sub_updated(id: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "id": id,
+            "object_type": "subscription",
+            "site_id": "q8n2x7k3c1vd",
+            "event_type": "updated",
+            "event_time": "2026-11-02T10:00:00Z",
+            "uuid": "7e2a1d7f3c0b5f1a9d4c8b6e3f2a5d0c"
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn subscription_updated_carries_the_mapped_plan_from_the_api() {
+        let server = MockServer::start().await;
+        for (id, code) in [("s1", "gold"), ("s2", "bronze")] {
+            Mock::given(method("GET"))
+                .and(path(format!("/subscriptions/{id}")))
+                .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+                    "id": id, "object": "subscription", "state": "active",
+                    "account": {"id": "a1", "object": "account", "code": "acme"},
+                    "plan": {"id": "p1", "object": "plan", "code": code, "name": code}
+                })))
+                .expect(1)
+                .mount(&server)
+                .await;
+        }
+        let pro = PlanId::new("pro").unwrap();
+        let w = RecurlyWebhook::new("rs".into())
+            .lookup(server.uri(), "key".into())
+            .plan("gold", pro.clone());
+        let body = sub_updated("s1");
+        let d = w
+            .verify(&signed("rs", now_ms(), &body), &body)
+            .await
+            .unwrap();
+        assert_eq!(d.event_type, "subscription.updated");
+        assert_eq!(d.meaning, Meaning::PlanChanged);
+        assert_eq!(d.customer, Some(CustomerId::new("acme").unwrap()));
+        assert_eq!(d.carried, vec![StateChange::Plan(pro)]);
+        // A plan code we do not map: nothing carried, nothing changes.
+        let body = sub_updated("s2");
+        let d = w
+            .verify(&signed("rs", now_ms(), &body), &body)
+            .await
+            .unwrap();
+        assert_eq!(d.customer, Some(CustomerId::new("acme").unwrap()));
+        assert!(d.carried.is_empty());
+        assert!(d.meaning.changes().is_empty());
     }
 }

@@ -53,7 +53,7 @@
 mod ledger;
 pub mod reservation;
 
-pub use reservation::{Reservation, ReserveRefused, SettledMeters, Settlement};
+pub use reservation::{RESERVATION_RULE, Reservation, ReserveRefused, SettledMeters, Settlement};
 
 pub use crate::grant::{
     CreditsState, Grant, GrantOutcome, GrantState, ID_RETENTION_SECS, MAX_ID_LEN, Operation,

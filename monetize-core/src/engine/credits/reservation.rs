@@ -34,10 +34,15 @@ use http::{HeaderMap, Method, StatusCode};
 use crate::customer::metering::COST_CAP;
 use crate::customer::{CustomerHandle, CustomerState};
 use crate::engine::Engine;
+use crate::event::{Event, EventKind};
 use crate::id::MeterIndex;
 use crate::meter::{Aggregation, Exchange, MeterMatch, ReportedUsage, Sample};
 
 use super::ledger::crossing_events;
+
+/// The rule name of the [`EventKind::Blocked`] event raised when a reservation is
+/// refused for want of credits (at most once a minute per customer, as for rules).
+pub const RESERVATION_RULE: &str = "credits_insufficient";
 
 /// Why [`Engine::reserve`] refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -185,6 +190,15 @@ impl Engine {
                 });
             if let Err(balance) = taken {
                 counter.fetch_sub(held, Ordering::Relaxed);
+                // Refused like a blocking rule's `402`: the same event, as rarely.
+                if s.block_event_due(0, self.coarse_now(), crate::engine::BLOCK_EVENT_EVERY_SECS) {
+                    self.emit(Event::new(
+                        Some(s.id.clone()),
+                        EventKind::Blocked {
+                            rule: Arc::from(RESERVATION_RULE),
+                        },
+                    ));
+                }
                 return Err(ReserveRefused::InsufficientCredits {
                     needed: held,
                     balance,
@@ -372,6 +386,20 @@ mod tests {
             }
         );
         assert_eq!(h.balance(), 299);
+        let blocked: Vec<_> = e
+            .drain_events(10)
+            .into_iter()
+            .filter(|ev| matches!(&ev.kind, crate::EventKind::Blocked { rule } if &**rule == RESERVATION_RULE))
+            .map(|ev| ev.customer.map(|c| c.as_str().to_owned()))
+            .collect();
+        assert_eq!(blocked, vec![Some("c".to_owned())], "one Blocked event");
+        // Refused again within the minute: no second event.
+        assert!(e.reserve(&h, m, 100).is_err());
+        assert!(
+            !e.drain_events(10)
+                .iter()
+                .any(|ev| matches!(ev.kind, crate::EventKind::Blocked { .. }))
+        );
         let calls = e.meter_index("calls").unwrap();
         // `calls` has no estimate but may still be reserved on in code; unknown meters not.
         assert!(e.reserve(&h, calls, 1).is_ok());
