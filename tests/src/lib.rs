@@ -3,6 +3,7 @@
 pub mod billing_mock;
 pub mod crash_child;
 pub mod http;
+pub mod notify;
 pub mod quickstart;
 pub mod smtp;
 pub mod spool;

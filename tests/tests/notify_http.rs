@@ -3,20 +3,17 @@
 //! (aiosmtpd) and to Slack (wiremock): the low-credit email, then the exhausted email,
 //! and the finance alert only when the customer calls again after being refused, once.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
 use monetize_axum::RouterExt;
+use monetize_core::Engine;
 use monetize_core::config::{Config, MeterConfig, PlanConfig, RuleConfig};
-use monetize_core::notify::{Dispatcher, NotifyConfig};
-use monetize_core::{Engine, RedbStore};
-use monetize_providers::notify::slack::SlackChannel;
-use monetize_providers::notify::smtp::{EmailComposer, Security, SmtpChannel};
+use monetize_core::notify::NotifyConfig;
 use monetize_tests::http::{TestServer, api_key_layer, eventually};
+use monetize_tests::notify::email_and_slack;
 use monetize_tests::smtp::SmtpSink;
-use secrecy::SecretString;
 use serde_json::Value;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -92,28 +89,11 @@ async fn a_prepaid_customer_gets_low_then_exhausted_emails_and_finance_hears_whe
 
     let engine = engine();
     engine.register("globex", "prepaid").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(RedbStore::open(dir.path().join("state.redb")).unwrap());
-    let email = SmtpChannel::new(
-        "127.0.0.1",
-        Some(sink.port),
-        Security::None,
-        None,
-        EmailComposer::new("API Billing <billing@api.test>").unwrap(),
-    )
-    .unwrap();
-    let dispatcher = Dispatcher::builder(notify_config())
-        .channel("email", Arc::new(email))
-        .channel(
-            "slack",
-            Arc::new(SlackChannel::new(SecretString::from(format!(
-                "{}/services/T1/B1/x",
-                slack.uri()
-            )))),
-        )
-        .store(store)
-        .start()
-        .unwrap();
+    let (dispatcher, _dir) = email_and_slack(
+        notify_config(),
+        &sink,
+        format!("{}/services/T1/B1/x", slack.uri()),
+    );
     let _pump = dispatcher.pump(engine.clone(), Duration::from_millis(10));
 
     let app = Router::new()

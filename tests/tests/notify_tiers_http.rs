@@ -11,14 +11,12 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use monetize_axum::RouterExt;
+use monetize_core::Engine;
 use monetize_core::config::{Config, MeterConfig, Period, PlanConfig, QuotaConfig, RuleConfig};
-use monetize_core::notify::{Dispatcher, NotifyConfig};
-use monetize_core::{Engine, RedbStore};
-use monetize_providers::notify::slack::SlackChannel;
-use monetize_providers::notify::smtp::{EmailComposer, Security, SmtpChannel};
+use monetize_core::notify::NotifyConfig;
 use monetize_tests::http::{TestServer, api_key_layer};
+use monetize_tests::notify::email_and_slack;
 use monetize_tests::smtp::SmtpSink;
-use secrecy::SecretString;
 use serde_json::Value;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -83,27 +81,8 @@ async fn a_burst_crossing_a_tier_sends_one_email_with_the_tier() {
         PlanConfig::new("growth").tiers("api_calls", [5, 1_000]),
         None,
     );
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(RedbStore::open(dir.path().join("state.redb")).unwrap());
-    let email = SmtpChannel::new(
-        "127.0.0.1",
-        Some(sink.port),
-        Security::None,
-        None,
-        EmailComposer::new("API Billing <billing@api.test>").unwrap(),
-    )
-    .unwrap();
-    let dispatcher = Dispatcher::builder(notify_config())
-        .channel("email", Arc::new(email))
-        .channel(
-            "slack",
-            Arc::new(SlackChannel::new(SecretString::from(
-                "http://127.0.0.1:9/unused",
-            ))),
-        )
-        .store(store)
-        .start()
-        .unwrap();
+    let (dispatcher, _dir) =
+        email_and_slack(notify_config(), &sink, "http://127.0.0.1:9/unused".into());
     let _pump = dispatcher.pump(engine.clone(), Duration::from_millis(10));
 
     let app = Router::new()
@@ -169,29 +148,12 @@ async fn hitting_the_quota_two_months_in_a_row_tells_sales_once() {
             .upsell_after_periods(2),
         Some(now.clone()),
     );
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(RedbStore::open(dir.path().join("state.redb")).unwrap());
     let sink = SmtpSink::start(None);
-    let email = SmtpChannel::new(
-        "127.0.0.1",
-        Some(sink.port),
-        Security::None,
-        None,
-        EmailComposer::new("API Billing <billing@api.test>").unwrap(),
-    )
-    .unwrap();
-    let dispatcher = Dispatcher::builder(notify_config())
-        .channel("email", Arc::new(email))
-        .channel(
-            "slack",
-            Arc::new(SlackChannel::new(SecretString::from(format!(
-                "{}/services/T1/B1/sales",
-                slack.uri()
-            )))),
-        )
-        .store(store)
-        .start()
-        .unwrap();
+    let (dispatcher, _dir) = email_and_slack(
+        notify_config(),
+        &sink,
+        format!("{}/services/T1/B1/sales", slack.uri()),
+    );
 
     let app = Router::new()
         .route("/v1/hello", get(|| async { "hello" }))
