@@ -193,8 +193,9 @@ pub struct ProviderSection {
     /// (`webhook_plans = { "price_gold_monthly" = "pro" }`).
     #[serde(default)]
     pub webhook_plans: BTreeMap<String, String>,
-    /// Stripe: micro-credits granted per minor currency unit of a
-    /// `billing.credit_grant.created` (without it, credit grants are ignored).
+    /// Stripe and Chargebee: micro-credits granted per minor currency unit of a Stripe
+    /// `billing.credit_grant.created` or a Chargebee `promotional_credits_added` (without
+    /// it, credit grants are ignored).
     #[serde(default)]
     pub webhook_credits_per_minor_unit: Option<i64>,
 }

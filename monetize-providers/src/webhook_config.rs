@@ -38,7 +38,7 @@ impl std::fmt::Debug for WebhookMount {
 /// customer mapping (without a `customers` table the provider's id is ours), its
 /// `webhook_events` and `webhook_tolerance_secs`, Recurly's account lookup (its API key)
 /// and Chargebee's `webhook_confirm` and `webhook_dunning_statuses`; `webhook_plans` (the
-/// provider's plans to ours, for subscription events) and Stripe's
+/// provider's plans to ours, for subscription events) and Stripe's and Chargebee's
 /// `webhook_credits_per_minor_unit` (credit grants).
 pub fn webhooks_with_env(
     config: &ProvidersConfig,
@@ -175,6 +175,9 @@ fn source(
             if let Some(statuses) = section.and_then(|s| s.webhook_dunning_statuses.clone()) {
                 w = w.dunning_statuses(statuses);
             }
+            if let Some(rate) = section.and_then(|s| s.webhook_credits_per_minor_unit) {
+                w = w.credits_per_minor_unit(rate);
+            }
             if let Some(s) = section.filter(|s| s.webhook_confirm) {
                 let url = s.base_url(env).unwrap_or_else(|| {
                     format!(
@@ -280,6 +283,32 @@ webhook_events = { "charge_invoice.past_due" = "ignored" }
             .await,
             Meaning::Ignored
         );
+    }
+
+    #[tokio::test]
+    async fn chargebee_credit_grants_take_the_sections_rate() {
+        use monetize_core::StateChange;
+        let env = |k: &str| k.starts_with("CHARGEBEE_WEBHOOK_").then(|| "x".to_owned());
+        let body = serde_json::json!({
+            "id": "ev_1",
+            "occurred_at": 1_368_301_434,
+            "event_type": "promotional_credits_added",
+            "content": {
+                "customer": {"id": "acme"},
+                "promotional_credit": {"customer_id": "acme", "amount": 250}
+            }
+        });
+        let cfg = ProvidersConfig::from_toml_str(
+            "[[providers]]\nkind = \"chargebee\"\nsite = \"acme\"\napi_key_env = \"CB_KEY\"\nwebhook_credits_per_minor_unit = 100\n",
+        )
+        .unwrap();
+        let mounts = webhooks_with_env(&cfg, &env).unwrap();
+        let d = mounts[0]
+            .source
+            .verify(&chargebee_auth(), &serde_json::to_vec(&body).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(d.carried, vec![StateChange::GrantCredits(25_000)]);
     }
 
     #[tokio::test]

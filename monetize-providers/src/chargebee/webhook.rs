@@ -38,6 +38,7 @@ pub struct ChargebeeWebhook {
     max_body: usize,
     dunning: Vec<String>,
     plans: HashMap<String, PlanId>,
+    micro_credits_per_unit: Option<i64>,
 }
 
 /// The invoice dunning statuses with which `payment_failed` makes the customer
@@ -66,7 +67,16 @@ impl ChargebeeWebhook {
             max_body: monetize_core::webhook::DEFAULT_MAX_BODY,
             dunning: DEFAULT_DUNNING_STATUSES.map(String::from).to_vec(),
             plans: HashMap::new(),
+            micro_credits_per_unit: None,
         }
+    }
+
+    /// Grants credits for `promotional_credits_added`: `content.promotional_credit.amount`
+    /// (minor currency units) times `micro_credits` (without this, credit grants are
+    /// ignored).
+    pub fn credits_per_minor_unit(mut self, micro_credits: i64) -> Self {
+        self.micro_credits_per_unit = Some(micro_credits);
+        self
     }
 
     /// Moves the customer to our `plan` when a `subscription_*` event's subscription is on
@@ -136,7 +146,9 @@ impl ChargebeeWebhook {
     /// `subscription_cancelled` cancelled; `subscription_paused` paused;
     /// `subscription_resumed` resumed; `subscription_reactivated` and
     /// `subscription_activated` active; `subscription_changed` plan changed (with a
-    /// mapped [`plan`](Self::plan); every `subscription_*` event carries its mapped plan).
+    /// mapped [`plan`](Self::plan); every `subscription_*` event carries its mapped plan);
+    /// `promotional_credits_added` credits granted (with
+    /// [`credits_per_minor_unit`](Self::credits_per_minor_unit)).
     pub fn default_events() -> EventMap {
         EventMap::from_pairs([
             ("payment_failed", Meaning::PaymentFailed),
@@ -147,6 +159,7 @@ impl ChargebeeWebhook {
             ("subscription_reactivated", Meaning::Active),
             ("subscription_activated", Meaning::Active),
             ("subscription_changed", Meaning::PlanChanged),
+            ("promotional_credits_added", Meaning::CreditsGranted),
         ])
     }
 
@@ -195,6 +208,7 @@ impl ChargebeeWebhook {
             "/invoice/customer_id",
             "/customer/id",
             "/transaction/customer_id",
+            "/promotional_credit/customer_id",
         ]
         .iter()
         .find_map(|p| opt_text(content, p))
@@ -274,6 +288,17 @@ impl WebhookSource for ChargebeeWebhook {
             && let Some(plan) = content.get("subscription").and_then(|s| self.plan_of(s))
         {
             d = d.with_change(StateChange::Plan(plan.clone()));
+        }
+        if meaning == Meaning::CreditsGranted
+            && let Some(rate) = self.micro_credits_per_unit
+        {
+            let amount = content
+                .pointer("/promotional_credit/amount")
+                .and_then(Value::as_i64)
+                .ok_or_else(|| {
+                    WebhookError::Malformed("missing number `promotional_credit.amount`".into())
+                })?;
+            d = d.with_change(StateChange::GrantCredits(amount.saturating_mul(rate)));
         }
         if meaning == Meaning::PaymentFailed {
             d = d.with_event(EventKind::PaymentFailed {
@@ -419,6 +444,68 @@ mod tests {
             meaning(any.verify(&auth, &failed_with(None, false)).await),
             Meaning::PaymentFailed
         );
+    }
+
+    /// A `promotional_credits_added` delivery, shaped like Chargebee's documented sample
+    /// (the customer in `content.customer`, the credit in `content.promotional_credit`).
+    fn credits_added(amount: Option<i64>) -> Vec<u8> {
+        let mut credit = serde_json::json!({
+            "id": "pc_XpbG6hnQqGGhct4Y",
+            "customer_id": "acme",
+            "type": "increment",
+            "description": "add promotional credits",
+            "credit_type": "general",
+            "closing_balance": 300,
+            "created_at": 1_368_301_434,
+            "object": "promotional_credit",
+            "currency_code": "USD"
+        });
+        if let Some(a) = amount {
+            credit["amount"] = a.into();
+        }
+        serde_json::to_vec(&serde_json::json!({
+            "id": "ev_XpbG6hnQqGGhdl4a",
+            "occurred_at": 1_368_301_434,
+            "source": "api",
+            "object": "event",
+            "api_version": "v2",
+            "event_type": "promotional_credits_added",
+            "webhook_status": "scheduled",
+            "content": {
+                "customer": {"id": "acme", "object": "customer", "promotional_credits": 0},
+                "promotional_credit": credit
+            }
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn promotional_credits_added_grants_credits_at_the_configured_rate() {
+        let auth = basic("hook", "s3cret");
+        let plain = ChargebeeWebhook::new("hook".into(), "s3cret".into());
+        let d = plain
+            .verify(&auth, &credits_added(Some(300)))
+            .await
+            .unwrap();
+        assert_eq!(d.meaning, Meaning::CreditsGranted);
+        assert!(d.carried.is_empty(), "no rate configured: nothing granted");
+        let paying =
+            ChargebeeWebhook::new("hook".into(), "s3cret".into()).credits_per_minor_unit(10_000);
+        let d = paying
+            .verify(&auth, &credits_added(Some(300)))
+            .await
+            .unwrap();
+        assert_eq!(d.customer, Some(CustomerId::new("acme").unwrap()));
+        assert_eq!(d.carried, vec![StateChange::GrantCredits(3_000_000)]);
+        let err = paying
+            .verify(&auth, &credits_added(None))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("promotional_credit.amount"),
+            "{err}"
+        );
+        assert_eq!(status(Err(err)), 400);
     }
 
     #[tokio::test]
