@@ -4,8 +4,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
-use monetize_core::CustomerId;
 use monetize_core::webhook::WebhookError;
+use monetize_core::{CustomerId, StateChange};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use sha2::Sha256;
@@ -114,6 +114,22 @@ pub(crate) fn opt_text(v: &Value, pointer: &str) -> Option<String> {
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
+}
+
+/// The credits a provider's grant of `minor_units` (at `pointer`, minor currency units)
+/// is worth at `micro_credits` per unit.
+pub(crate) fn granted_credits(
+    v: &Value,
+    pointer: &str,
+    micro_credits: i64,
+) -> Result<StateChange, WebhookError> {
+    let minor_units = v
+        .pointer(pointer)
+        .and_then(Value::as_i64)
+        .ok_or_else(|| WebhookError::Malformed(format!("missing number field `{pointer}`")))?;
+    Ok(StateChange::GrantCredits(
+        minor_units.saturating_mul(micro_credits),
+    ))
 }
 
 /// The header's value as text, if present and visible ASCII.

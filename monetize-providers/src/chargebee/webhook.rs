@@ -13,7 +13,7 @@ use serde_json::Value;
 use subtle::ConstantTimeEq;
 
 use crate::http::path_segment;
-use crate::webhook::{CustomerMap, header, opt_text, parse, text};
+use crate::webhook::{CustomerMap, granted_credits, header, opt_text, parse, text};
 use crate::webhook_lookup::Lookup;
 
 /// Chargebee webhooks. Chargebee signs nothing: the endpoint is protected by HTTP Basic
@@ -292,13 +292,11 @@ impl WebhookSource for ChargebeeWebhook {
         if meaning == Meaning::CreditsGranted
             && let Some(rate) = self.micro_credits_per_unit
         {
-            let amount = content
-                .pointer("/promotional_credit/amount")
-                .and_then(Value::as_i64)
-                .ok_or_else(|| {
-                    WebhookError::Malformed("missing number `promotional_credit.amount`".into())
-                })?;
-            d = d.with_change(StateChange::GrantCredits(amount.saturating_mul(rate)));
+            d = d.with_change(granted_credits(
+                content,
+                "/promotional_credit/amount",
+                rate,
+            )?);
         }
         if meaning == Meaning::PaymentFailed {
             d = d.with_event(EventKind::PaymentFailed {
@@ -502,7 +500,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            err.to_string().contains("promotional_credit.amount"),
+            err.to_string().contains("/promotional_credit/amount"),
             "{err}"
         );
         assert_eq!(status(Err(err)), 400);

@@ -10,7 +10,9 @@ use monetize_core::{EventKind, PlanId, StateChange};
 use secrecy::SecretString;
 use serde_json::Value;
 
-use crate::webhook::{CustomerMap, any_matches, check_time, header, opt_text, parse, text};
+use crate::webhook::{
+    CustomerMap, any_matches, check_time, granted_credits, header, opt_text, parse, text,
+};
 
 /// Stripe webhooks: `Stripe-Signature: t=<unix>,v1=<hex>[,v1=<hex>...]`, HMAC-SHA256 over
 /// `"<t>.<raw body>"` with the endpoint secret. A delivery is accepted when any `v1`
@@ -213,13 +215,7 @@ impl WebhookSource for StripeWebhook {
         if meaning == Meaning::CreditsGranted
             && let Some(rate) = self.micro_credits_per_unit
         {
-            let value = object
-                .pointer("/amount/monetary/value")
-                .and_then(Value::as_i64)
-                .ok_or_else(|| {
-                    WebhookError::Malformed("missing number `amount.monetary.value`".into())
-                })?;
-            d = d.with_change(StateChange::GrantCredits(value.saturating_mul(rate)));
+            d = d.with_change(granted_credits(object, "/amount/monetary/value", rate)?);
         }
         let is_invoice = kind_of_object == Some("invoice");
         let invoice = is_invoice.then(|| opt_text(object, "/id")).flatten();
