@@ -105,15 +105,20 @@ async fn counts_calls_and_response_bytes() {
     assert_eq!(used(&engine, "globex", "calls"), 0);
 }
 
+/// Puts `customer` on the prepaid plan with `balance` micro-credits.
+fn prepaid(engine: &Engine, customer: &str, balance: i64) {
+    engine
+        .apply(customer, StateChange::Plan(PlanId::new("prepaid").unwrap()))
+        .unwrap();
+    engine
+        .apply(customer, StateChange::SetBalance(balance))
+        .unwrap();
+}
+
 #[tokio::test]
 async fn prepaid_credits_spent_then_402_with_json_body() {
     let engine = engine();
-    engine
-        .apply("acme", StateChange::Plan(PlanId::new("prepaid").unwrap()))
-        .unwrap();
-    engine
-        .apply("acme", StateChange::SetBalance(3_000))
-        .unwrap();
+    prepaid(&engine, "acme", 3_000);
     // By default allowed responses carry no balance.
     let quiet = MonetizeLayer::new(engine.clone(), ApiKey::new(keys())).layer(service_fn(hello));
     let res = quiet.oneshot(get("/other", Some("acme"))).await.unwrap();
@@ -396,10 +401,7 @@ async fn shadow_rule_lets_through_and_counts_the_hit() {
         )
         .build();
     let engine = Engine::new(cfg).unwrap();
-    engine
-        .apply("acme", StateChange::Plan(PlanId::new("prepaid").unwrap()))
-        .unwrap();
-    engine.apply("acme", StateChange::SetBalance(0)).unwrap();
+    prepaid(&engine, "acme", 0);
     let svc = MonetizeLayer::new(engine.clone(), ApiKey::new(keys())).layer(service_fn(hello));
     for _ in 0..2 {
         let res = svc
@@ -828,12 +830,7 @@ async fn customer_cap_answers_503() {
 #[tokio::test]
 async fn decides_in_call_not_in_poll_ready() {
     let engine = engine();
-    engine
-        .apply("acme", StateChange::Plan(PlanId::new("prepaid").unwrap()))
-        .unwrap();
-    engine
-        .apply("acme", StateChange::SetBalance(1_000))
-        .unwrap();
+    prepaid(&engine, "acme", 1_000);
     let mut svc = MonetizeLayer::new(engine.clone(), ApiKey::new(keys())).layer(service_fn(hello));
     for _ in 0..10 {
         std::future::poll_fn(|cx| tower::Service::poll_ready(&mut svc, cx))
